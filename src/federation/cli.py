@@ -1,0 +1,317 @@
+"""The ``federation`` command: CA, registry, gateway, node agent, synthetic data, demo.
+
+Each command is a thin shell over a library function; failures the user can fix come
+out as one plain sentence (exit code 2) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from federation import __version__
+from federation.errors import FederationError
+
+__all__ = ["main", "cli"]
+
+TIER_CHOICE = click.Choice(["township", "county", "city"])
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FederationError as exc:
+            click.secho(f"error: {exc.message}", fg="red", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(__version__, prog_name="federation")
+def cli() -> None:
+    """Federation gateway of a regional medical consortium (医联体)."""
+
+
+# ---------------------------------------------------------------------------- ca
+
+
+@cli.group()
+def ca() -> None:
+    """The consortium certificate authority: every node, gateway and tool needs a cert."""
+
+
+@ca.command("init")
+@click.option("--dir", "ca_dir", type=click.Path(path_type=Path), default=Path("pki/ca"),
+              show_default=True, help="Where the CA key, certificate and CRL live.")
+@click.option("--consortium", default="Demo Regional Consortium", show_default=True)
+@_friendly
+def ca_init(ca_dir: Path, consortium: str) -> None:
+    """Create the consortium CA (does nothing if it exists)."""
+    from federation.security.ca import init_ca
+
+    existed = (ca_dir / "ca.crt").exists()
+    authority = init_ca(ca_dir, consortium=consortium)
+    verb = "uses the existing" if existed else "created a new"
+    click.echo(f"{ca_dir}: {verb} CA '{authority.subject_cn}' (fingerprint {authority.fingerprint[:16]}…)")
+
+
+@ca.command("issue")
+@click.option("--ca-dir", type=click.Path(path_type=Path), default=Path("pki/ca"), show_default=True)
+@click.option("--site", help="Site id for a node certificate (e.g. county-a).")
+@click.option("--tier", type=TIER_CHOICE, help="The site's tier (node certificates).")
+@click.option("--gateway", "gateway_cert", is_flag=True, help="Issue the gateway's certificate.")
+@click.option("--operator", help="Issue an operator (tool/person) certificate with this name.")
+@click.option("--host", "hosts", multiple=True,
+              help="DNS name or IP the holder serves on (repeatable); localhost/127.0.0.1 by default.")
+@click.option("--days", type=int, default=397, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default pki/<name>).")
+@_friendly
+def ca_issue(ca_dir: Path, site: str | None, tier: str | None, gateway_cert: bool,
+             operator: str | None, hosts: tuple[str, ...], days: int, out: Path | None) -> None:
+    """Issue a node, gateway or operator certificate signed by the consortium CA."""
+    from federation.security.ca import CertificateAuthority
+
+    chosen = [bool(site), gateway_cert, bool(operator)]
+    if sum(chosen) != 1:
+        raise click.UsageError("give exactly one of --site (with --tier), --gateway, --operator")
+    authority = CertificateAuthority.load(ca_dir)
+    kwargs: dict[str, Any] = {"days": days}
+    if hosts:
+        kwargs["hosts"] = hosts
+    if site:
+        if not tier:
+            raise click.UsageError("--site needs --tier township|county|city")
+        issued = authority.issue_node(site, tier, out or Path("pki") / site, **kwargs)
+    elif gateway_cert:
+        issued = authority.issue_gateway(out or Path("pki") / "gateway", **kwargs)
+    else:
+        issued = authority.issue_operator(operator, out or Path("pki") / operator, **kwargs)
+    click.echo(f"issued {issued.cert_path} (serial {issued.serial}, valid until "
+               f"{issued.not_after:%Y-%m-%d})")
+
+
+@ca.command("revoke")
+@click.option("--ca-dir", type=click.Path(path_type=Path), default=Path("pki/ca"), show_default=True)
+@click.option("--serial", help="Serial number (hex) of the certificate to revoke.")
+@click.option("--site", help="Revoke every certificate issued to this site.")
+@click.option("--reason", default="unspecified", show_default=True,
+              type=click.Choice(["unspecified", "key_compromise", "affiliation_changed",
+                                 "superseded", "cessation_of_operation"]))
+@_friendly
+def ca_revoke(ca_dir: Path, serial: str | None, site: str | None, reason: str) -> None:
+    """Revoke certificates; gateways and nodes pick up the new CRL within seconds."""
+    from federation.security.ca import CertificateAuthority
+
+    if bool(serial) == bool(site):
+        raise click.UsageError("give exactly one of --serial or --site")
+    revoked = CertificateAuthority.load(ca_dir).revoke(serial, site_id=site, reason=reason)
+    for entry in revoked:
+        click.echo(f"revoked serial {entry.serial} ({entry.kind} {entry.name})")
+    if not revoked:
+        raise FederationError("no matching certificate was found in the CA index")
+
+
+@ca.command("list")
+@click.option("--ca-dir", type=click.Path(path_type=Path), default=Path("pki/ca"), show_default=True)
+@_friendly
+def ca_list(ca_dir: Path) -> None:
+    """List issued certificates."""
+    from federation.security.ca import CertificateAuthority
+
+    for entry in CertificateAuthority.load(ca_dir).list_issued():
+        state = f"revoked {entry.revoked_at:%Y-%m-%d}" if entry.revoked_at else "valid"
+        click.echo(f"{entry.serial}  {entry.kind:<8} {entry.name:<16} {entry.tier or '':<9} "
+                   f"until {entry.not_after:%Y-%m-%d}  {state}")
+
+
+# ---------------------------------------------------------------------------- gateway
+
+
+def _gateway_settings(config: Path | None) -> Any:
+    from federation.settings import load_gateway_settings
+
+    return load_gateway_settings(config)
+
+
+@cli.group()
+def gateway() -> None:
+    """The central gateway."""
+
+
+@gateway.command("serve")
+@click.option("--config", type=click.Path(path_type=Path, exists=True), help="gateway.toml")
+@_friendly
+def gateway_serve(config: Path | None) -> None:
+    """Run the gateway (gRPC + HTTP) until Ctrl-C."""
+    from federation.gateway.app import serve
+    from federation.logs import configure_logging
+
+    settings = _gateway_settings(config)
+    configure_logging(settings.log_level, component="gateway")
+    asyncio.run(serve(settings))
+
+
+@cli.group()
+def db() -> None:
+    """The gateway's store."""
+
+
+@db.command("upgrade")
+@click.option("--config", type=click.Path(path_type=Path, exists=True), help="gateway.toml")
+@_friendly
+def db_upgrade(config: Path | None) -> None:
+    """Apply database migrations up to the newest."""
+    from federation.store import current_revision, make_engine, upgrade
+
+    engine = make_engine(_gateway_settings(config).database_url)
+    upgrade(engine)
+    click.echo(f"database at revision {current_revision(engine)}")
+
+
+@cli.group()
+def site() -> None:
+    """The consortium registry (which sites are members)."""
+
+
+@site.command("add")
+@click.option("--config", type=click.Path(path_type=Path, exists=True), help="gateway.toml")
+@click.option("--id", "site_id", required=True)
+@click.option("--name", required=True)
+@click.option("--tier", type=TIER_CHOICE, required=True)
+@click.option("--parent", help="The site this one refers upward to.")
+@_friendly
+def site_add(config: Path | None, site_id: str, name: str, tier: str, parent: str | None) -> None:
+    """Add (or update) a member site."""
+    from federation.store import GatewayStore, make_engine, upgrade
+
+    engine = make_engine(_gateway_settings(config).database_url)
+    upgrade(engine)
+    GatewayStore(engine).upsert_site(site_id, name, tier, parent)
+    click.echo(f"site {site_id} ({tier}) is a member")
+
+
+@site.command("list")
+@click.option("--config", type=click.Path(path_type=Path, exists=True), help="gateway.toml")
+@_friendly
+def site_list(config: Path | None) -> None:
+    """List member sites and their nodes' state."""
+    from federation.store import GatewayStore, make_engine, upgrade
+
+    engine = make_engine(_gateway_settings(config).database_url)
+    upgrade(engine)
+    for s, node in GatewayStore(engine).consortium_view():
+        state = node.state if node else "no node"
+        click.echo(f"{s.site_id:<14} {s.tier:<9} {state:<12} {s.name}")
+
+
+# ---------------------------------------------------------------------------- node
+
+
+@cli.group()
+def node() -> None:
+    """A site's node agent."""
+
+
+@node.command("serve")
+@click.option("--config", type=click.Path(path_type=Path, exists=True), required=True,
+              help="site.toml")
+@_friendly
+def node_serve(config: Path) -> None:
+    """Serve this site's data to the gateway until Ctrl-C."""
+    from federation.logs import configure_logging
+    from federation.nodes.agent import serve_node
+    from federation.settings import load_node_settings
+
+    settings = load_node_settings(config)
+    configure_logging(settings.log_level, component=f"node:{settings.site_id}")
+    asyncio.run(serve_node(settings))
+
+
+# ---------------------------------------------------------------------------- tools
+
+
+@cli.command("search")
+@click.option("--gateway", "address", default="127.0.0.1:50051", show_default=True)
+@click.option("--cert", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--key", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--ca", "ca_path", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--name")
+@click.option("--identifier")
+@click.option("--birth-date", type=click.DateTime(formats=["%Y-%m-%d"]))
+@click.option("--gender", type=click.Choice(["male", "female", "other", "unknown"]))
+@click.option("--phone")
+@click.option("--site", "sites", multiple=True, help="Only these sites (repeatable).")
+@click.option("--purpose", default="TREAT", show_default=True)
+@_friendly
+def search_cmd(address: str, cert: Path, key: Path, ca_path: Path, name: str | None,
+               identifier: str | None, birth_date: dt.datetime | None, gender: str | None,
+               phone: str | None, sites: tuple[str, ...], purpose: str) -> None:
+    """Search patients at every site through the gateway; prints FHIR JSON lines."""
+    from federation.client import GatewayClient
+    from federation.nodes.model import PatientQuery
+    from federation.security.tls import TlsMaterial
+
+    query = PatientQuery(name=name, identifier=identifier, phone=phone, gender=gender,  # type: ignore[arg-type]
+                         birth_date=birth_date.date() if birth_date else None)
+
+    async def run() -> None:
+        async with GatewayClient(address, TlsMaterial.load(cert, key, ca_path)) as client:
+            answer = await client.search(query, site_ids=list(sites), purpose=purpose)
+        for site_answer in answer.sites:
+            for patient in site_answer.patients:
+                click.echo(patient.json.decode())
+        for issue in answer.issues:
+            click.secho(f"{issue.severity}: {issue.diagnostics}", fg="yellow", err=True)
+
+    asyncio.run(run())
+
+
+@cli.group()
+def synth() -> None:
+    """The synthetic consortium (demo and test data)."""
+
+
+@synth.command("generate")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--seed", type=int, default=20261121, show_default=True)
+@click.option("--people", type=int, default=300, show_default=True)
+@_friendly
+def synth_generate(out: Path, seed: int, people: int) -> None:
+    """Generate six sites' source systems and the ground truth of who is who."""
+    from federation.synth import generate_consortium
+
+    manifest = generate_consortium(out, seed=seed, people=people)
+    click.echo(json.dumps({"sites": [s.site_id for s in manifest.sites],
+                           "truth": str(manifest.truth_path)}, ensure_ascii=False))
+
+
+@cli.command("demo")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path(".federation-demo"),
+              show_default=True, help="CA, certificates, site data and logs live here.")
+@click.option("--tour-only", is_flag=True, help="Run the tour, then stop everything.")
+@click.option("--people", type=int, default=300, show_default=True)
+@_friendly
+def demo(workdir: Path, tour_only: bool, people: int) -> None:
+    """Bring up the demo consortium: gateway + six node agents on loopback, then a tour."""
+    from federation.demo.runner import run_demo
+
+    sys.exit(run_demo(workdir.resolve(), tour_only=tour_only, people=people))
+
+
+def main() -> None:
+    cli(prog_name="federation")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""``federation demo``: the whole consortium on one machine, on loopback."""

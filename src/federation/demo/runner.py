@@ -1,0 +1,166 @@
+"""Run the demo consortium: start the processes, show them live, take the tour, stop.
+
+The gateway and each node agent run as separate processes (``python -m federation``),
+each in its own session so that Ctrl-C reaches only this supervisor, which then stops
+the nodes and the gateway in order. Their logs go to ``<workdir>/logs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from federation.demo.tour import run_tour
+from federation.demo.workspace import DemoLayout, prepare_workspace
+from federation.errors import Unavailable
+
+__all__ = ["run_demo", "Supervisor"]
+
+STATE_STYLE = {"online": "green", "unreachable": "red", "offline": "yellow"}
+
+
+class Supervisor:
+    """Starts and stops the demo's processes."""
+
+    def __init__(self, layout: DemoLayout) -> None:
+        self.layout = layout
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = (self.layout.logs / f"{name}.log").open("ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "federation", *args], cwd=self.layout.workdir,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,
+        )
+        log.close()
+
+    def start_gateway(self, timeout: float = 60.0) -> None:
+        self._spawn("gateway", ["gateway", "serve", "--config", str(self.layout.gateway_config)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs["gateway"].poll() is not None:
+                raise Unavailable("the gateway exited at start:\n" + self.tail("gateway"))
+            try:
+                with urllib.request.urlopen(self.layout.http_url + "/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        raise Unavailable(f"the gateway did not become healthy in {timeout:.0f} s:\n"
+                          + self.tail("gateway"))
+
+    def start_nodes(self) -> None:
+        for site_id, config in self.layout.node_configs.items():
+            self._spawn(site_id, ["node", "serve", "--config", str(config)])
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        path = self.layout.logs / f"{name}.log"
+        text = path.read_text(errors="replace").splitlines() if path.exists() else []
+        return "\n".join(text[-lines:])
+
+    def stop_all(self, timeout: float = 10.0) -> None:
+        order = [n for n in self.procs if n != "gateway"] + (["gateway"] if "gateway" in self.procs else [])
+        for name in order:
+            proc = self.procs[name]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name in order:
+            proc = self.procs[name]
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def consortium_state(http_url: str) -> list[dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(http_url + "/api/consortium", timeout=2) as r:
+            return json.load(r)["sites"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        return []
+
+
+def state_table(sites: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title, expand=False)
+    for column in ("site", "tier", "name", "node", "last heartbeat", "registrations"):
+        table.add_column(column)
+    now = time.time()
+    for s in sites:
+        node = s.get("node") or {}
+        state = node.get("state", "no node")
+        beat = node.get("last_heartbeat_at")
+        age = ""
+        if beat:
+            from datetime import datetime
+
+            age = f"{now - datetime.fromisoformat(beat).timestamp():.1f} s ago"
+        table.add_row(s["site_id"], s["tier"], s["name"],
+                      f"[{STATE_STYLE.get(state, 'white')}]{state}[/]", age,
+                      str(node.get("registrations", "")))
+    return table
+
+
+def _wait_online(layout: DemoLayout, sup: Supervisor, live: Live, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sites = consortium_state(layout.http_url)
+        live.update(state_table(sites, "Consortium — starting"))
+        if sites and all((s.get("node") or {}).get("state") == "online" for s in sites):
+            return True
+        for name, proc in sup.procs.items():
+            if proc.poll() is not None:
+                raise Unavailable(f"{name} exited at start:\n" + sup.tail(name))
+        time.sleep(0.3)
+    return False
+
+
+def run_demo(workdir: Path, *, tour_only: bool, people: int) -> int:
+    console = Console()
+    console.print(f"[bold]Demo consortium[/] in {workdir}")
+    layout = prepare_workspace(workdir, people=people)
+    console.print(f"gateway gRPC {layout.grpc_address}, HTTP {layout.http_url} "
+                  f"(try {layout.http_url}/api/consortium)")
+    sup = Supervisor(layout)
+    try:
+        sup.start_gateway()
+        sup.start_nodes()
+        with Live(state_table([], "Consortium — starting"), console=console,
+                  refresh_per_second=4, transient=False) as live:
+            if not _wait_online(layout, sup, live, timeout=60):
+                console.print("[red]not every node came online within 60 s; see "
+                              f"{layout.logs}[/]")
+                return 1
+            live.update(state_table(consortium_state(layout.http_url), "Consortium — all online"))
+        console.print()
+        ok = asyncio.run(run_tour(layout, console))
+        if tour_only:
+            return 0 if ok else 1
+        console.print("\n[bold]Running.[/] Live state below; Ctrl-C stops everything.")
+        with Live(console=console, refresh_per_second=2) as live:
+            while True:
+                live.update(state_table(consortium_state(layout.http_url), "Consortium — live"))
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("\nstopping…")
+        return 0
+    finally:
+        sup.stop_all()
+        console.print("all processes stopped")

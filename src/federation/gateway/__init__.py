@@ -1,0 +1,1 @@
+"""The central gateway: node registry, federated search, inboxes, gRPC and HTTP surfaces."""

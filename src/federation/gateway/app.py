@@ -1,0 +1,151 @@
+"""Assemble and run the gateway: store, registry, gRPC server and HTTP app in one loop.
+
+``start_gateway(settings)`` returns a running :class:`RunningGateway` (tests use it
+with ports 0); ``serve(settings)`` runs one until SIGINT/SIGTERM. Migrations run at
+start for the embedded default; at scale a migration Job runs them first and the
+upgrade here is a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import signal
+import socket
+from dataclasses import dataclass, field
+
+import grpc
+import uvicorn
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from federation._proto.v1 import gateway_pb2, gateway_pb2_grpc
+from federation.gateway.http_app import create_http_app
+from federation.gateway.inbox import Inbox
+from federation.gateway.node_clients import NodeClients
+from federation.gateway.registry import NodeRegistry
+from federation.gateway.search import FederatedSearch
+from federation.gateway.servicer import GATEWAY_POLICY, GatewayServicer
+from federation.rpc.channels import server_options
+from federation.rpc.guard import CallGuard
+from federation.security.identity import RevocationList
+from federation.security.tls import TlsMaterial, server_credentials
+from federation.settings import GatewaySettings
+from federation.store import GatewayStore, make_engine, upgrade
+
+__all__ = ["RunningGateway", "start_gateway", "serve"]
+
+log = logging.getLogger("federation.gateway")
+SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the gateway owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[override]
+        yield
+
+
+@dataclass(slots=True)
+class RunningGateway:
+    settings: GatewaySettings
+    store: GatewayStore
+    inbox: Inbox
+    registry: NodeRegistry
+    grpc_server: grpc.aio.Server
+    grpc_port: int
+    http_port: int
+    health: health.aio.HealthServicer
+    _http: _EmbeddedUvicorn
+    _clients: NodeClients
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop taking calls, finish what is in flight (up to ``grace`` s), close."""
+        self._stop.set()
+        await self.health.enter_graceful_shutdown()
+        self._http.should_exit = True
+        await self.grpc_server.stop(grace)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._clients.close()
+        self.store.dispose()
+        log.info("gateway stopped")
+
+
+def _bind(listen: str) -> socket.socket:
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, int(port)))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def start_gateway(settings: GatewaySettings) -> RunningGateway:
+    engine = make_engine(settings.database_url)
+    await asyncio.to_thread(upgrade, engine)
+    store = GatewayStore(engine)
+    for site in settings.sites:
+        await asyncio.to_thread(store.upsert_site, site.id, site.name, site.tier, site.parent)
+
+    tls = TlsMaterial.load(settings.tls.cert, settings.tls.key, settings.tls.ca)
+    revocations = RevocationList(settings.tls.crl, tls.ca_pem) if settings.tls.crl else None
+    registry = NodeRegistry(store, unreachable_after=dt.timedelta(
+        milliseconds=settings.unreachable_after_ms))
+    inbox = Inbox(store, poll_seconds=settings.inbox_poll_ms / 1000)
+    clients = NodeClients(tls, settings.max_message_bytes)
+    search = FederatedSearch(store, clients, default_deadline_ms=settings.search_deadline_ms)
+
+    server = grpc.aio.server(
+        interceptors=[CallGuard("gateway", GATEWAY_POLICY, revocations)],
+        options=server_options(settings.max_message_bytes),
+    )
+    gateway_pb2_grpc.add_GatewayServicer_to_server(
+        GatewayServicer(registry, inbox, search, heartbeat_ms=settings.heartbeat_interval_ms), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
+    port = server.add_secure_port(settings.grpc_listen, server_credentials(tls))
+    await server.start()
+    for name in ("", SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    serving = {"up": True}
+    app = create_http_app(store, registry, grpc_serving=lambda: serving["up"])
+    sock = _bind(settings.http_listen)
+    http = _EmbeddedUvicorn(uvicorn.Config(app, log_level="warning", lifespan="off",
+                                           access_log=False))
+    running = RunningGateway(
+        settings=settings, store=store, inbox=inbox, registry=registry, grpc_server=server,
+        grpc_port=port, http_port=sock.getsockname()[1], health=health_servicer, _http=http,
+        _clients=clients,
+    )
+    sweep_every = max(0.05, min(1.0, settings.heartbeat_interval_ms / 4000))
+    running._tasks = [
+        asyncio.create_task(http.serve(sockets=[sock]), name="http"),
+        asyncio.create_task(registry.sweep_forever(sweep_every, running._stop), name="sweeper"),
+    ]
+    log.info("gateway serving gRPC on %s (port %d), HTTP on port %d",
+             settings.grpc_listen, port, running.http_port)
+    return running
+
+
+async def serve(settings: GatewaySettings) -> None:
+    """Run the gateway until SIGINT or SIGTERM."""
+    running = await start_gateway(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await running.stop()

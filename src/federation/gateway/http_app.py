@@ -1,0 +1,112 @@
+"""The gateway's HTTP surface on uvicorn: health, metrics and the consortium view.
+
+Errors leave as FHIR OperationOutcome documents through one table
+(:data:`HTTP_STATUS`); clinical endpoints (FHIR REST) arrive with later capabilities
+and their authentication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from federation import errors
+from federation.gateway.registry import NodeRegistry
+from federation.store import GatewayStore, NodeRow, SiteRow
+
+__all__ = ["create_http_app", "operation_outcome", "HTTP_STATUS"]
+
+#: one table from error to HTTP status and FHIR issue type (most specific first)
+HTTP_STATUS: tuple[tuple[type[errors.FederationError], int, str], ...] = (
+    (errors.PayloadTooLarge, 413, "too-costly"),
+    (errors.UnknownSite, 404, "not-found"),
+    (errors.InvalidInput, 400, "invalid"),
+    (errors.NotFound, 404, "not-found"),
+    (errors.Conflict, 409, "conflict"),
+    (errors.AuthenticationError, 401, "login"),
+    (errors.PermissionDenied, 403, "forbidden"),
+    (errors.DeadlineExceeded, 504, "timeout"),
+    (errors.Unavailable, 503, "transient"),
+)
+
+
+def operation_outcome(exc: errors.FederationError) -> tuple[int, dict[str, Any]]:
+    status, code = 500, "exception"
+    for kind, http_status, issue_code in HTTP_STATUS:
+        if isinstance(exc, kind):
+            status, code = http_status, issue_code
+            break
+    body = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": exc.message}],
+    }
+    return status, body
+
+
+def create_http_app(store: GatewayStore, registry: NodeRegistry, *, grpc_serving: Any) -> FastAPI:
+    """``grpc_serving`` is a zero-argument callable telling whether the gRPC server is up."""
+    app = FastAPI(title="Federation gateway", version="0.1.0", docs_url="/docs")
+
+    @app.exception_handler(errors.FederationError)
+    async def _federation_error(_: Request, exc: errors.FederationError) -> JSONResponse:
+        status, body = operation_outcome(exc)
+        return JSONResponse(body, status_code=status, media_type="application/fhir+json")
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        checks: dict[str, str] = {"grpc": "serving" if grpc_serving() else "not serving"}
+        try:
+            await asyncio.to_thread(store.ping)
+            checks["database"] = "ok"
+        except errors.FederationError as exc:
+            checks["database"] = exc.message
+        healthy = checks["database"] == "ok" and checks["grpc"] == "serving"
+        return JSONResponse({"status": "ok" if healthy else "unhealthy", "checks": checks},
+                            status_code=200 if healthy else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        await registry.refresh_gauges()
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/consortium")
+    async def consortium() -> dict[str, Any]:
+        view = await asyncio.to_thread(store.consortium_view)
+        return {"sites": [_site_json(site, node) for site, node in view]}
+
+    @app.get("/api/consortium/sites/{site_id}")
+    async def one_site(site_id: str) -> dict[str, Any]:
+        site = await asyncio.to_thread(store.require_site, site_id)
+        node = await asyncio.to_thread(store.get_node, site_id)
+        events = await asyncio.to_thread(store.node_events, site_id, 20)
+        body = _site_json(site, node)
+        body["events"] = [
+            {"at": e.at.isoformat(), "from": e.from_state, "to": e.to_state, "reason": e.reason}
+            for e in events
+        ]
+        return body
+
+    return app
+
+
+def _site_json(site: SiteRow, node: NodeRow | None) -> dict[str, Any]:
+    return {
+        "site_id": site.site_id,
+        "name": site.name,
+        "tier": site.tier,
+        "parent_site_id": site.parent_site_id,
+        "node": None if node is None else {
+            "state": node.state,
+            "endpoint": node.endpoint,
+            "software_version": node.software_version,
+            "capabilities": list(node.capabilities),
+            "registrations": node.registrations,
+            "registered_at": node.registered_at.isoformat() if node.registered_at else None,
+            "last_heartbeat_at": node.last_heartbeat_at.isoformat() if node.last_heartbeat_at else None,
+            "state_changed_at": node.state_changed_at.isoformat() if node.state_changed_at else None,
+        },
+    }

@@ -1,0 +1,117 @@
+"""The gateway's clients to node agents: one mTLS channel per node, responses checked.
+
+The gateway dials a node at the endpoint it registered, and checks the node's server
+certificate against the consortium CA *and* against the site it expects: node
+certificates carry ``<site>.nodes.federation.internal`` as a DNS name, which the
+gateway uses as the TLS target name, so a node cannot answer for another site.
+Everything a node returns is validated as FHIR before anyone else sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from federation._proto.v1 import node_agent_pb2, node_agent_pb2_grpc
+from federation.envelope import Envelope, validate_resource
+from federation.errors import DeadlineExceeded, InvalidInput
+from federation.nodes.model import PatientQuery
+from federation.rpc.channels import secure_channel
+from federation.rpc.status import error_from_rpc
+from federation.rpc.wire import envelope_from_proto, query_to_proto
+from federation.security.ca import node_server_name
+from federation.security.tls import TlsMaterial
+
+__all__ = ["NodeClients", "NodeSearchResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSearchResult:
+    site_id: str
+    patients: list[Envelope]
+    truncated: bool
+
+
+class NodeClients:
+    def __init__(self, tls: TlsMaterial, max_message_bytes: int) -> None:
+        self._tls = tls
+        self._max = max_message_bytes
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
+
+    def _stub(self, site_id: str, endpoint: str) -> node_agent_pb2_grpc.NodeAgentStub:
+        key = (site_id, endpoint)
+        channel = self._channels.get(key)
+        if channel is None:
+            # a node that re-registers at a new endpoint gets a new channel; drop the old one
+            for old in [k for k in self._channels if k[0] == site_id]:
+                asyncio.ensure_future(self._channels.pop(old).close())
+            channel = secure_channel(endpoint, self._tls, self._max,
+                                     server_name=node_server_name(site_id))
+            self._channels[key] = channel
+        return node_agent_pb2_grpc.NodeAgentStub(channel)
+
+    async def search(
+        self,
+        site_id: str,
+        endpoint: str,
+        query: PatientQuery,
+        *,
+        correlation_id: str,
+        purpose: str,
+        timeout: float,
+    ) -> NodeSearchResult:
+        request = node_agent_pb2.SearchPatientsRequest(
+            query=query_to_proto(query), correlation_id=correlation_id, purpose_of_use=purpose
+        )
+        try:
+            reply = await self._stub(site_id, endpoint).SearchPatients(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, site_id) from None
+        patients = [_checked(site_id, msg, "Patient") for msg in reply.patients]
+        return NodeSearchResult(site_id, patients, reply.truncated)
+
+    async def fetch(
+        self,
+        site_id: str,
+        endpoint: str,
+        patient_id: str,
+        *,
+        resource_types: list[str],
+        correlation_id: str,
+        purpose: str,
+        timeout: float,
+    ) -> AsyncIterator[Envelope]:
+        request = node_agent_pb2.FetchPatientResourcesRequest(
+            patient_id=patient_id, resource_types=resource_types,
+            correlation_id=correlation_id, purpose_of_use=purpose,
+        )
+        try:
+            async for msg in self._stub(site_id, endpoint).FetchPatientResources(request, timeout=timeout):
+                yield _checked(site_id, msg, None)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, site_id) from None
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
+
+
+def _checked(site_id: str, msg: object, expected_type: str | None) -> Envelope:
+    env = envelope_from_proto(msg)  # type: ignore[arg-type]
+    if env.site_id != site_id:
+        raise InvalidInput(f"node {site_id} returned {env.resource_type}/{env.id} labelled as "
+                           f"site {env.site_id!r}")
+    if expected_type and env.resource_type != expected_type:
+        raise InvalidInput(f"node {site_id} returned a {env.resource_type} where a "
+                           f"{expected_type} was expected")
+    validate_resource(env)
+    return env
+
+
+def _translate(exc: grpc.aio.AioRpcError, site_id: str) -> Exception:
+    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"site {site_id} did not answer within the deadline")
+    return error_from_rpc(exc, f"site {site_id}")

@@ -1,0 +1,107 @@
+"""The Gateway gRPC servicer: thin methods that convert at the edge and delegate.
+
+Who is calling comes from :data:`federation.rpc.guard.current_peer`, set by the call
+guard from the client certificate; the guard also turns raised federation errors
+into gRPC statuses, so methods here simply raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from federation._proto.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from federation.gateway.inbox import Inbox
+from federation.gateway.registry import NodeRegistry, utcnow
+from federation.gateway.search import FederatedSearch
+from federation.rpc.guard import current_peer
+from federation.rpc.wire import TIER_TO_PROTO, envelope_to_proto, query_from_proto, timestamp
+
+__all__ = ["GatewayServicer", "GATEWAY_POLICY"]
+
+_NODE = frozenset({"node"})
+_PEOPLE = frozenset({"operator"})
+_PREFIX = "/federation.v1.Gateway/"
+
+#: which certificate roles may call which method (default deny for anything missing)
+GATEWAY_POLICY: dict[str, frozenset[str]] = {
+    _PREFIX + "Register": _NODE,
+    _PREFIX + "Heartbeat": _NODE,
+    _PREFIX + "StreamInbox": _NODE,
+    _PREFIX + "AckWorkItem": _NODE,
+    _PREFIX + "SearchPatients": _PEOPLE,
+}
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(
+        self, registry: NodeRegistry, inbox: Inbox, search: FederatedSearch, *, heartbeat_ms: int
+    ) -> None:
+        self._registry = registry
+        self._inbox = inbox
+        self._search = search
+        self._heartbeat_ms = heartbeat_ms
+
+    async def Register(self, request: gateway_pb2.RegisterRequest, context: grpc.aio.ServicerContext):
+        peer = current_peer.get()
+        node = await self._registry.register(
+            peer, endpoint=request.endpoint, software_version=request.software_version,
+            capabilities=list(request.capabilities),
+        )
+        return gateway_pb2.RegisterResponse(
+            site_id=node.site_id,
+            tier=TIER_TO_PROTO[peer.tier or ""],
+            heartbeat_interval_ms=self._heartbeat_ms,
+            registrations=node.registrations,
+            server_time=timestamp(utcnow()),
+        )
+
+    async def Heartbeat(self, request: gateway_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext):
+        result = await self._registry.heartbeat(current_peer.get(), request.sequence)
+        return gateway_pb2.HeartbeatResponse(
+            heartbeat_interval_ms=self._heartbeat_ms,
+            server_time=timestamp(utcnow()),
+            reregister=result.reregister,
+        )
+
+    async def StreamInbox(
+        self, request: gateway_pb2.StreamInboxRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gateway_pb2.WorkItem]:
+        site_id = current_peer.get().site_id or ""
+        async for item in self._inbox.stream(site_id, request.after_sequence):
+            yield gateway_pb2.WorkItem(
+                item_id=item.item_id, sequence=item.seq, kind=item.kind,
+                source_site=item.source_site or "", content_type=item.content_type,
+                payload=item.payload, created=timestamp(item.created_at),
+            )
+
+    async def AckWorkItem(self, request: gateway_pb2.AckWorkItemRequest, context: grpc.aio.ServicerContext):
+        row = await self._inbox.ack(current_peer.get().site_id or "", request.item_id)
+        return gateway_pb2.AckWorkItemResponse(acked_at=timestamp(row.acked_at))
+
+    async def SearchPatients(
+        self, request: gateway_pb2.FederatedSearchRequest, context: grpc.aio.ServicerContext
+    ):
+        outcome = await self._search.search(
+            current_peer.get(),
+            query_from_proto(request.query),
+            site_ids=list(request.site_ids),
+            purpose=request.purpose_of_use or "TREAT",
+            deadline_ms=request.deadline_ms,
+        )
+        return gateway_pb2.FederatedSearchResponse(
+            correlation_id=outcome.correlation_id,
+            results=[
+                gateway_pb2.SiteResult(
+                    site_id=r.site_id, truncated=r.truncated, elapsed_ms=r.elapsed_ms,
+                    patients=[envelope_to_proto(p) for p in r.patients],
+                )
+                for r in outcome.results
+            ],
+            issues=[
+                common_pb2.Issue(severity=i.severity, code=i.code, diagnostics=i.diagnostics,
+                                 site_id=i.site_id)
+                for i in outcome.issues
+            ],
+        )

@@ -1,0 +1,1 @@
+"""Node agent: reads one site's own systems through an adapter and serves them as FHIR."""

@@ -1,0 +1,94 @@
+"""Assemble and run one site's node agent: adapter, NodeAgent server, gateway link.
+
+The node refuses to start when its configuration and certificate disagree (another
+site id, a certificate without a node role): better a clear error at start than a
+node that the gateway refuses on every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field, replace
+
+import grpc
+from grpc_health.v1 import health
+
+from federation.errors import ConfigError
+from federation.nodes.adapters import open_adapter
+from federation.nodes.inbox import NodeInbox
+from federation.nodes.link import GatewayLink
+from federation.nodes.server import create_node_server, mark_serving
+from federation.nodes.service import NodeService
+from federation.security.identity import RevocationList, identity_from_pem
+from federation.security.tls import TlsMaterial
+from federation.settings import NodeSettings
+
+__all__ = ["RunningNode", "start_node", "serve_node"]
+
+log = logging.getLogger("federation.node")
+
+
+@dataclass(slots=True)
+class RunningNode:
+    settings: NodeSettings
+    service: NodeService
+    link: GatewayLink
+    inbox: NodeInbox
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        self.inbox.close()
+        log.info("node %s stopped", self.settings.site_id)
+
+
+async def start_node(settings: NodeSettings) -> RunningNode:
+    tls = TlsMaterial.load(settings.tls.cert, settings.tls.key, settings.tls.ca)
+    me = identity_from_pem(tls.cert_pem)
+    if me.role != "node" or me.site_id != settings.site_id:
+        raise ConfigError(
+            f"site_id is '{settings.site_id}' but the certificate {settings.tls.cert} is for "
+            f"{me.role} '{me.name}'; issue one with `federation ca issue --site {settings.site_id}`"
+        )
+    adapter = await asyncio.to_thread(
+        open_adapter, settings.source.kind, settings.source.path, settings.source.mapping)
+    service = NodeService(settings.site_id, me.tier or "", adapter, settings.source.kind)
+    revocations = RevocationList(settings.tls.crl, tls.ca_pem) if settings.tls.crl else None
+    server, port, health_servicer = create_node_server(
+        service, tls, settings.listen, max_message_bytes=settings.max_message_bytes,
+        revocations=revocations)
+    await server.start()
+    await mark_serving(health_servicer)
+    inbox = NodeInbox(settings.state_dir / "inbox.sqlite")
+    link = GatewayLink(_with_port(settings, port), tls, service, inbox)
+    running = RunningNode(settings, service, link, inbox, server, port, health_servicer)
+    running._tasks.append(asyncio.create_task(link.run(running._stop), name="gateway-link"))
+    log.info("node %s (%s) serving NodeAgent on port %d", settings.site_id, me.tier, port)
+    return running
+
+
+def _with_port(settings: NodeSettings, port: int) -> NodeSettings:
+    """When listening on port 0, advertise the port actually bound."""
+    if settings.advertise or not settings.listen.endswith(":0"):
+        return settings
+
+    return replace(settings, advertise=f"{settings.listen.rpartition(':')[0]}:{port}")
+
+
+async def serve_node(settings: NodeSettings) -> None:
+    running = await start_node(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await running.stop()

@@ -1,0 +1,167 @@
+"""The node's link to the gateway: register, heartbeat, receive inbound work.
+
+One session = register, then heartbeats and the inbox stream side by side until any of
+them fails. A lost gateway (restart, network) ends the session; the link waits with
+exponential backoff and full jitter (so a restarted gateway is not stormed by every
+site at once) and starts a new session, which registers again and resumes the inbox
+from the last item it stored. Nothing is acknowledged before it is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+from dataclasses import dataclass, field
+
+import grpc
+
+from federation import __version__
+from federation._proto.v1 import gateway_pb2, gateway_pb2_grpc
+from federation.errors import FederationError
+from federation.nodes.inbox import InboxItem, NodeInbox
+from federation.nodes.service import RESOURCE_TYPES, NodeService
+from federation.rpc.channels import secure_channel
+from federation.rpc.status import error_from_rpc
+from federation.security.ca import GATEWAY_SERVER_NAME
+from federation.security.tls import TlsMaterial
+from federation.settings import NodeSettings
+
+__all__ = ["GatewayLink", "LinkStatus"]
+
+log = logging.getLogger("federation.node.link")
+CALL_TIMEOUT = 10.0
+
+
+class _Reregister(Exception):
+    """The gateway no longer knows this node (e.g. its store was reset)."""
+
+
+@dataclass(slots=True)
+class LinkStatus:
+    connected: bool = False
+    sessions: int = 0
+    registrations: int = 0
+    heartbeats: int = 0
+    last_error: str = ""
+    last_heartbeat_at: dt.datetime | None = None
+    received_items: int = 0
+    connected_event: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class GatewayLink:
+    def __init__(
+        self, settings: NodeSettings, tls: TlsMaterial, service: NodeService, inbox: NodeInbox
+    ) -> None:
+        self._settings = settings
+        self._tls = tls
+        self._service = service
+        self._inbox = inbox
+        self.status = LinkStatus()
+        self._rng = random.Random()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep a session with the gateway until ``stop`` is set."""
+        backoff = self._settings.backoff_initial_ms / 1000
+        ceiling = self._settings.backoff_max_ms / 1000
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+            except (grpc.aio.AioRpcError, FederationError, _Reregister) as exc:
+                self._lost(exc)
+                if self.status.heartbeats:  # the session had worked: start small again
+                    backoff = self._settings.backoff_initial_ms / 1000
+            delay = self._rng.uniform(backoff / 2, backoff)
+            backoff = min(ceiling, backoff * 2)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+        self.status.connected = False
+
+    def _lost(self, exc: BaseException) -> None:
+        if isinstance(exc, grpc.aio.AioRpcError):
+            message = error_from_rpc(exc, f"gateway {self._settings.gateway}").message
+        elif isinstance(exc, _Reregister):
+            message = "the gateway asked this node to register again"
+        else:
+            message = str(exc)
+        if self.status.connected or message != self.status.last_error:
+            log.warning("gateway link down: %s; reconnecting with backoff", message)
+        self.status.connected = False
+        self.status.connected_event.clear()
+        self.status.last_error = message
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        channel = secure_channel(self._settings.gateway, self._tls, self._settings.max_message_bytes,
+                                 server_name=GATEWAY_SERVER_NAME)
+        async with channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            reply = await stub.Register(
+                gateway_pb2.RegisterRequest(
+                    endpoint=self._settings.endpoint, software_version=__version__,
+                    capabilities=list(RESOURCE_TYPES)),
+                timeout=CALL_TIMEOUT,
+            )
+            self.status.sessions += 1
+            self.status.registrations = reply.registrations
+            self.status.connected = True
+            self.status.last_error = ""
+            self.status.connected_event.set()
+            log.info("registered with the gateway as %s (registration #%d)", reply.site_id,
+                     reply.registrations)
+            interval = max(0.05, reply.heartbeat_interval_ms / 1000)
+            tasks = [
+                asyncio.create_task(self._heartbeats(stub, interval)),
+                asyncio.create_task(self._receive(stub)),
+                asyncio.create_task(stop.wait()),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+
+    async def _heartbeats(self, stub: gateway_pb2_grpc.GatewayStub, interval: float) -> None:
+        sequence = 0
+        while True:
+            sequence += 1
+            count = await asyncio.to_thread(self._service.patient_count)
+            reply = await stub.Heartbeat(
+                gateway_pb2.HeartbeatRequest(
+                    sequence=sequence, patient_count=count,
+                    quarantined_records=len(self._service.quarantined())),
+                timeout=CALL_TIMEOUT,
+            )
+            if reply.reregister:
+                raise _Reregister()
+            self.status.heartbeats += 1
+            self.status.last_heartbeat_at = dt.datetime.now(dt.UTC)
+            interval = max(0.05, (reply.heartbeat_interval_ms or interval * 1000) / 1000)
+            await asyncio.sleep(interval)
+
+    async def _receive(self, stub: gateway_pb2_grpc.GatewayStub) -> None:
+        """Store each inbound item, then acknowledge it; a redelivery is acked again only."""
+        # resume from 0: the gateway sends only what is not yet acknowledged, and an
+        # item stored here but not acked before a crash must be acked now
+        stream = stub.StreamInbox(gateway_pb2.StreamInboxRequest(after_sequence=0))
+        async for item in stream:
+            fresh = await asyncio.to_thread(self._inbox.store, InboxItem(
+                item_id=item.item_id, sequence=item.sequence, kind=item.kind,
+                source_site=item.source_site or None, content_type=item.content_type,
+                payload=item.payload,
+                received_at=dt.datetime.now(dt.UTC),
+            ))
+            await stub.AckWorkItem(gateway_pb2.AckWorkItemRequest(item_id=item.item_id),
+                                   timeout=CALL_TIMEOUT)
+            if fresh:
+                self.status.received_items += 1
+                log.info("inbox: received %s item %s", item.kind, item.item_id)
+        raise grpc.aio.AioRpcError(  # the gateway closed the stream: treat as a lost link
+            grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+            details="inbox stream closed by the gateway")

@@ -1,0 +1,90 @@
+"""The NodeAgent gRPC server: thin servicer methods over :class:`NodeService`.
+
+Only the gateway may call a node (policy table below, enforced by the call guard from
+the caller's certificate). Source access is blocking I/O, so it runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from federation import __version__
+from federation._proto.v1 import node_agent_pb2, node_agent_pb2_grpc
+from federation.nodes.service import RESOURCE_TYPES, NodeService
+from federation.rpc.channels import server_options
+from federation.rpc.guard import CallGuard
+from federation.rpc.wire import TIER_TO_PROTO, envelope_to_proto, query_from_proto
+from federation.security.identity import RevocationList
+from federation.security.tls import TlsMaterial, server_credentials
+
+__all__ = ["NodeAgentServicer", "NODE_POLICY", "create_node_server", "mark_serving"]
+
+_PREFIX = "/federation.v1.NodeAgent/"
+_GATEWAY = frozenset({"gateway"})
+NODE_POLICY: dict[str, frozenset[str]] = {
+    _PREFIX + "GetCapabilities": _GATEWAY,
+    _PREFIX + "SearchPatients": _GATEWAY,
+    _PREFIX + "FetchPatientResources": _GATEWAY,
+}
+SERVICE = node_agent_pb2.DESCRIPTOR.services_by_name["NodeAgent"].full_name
+_END = object()
+
+
+class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
+    def __init__(self, service: NodeService) -> None:
+        self._service = service
+
+    async def GetCapabilities(self, request, context: grpc.aio.ServicerContext):
+        count = await asyncio.to_thread(self._service.patient_count)
+        return node_agent_pb2.Capabilities(
+            site_id=self._service.site_id,
+            tier=TIER_TO_PROTO[self._service.tier],
+            software_version=__version__,
+            adapter=self._service.adapter_kind,
+            resource_types=list(RESOURCE_TYPES),
+            patient_count=count,
+            quarantined_records=len(self._service.quarantined()),
+        )
+
+    async def SearchPatients(self, request, context: grpc.aio.ServicerContext):
+        query = query_from_proto(request.query)
+        found, truncated = await asyncio.to_thread(self._service.search, query)
+        return node_agent_pb2.SearchPatientsResponse(
+            patients=[envelope_to_proto(e) for e in found], truncated=truncated)
+
+    async def FetchPatientResources(
+        self, request, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[object]:
+        # the source is read lazily in a thread, one resource at a time, so a large
+        # record is never held whole in memory
+        iterator = self._service.fetch(request.patient_id, list(request.resource_types))
+        while (env := await asyncio.to_thread(next, iterator, _END)) is not _END:
+            yield envelope_to_proto(env)  # type: ignore[arg-type]
+
+
+def create_node_server(
+    service: NodeService,
+    tls: TlsMaterial,
+    listen: str,
+    *,
+    max_message_bytes: int,
+    revocations: RevocationList | None = None,
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    server = grpc.aio.server(
+        interceptors=[CallGuard("node", NODE_POLICY, revocations)],
+        options=server_options(max_message_bytes),
+    )
+    node_agent_pb2_grpc.add_NodeAgentServicer_to_server(NodeAgentServicer(service), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_secure_port(listen, server_credentials(tls))
+    return server, port, health_servicer
+
+
+async def mark_serving(health_servicer: health.aio.HealthServicer) -> None:
+    for name in ("", SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -1,0 +1,119 @@
+"""The node's core: answer the gateway's questions from the site adapter, as valid FHIR.
+
+Plain Python over a :class:`SourceAdapter`; the gRPC servicer calls it in a worker
+thread. A record that cannot be mapped is quarantined with its reason (row id only in
+the log), counted, and left out — it never breaks the answer for the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from federation.envelope import Envelope
+from federation.errors import MappingError, NotFound
+from federation.nodes.adapters import SourceAdapter
+from federation.nodes.fhir_mapping import encounter_to_fhir, patient_to_fhir, stable_id
+from federation.nodes.model import PatientQuery, PatientRecord
+
+__all__ = ["NodeService", "Quarantined", "RESOURCE_TYPES"]
+
+log = logging.getLogger("federation.node")
+
+RESOURCE_TYPES = ("Patient", "Encounter")
+INDEX_REFRESH_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    resource_type: str
+    local_key: str
+    reason: str
+
+
+class NodeService:
+    def __init__(self, site_id: str, tier: str, adapter: SourceAdapter, adapter_kind: str) -> None:
+        self.site_id = site_id
+        self.tier = tier
+        self.adapter_kind = adapter_kind
+        self._adapter = adapter
+        self._quarantine: dict[tuple[str, str], Quarantined] = {}
+        self._index: dict[str, str] | None = None
+        self._indexed_at = 0.0
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ facts
+
+    def patient_count(self) -> int:
+        return self._adapter.count_patients()
+
+    def quarantined(self) -> list[Quarantined]:
+        source = [Quarantined("source-row", str(key), reason)
+                  for key, reason in getattr(self._adapter, "quarantine", [])]
+        return source + list(self._quarantine.values())
+
+    # ------------------------------------------------------------------ queries
+
+    def search(self, query: PatientQuery) -> tuple[list[Envelope], bool]:
+        records = self._adapter.search_patients(replace(query, limit=query.limit + 1))
+        truncated = len(records) > query.limit
+        found = []
+        for record in records[: query.limit]:
+            env = self._patient(record)
+            if env is not None:
+                found.append(env)
+        return found, truncated
+
+    def fetch(self, patient_id: str, resource_types: list[str]) -> Iterator[Envelope]:
+        """The patient's resources, Patient first; NotFound for an id this site never issued."""
+        wanted = set(resource_types or RESOURCE_TYPES)
+        local_id = self._local_id(patient_id)
+        record = self._adapter.get_patient(local_id) if local_id else None
+        if record is None:
+            raise NotFound(f"site {self.site_id} has no Patient/{patient_id}")
+        if "Patient" in wanted:
+            env = self._patient(record)
+            if env is not None:
+                yield env
+        if "Encounter" in wanted:
+            for enc in self._adapter.encounters(record.local_id):
+                try:
+                    yield Envelope.from_resource(self.site_id, encounter_to_fhir(self.site_id, enc))
+                except MappingError as exc:
+                    self._quarantine_record("Encounter", enc.local_id, exc.message)
+
+    # ------------------------------------------------------------------ internals
+
+    def _patient(self, record: PatientRecord) -> Envelope | None:
+        try:
+            return Envelope.from_resource(self.site_id, patient_to_fhir(self.site_id, record))
+        except MappingError as exc:
+            self._quarantine_record("Patient", record.local_id, exc.message)
+            return None
+
+    def _quarantine_record(self, resource_type: str, local_key: str, reason: str) -> None:
+        key = (resource_type, local_key)
+        if key not in self._quarantine:
+            log.warning("quarantined %s with local key hash %s: %s", resource_type,
+                        stable_id(self.site_id, resource_type, local_key)[:8], reason)
+        self._quarantine[key] = Quarantined(resource_type, local_key, reason)
+
+    def _local_id(self, patient_id: str) -> str | None:
+        """FHIR ids are one-way hashes of local keys, so the node keeps the reverse index.
+
+        A miss rebuilds it (new patients arrive at the site), at most every
+        ``INDEX_REFRESH_SECONDS`` so that unknown ids cannot make the node rescan its
+        source on every call.
+        """
+        with self._lock:
+            stale = time.monotonic() - self._indexed_at > INDEX_REFRESH_SECONDS
+            if self._index is None or (patient_id not in self._index and stale):
+                self._index = {
+                    stable_id(self.site_id, "Patient", local): local
+                    for local in self._adapter.iter_patient_ids()
+                }
+                self._indexed_at = time.monotonic()
+            return self._index.get(patient_id)

@@ -1,0 +1,3 @@
+"""gRPC plumbing shared by the gateway and the node agent: status mapping, the call
+guard (authentication, authorisation, metrics, logging), channel options and the
+conversions between protobuf messages and domain records."""

@@ -1,0 +1,274 @@
+"""Typed, frozen configuration, read once from a TOML file and ``FEDERATION_*`` variables.
+
+This is the only module that reads the environment. Every setting has one dotted key
+(``tls.cert``) used in the TOML file and one environment variable
+(``FEDERATION_TLS_CERT``) that overrides it; a bad value fails fast with a
+:class:`~federation.errors.ConfigError` naming both. Relative paths in a file are
+resolved against the file's own directory, so a site folder can be moved whole.
+
+Gateway file (``gateway.toml``)::
+
+    database_url = "sqlite:///gateway.db"      # FEDERATION_DATABASE_URL
+    grpc_listen = "127.0.0.1:50051"            # FEDERATION_GRPC_LISTEN
+    http_listen = "127.0.0.1:8080"             # FEDERATION_HTTP_LISTEN
+    [tls]                                      # FEDERATION_TLS_CERT / _KEY / _CA / _CRL
+    cert = "pki/gateway.crt"
+    [[sites]]                                  # consortium registry, seeded at start
+    id = "city-1"; name = "市第一人民医院"; tier = "city"
+
+Node file (``site.toml``)::
+
+    site_id = "county-a"                       # must match the node certificate
+    listen = "127.0.0.1:50061"
+    gateway = "127.0.0.1:50051"
+    [source]
+    kind = "sql"; path = "his.sqlite"; mapping = "vendor_a"
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from federation.errors import ConfigError
+
+__all__ = [
+    "TlsSettings",
+    "SiteEntry",
+    "GatewaySettings",
+    "SourceSettings",
+    "NodeSettings",
+    "load_gateway_settings",
+    "load_node_settings",
+    "env_flag",
+]
+
+TIERS = ("township", "county", "city")
+_HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    cert: Path
+    key: Path
+    ca: Path
+    crl: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SiteEntry:
+    """One member of the consortium registry, as configured."""
+
+    id: str
+    name: str
+    tier: str
+    parent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    database_url: str
+    grpc_listen: str
+    http_listen: str
+    tls: TlsSettings
+    sites: tuple[SiteEntry, ...] = ()
+    heartbeat_interval_ms: int = 5000
+    unreachable_after_ms: int = 15000
+    max_message_bytes: int = 4 * 1024 * 1024
+    search_deadline_ms: int = 5000
+    inbox_poll_ms: int = 1000
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSettings:
+    kind: str
+    path: Path
+    mapping: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    site_id: str
+    listen: str
+    gateway: str
+    tls: TlsSettings
+    source: SourceSettings
+    state_dir: Path
+    advertise: str = ""
+    max_message_bytes: int = 4 * 1024 * 1024
+    backoff_initial_ms: int = 500
+    backoff_max_ms: int = 15000
+    log_level: str = "INFO"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        """The address the gateway should dial (``advertise`` or ``listen``)."""
+        return self.advertise or self.listen
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+class _Reader:
+    """Looks keys up in env first, then the file; converts and names the key on failure."""
+
+    def __init__(self, data: Mapping[str, Any], env: Mapping[str, str], base: Path) -> None:
+        self._data, self._env, self._base = data, env, base
+
+    @staticmethod
+    def env_name(key: str) -> str:
+        return "FEDERATION_" + key.replace(".", "_").upper()
+
+    def raw(self, key: str) -> tuple[Any, str] | None:
+        name = self.env_name(key)
+        if name in self._env and self._env[name] != "":
+            return self._env[name], f"environment variable {name}"
+        node: Any = self._data
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return None
+            node = node[part]
+        return node, f"setting '{key}'"
+
+    def str(self, key: str, default: str | None = None) -> str:
+        found = self.raw(key)
+        if found is None:
+            if default is None:
+                raise ConfigError(
+                    f"missing setting '{key}' (set it in the config file or {self.env_name(key)})"
+                )
+            return default
+        value, where = found
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where} must be a non-empty string, got {value!r}")
+        return value.strip()
+
+    def opt_str(self, key: str) -> str | None:
+        return self.str(key) if self.raw(key) is not None else None
+
+    def int(self, key: str, default: int, *, minimum: int = 1) -> int:
+        found = self.raw(key)
+        if found is None:
+            return default
+        value, where = found
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a whole number, got {value!r}") from None
+        if number < minimum:
+            raise ConfigError(f"{where} must be at least {minimum}, got {number}")
+        return number
+
+    def path(self, key: str, default: Path | None = None) -> Path:
+        found = self.raw(key)
+        if found is None:
+            if default is None:
+                raise ConfigError(
+                    f"missing path '{key}' (set it in the config file or {self.env_name(key)})"
+                )
+            return default
+        value, where = found
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where} must be a path, got {value!r}")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self._base / p).resolve()
+
+    def opt_path(self, key: str) -> Path | None:
+        return self.path(key) if self.raw(key) is not None else None
+
+    def hostport(self, key: str, default: str | None = None) -> str:
+        value = self.str(key, default)
+        m = _HOSTPORT.match(value)
+        if not m or not 0 <= int(m.group(2)) <= 65535:
+            raise ConfigError(f"setting '{key}' must be host:port, got {value!r}")
+        return value
+
+    def tls(self) -> TlsSettings:
+        return TlsSettings(
+            cert=self.path("tls.cert"),
+            key=self.path("tls.key"),
+            ca=self.path("tls.ca"),
+            crl=self.opt_path("tls.crl"),
+        )
+
+
+def _read_file(path: Path | None) -> tuple[dict[str, Any], Path]:
+    if path is None:
+        return {}, Path.cwd()
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh), path.resolve().parent
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _sites(data: Mapping[str, Any]) -> tuple[SiteEntry, ...]:
+    entries = []
+    for i, raw in enumerate(data.get("sites", []) or []):
+        where = f"sites[{i}]"
+        if not isinstance(raw, Mapping) or not raw.get("id") or not raw.get("name"):
+            raise ConfigError(f"{where} needs at least 'id' and 'name'")
+        tier = raw.get("tier")
+        if tier not in TIERS:
+            raise ConfigError(f"{where}.tier must be one of {', '.join(TIERS)}, got {tier!r}")
+        entries.append(SiteEntry(str(raw["id"]), str(raw["name"]), tier, raw.get("parent")))
+    return tuple(entries)
+
+
+def load_gateway_settings(
+    path: Path | None = None, env: Mapping[str, str] | None = None
+) -> GatewaySettings:
+    """Read the gateway's settings; ``env`` defaults to ``os.environ``."""
+    data, base = _read_file(path)
+    r = _Reader(data, os.environ if env is None else env, base)
+    interval = r.int("heartbeat_interval_ms", 5000, minimum=50)
+    return GatewaySettings(
+        database_url=r.str("database_url", f"sqlite:///{(base / 'gateway.db').as_posix()}"),
+        grpc_listen=r.hostport("grpc_listen", "127.0.0.1:50051"),
+        http_listen=r.hostport("http_listen", "127.0.0.1:8080"),
+        tls=r.tls(),
+        sites=_sites(data),
+        heartbeat_interval_ms=interval,
+        unreachable_after_ms=r.int("unreachable_after_ms", 3 * interval, minimum=interval),
+        max_message_bytes=r.int("max_message_bytes", 4 * 1024 * 1024, minimum=1024),
+        search_deadline_ms=r.int("search_deadline_ms", 5000, minimum=10),
+        inbox_poll_ms=r.int("inbox_poll_ms", 1000, minimum=10),
+        log_level=r.str("log_level", "INFO").upper(),
+    )
+
+
+def load_node_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> NodeSettings:
+    """Read one site's node-agent settings (``site.toml``)."""
+    data, base = _read_file(path)
+    r = _Reader(data, os.environ if env is None else env, base)
+    kind = r.str("source.kind")
+    if kind not in ("sql", "csv"):
+        raise ConfigError(f"setting 'source.kind' must be 'sql' or 'csv', got {kind!r}")
+    return NodeSettings(
+        site_id=r.str("site_id"),
+        listen=r.hostport("listen", "127.0.0.1:50061"),
+        gateway=r.hostport("gateway", "127.0.0.1:50051"),
+        advertise=r.opt_str("advertise") or "",
+        tls=r.tls(),
+        source=SourceSettings(kind=kind, path=r.path("source.path"), mapping=r.opt_str("source.mapping")),
+        state_dir=r.path("state_dir", base / "state"),
+        max_message_bytes=r.int("max_message_bytes", 4 * 1024 * 1024, minimum=1024),
+        backoff_initial_ms=r.int("backoff_initial_ms", 500, minimum=10),
+        backoff_max_ms=r.int("backoff_max_ms", 15000, minimum=10),
+        log_level=r.str("log_level", "INFO").upper(),
+    )
+
+
+def env_flag(name: str, env: Mapping[str, str] | None = None) -> bool:
+    """True when ``name`` is set to a truthy value (``1``, ``true``, ``yes``)."""
+    value = (os.environ if env is None else env).get(name, "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
