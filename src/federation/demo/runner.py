@@ -29,6 +29,7 @@ from federation.errors import Unavailable
 
 __all__ = ["run_demo", "Supervisor"]
 
+START_ATTEMPTS = 3
 STATE_STYLE = {"online": "green", "unreachable": "red", "offline": "yellow"}
 
 
@@ -118,12 +119,21 @@ def state_table(sites: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
-def _wait_online(layout: DemoLayout, sup: Supervisor, live: Live, timeout: float) -> bool:
+def _registrations(sites: list[dict[str, Any]]) -> dict[str, int]:
+    return {s["site_id"]: (s.get("node") or {}).get("registrations", 0) for s in sites}
+
+
+def _wait_online(layout: DemoLayout, sup: Supervisor, live: Live, timeout: float,
+                 before: dict[str, int]) -> bool:
+    """Wait until every node has registered *in this run* and is online (the store may
+    still say "online" for the previous run's processes for a few seconds)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         sites = consortium_state(layout.http_url)
         live.update(state_table(sites, "Consortium — starting"))
-        if sites and all((s.get("node") or {}).get("state") == "online" for s in sites):
+        now = _registrations(sites)
+        if sites and all((s.get("node") or {}).get("state") == "online"
+                         and now[s["site_id"]] > before.get(s["site_id"], 0) for s in sites):
             return True
         for name, proc in sup.procs.items():
             if proc.poll() is not None:
@@ -135,16 +145,26 @@ def _wait_online(layout: DemoLayout, sup: Supervisor, live: Live, timeout: float
 def run_demo(workdir: Path, *, tour_only: bool, people: int) -> int:
     console = Console()
     console.print(f"[bold]Demo consortium[/] in {workdir}")
-    layout = prepare_workspace(workdir, people=people)
-    console.print(f"gateway gRPC {layout.grpc_address}, HTTP {layout.http_url} "
-                  f"(try {layout.http_url}/api/consortium)")
-    sup = Supervisor(layout)
+    sup = None
     try:
-        sup.start_gateway()
+        for attempt in range(1, START_ATTEMPTS + 1):
+            layout = prepare_workspace(workdir, people=people)   # fresh ports each attempt
+            sup = Supervisor(layout)
+            try:
+                sup.start_gateway()
+                break
+            except Unavailable as exc:
+                sup.stop_all()
+                if "address already in use" not in str(exc).lower() or attempt == START_ATTEMPTS:
+                    raise
+                console.print("[yellow]a chosen port was taken meanwhile; trying other ports[/]")
+        console.print(f"gateway gRPC {layout.grpc_address}, HTTP {layout.http_url} "
+                      f"(try {layout.http_url}/api/consortium)")
+        before = _registrations(consortium_state(layout.http_url))
         sup.start_nodes()
         with Live(state_table([], "Consortium — starting"), console=console,
                   refresh_per_second=4, transient=False) as live:
-            if not _wait_online(layout, sup, live, timeout=60):
+            if not _wait_online(layout, sup, live, timeout=60, before=before):
                 console.print("[red]not every node came online within 60 s; see "
                               f"{layout.logs}[/]")
                 return 1
@@ -162,5 +182,6 @@ def run_demo(workdir: Path, *, tour_only: bool, people: int) -> int:
         console.print("\nstopping…")
         return 0
     finally:
-        sup.stop_all()
+        if sup is not None:
+            sup.stop_all()
         console.print("all processes stopped")

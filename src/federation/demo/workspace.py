@@ -6,6 +6,7 @@ files are rewritten each run because they carry the freshly chosen loopback port
 
 from __future__ import annotations
 
+import random
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +33,23 @@ class DemoLayout:
     logs: Path
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the OS reports free right now (bound together so they are distinct)."""
-    socks = []
+#: below Linux's ephemeral range (32768+), so that a port we pick is not handed to some
+#: other process's outgoing connection between our check and the server's bind
+PORT_RANGE = (20000, 32000)
+
+
+def free_ports(count: int, rng: random.Random | None = None) -> list[int]:
+    """Distinct loopback ports that are free right now, outside the ephemeral range."""
+    rng = rng or random.Random()
+    socks: list[socket.socket] = []
     try:
-        for _ in range(count):
+        while len(socks) < count:
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", rng.randrange(*PORT_RANGE)))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:

@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from federation._proto.v1 import gateway_pb2, gateway_pb2_grpc
+from federation.errors import Unavailable
 from federation.gateway.http_app import create_http_app
 from federation.gateway.inbox import Inbox
 from federation.gateway.node_clients import NodeClients
@@ -82,7 +83,11 @@ def _bind(listen: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, int(port)))
+    try:
+        sock.bind((host, int(port)))
+    except OSError as exc:
+        sock.close()
+        raise Unavailable(f"cannot listen for HTTP on {listen}: {exc.strerror}") from None
     sock.listen(128)
     sock.setblocking(False)
     return sock
@@ -114,7 +119,11 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     reflection.enable_server_reflection(
         (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
-    port = server.add_secure_port(settings.grpc_listen, server_credentials(tls))
+    try:
+        port = server.add_secure_port(settings.grpc_listen, server_credentials(tls))
+    except RuntimeError:
+        raise Unavailable(f"cannot listen for gRPC on {settings.grpc_listen}: address already "
+                          "in use or not available") from None
     await server.start()
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

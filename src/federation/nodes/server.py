@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from federation import __version__
 from federation._proto.v1 import node_agent_pb2, node_agent_pb2_grpc
+from federation.errors import Unavailable
 from federation.nodes.service import RESOURCE_TYPES, NodeService
 from federation.rpc.channels import server_options
 from federation.rpc.guard import CallGuard
@@ -81,7 +82,11 @@ def create_node_server(
     node_agent_pb2_grpc.add_NodeAgentServicer_to_server(NodeAgentServicer(service), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_secure_port(listen, server_credentials(tls))
+    try:
+        port = server.add_secure_port(listen, server_credentials(tls))
+    except RuntimeError:
+        raise Unavailable(f"cannot listen for gRPC on {listen}: address already in use or "
+                          "not available") from None
     return server, port, health_servicer
 
 

@@ -1,0 +1,177 @@
+"""Engines and migrations for the gateway store: SQLite embedded, PostgreSQL at scale.
+
+SQLite runs in WAL mode with foreign keys on, and every write transaction starts with
+``BEGIN IMMEDIATE``: a deferred transaction that reads and then writes can fail at once
+with "database is locked" when another connection committed in between, whatever the
+busy timeout. Read-only sessions (see :func:`read_only`) keep the cheap deferred ``BEGIN``.
+
+Migrations are Alembic scripts packaged next to this module and run programmatically;
+no ``alembic.ini`` is involved. On PostgreSQL the upgrade holds an advisory lock, so
+several gateway replicas starting at once migrate the database exactly once.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.pool import StaticPool
+
+from federation.errors import ConfigError, Unavailable
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "make_engine",
+    "read_only",
+    "upgrade",
+    "current_revision",
+    "head_revision",
+    "check_connection",
+    "describe",
+    "failure_reason",
+]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# Any constant will do; it only has to be the same for every replica.
+_MIGRATION_LOCK = 0x6665_6447_6174_65  # "fedGate"
+_READ_ONLY = "federation_read_only"
+# Alembic's ``context`` and ``op`` are module-global proxies: two migration runs in one
+# process at once (two embedded gateways starting in threads) would trample each other.
+_ALEMBIC = threading.Lock()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``sqlite:///path`` or ``postgresql+psycopg://user@host/db``.
+
+    ``postgresql://`` and ``postgres://`` mean psycopg 3, the driver the gateway ships with.
+    """
+    parsed = _parse(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed)
+    return create_engine(
+        parsed,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 5, "application_name": "federation-gateway"},
+    )
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine (and pool), for sessions that only read: a plain ``BEGIN`` on SQLite."""
+    return engine.execution_options(**{_READ_ONLY: True})
+
+
+def upgrade(url_or_engine: str | Engine) -> None:
+    """Migrate the database to the newest revision; a no-op when it is already there."""
+    engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+    try:
+        with _ALEMBIC, engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+            cfg = _alembic_config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    finally:
+        if isinstance(url_or_engine, str):
+            engine.dispose()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None before the first upgrade."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    """The newest revision this version of the gateway ships."""
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def check_connection(engine: Engine) -> None:
+    """Raise :class:`Unavailable` naming the database (never its password) if unreachable."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except DBAPIError as exc:
+        raise Unavailable(
+            f"cannot reach the gateway database ({describe(engine.url)}): "
+            f"{failure_reason(exc, engine.url)}"
+        ) from None
+
+
+def failure_reason(exc: DBAPIError, url: URL) -> str:
+    """The first line of the driver's message, with the password (if any) blanked."""
+    lines = str(exc.orig or exc).strip().splitlines()
+    reason = lines[0] if lines else type(exc.orig or exc).__name__
+    return reason.replace(str(url.password), "***") if url.password else reason
+
+
+def describe(url: URL) -> str:
+    """A person-readable name for a database URL, without the password."""
+    if url.get_backend_name() == "sqlite":
+        return f"SQLite file {url.database or ':memory:'}"
+    host = f"{url.host or 'localhost'}:{url.port or 5432}"
+    user = f" as user {url.username}" if url.username else ""
+    return f"PostgreSQL database '{url.database}' on {host}{user}"
+
+
+# ---------------------------------------------------------------------------- internals
+
+
+def _parse(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"database_url is not a database URL: {url!r}") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+        raise ConfigError(
+            "database_url must be sqlite:///path/to/gateway.db or "
+            f"postgresql+psycopg://user@host:5432/dbname, not {parsed.drivername}://…"
+        )
+    return parsed
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    memory = url.database in (None, "", ":memory:")
+    if not memory:
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 5}}
+    if memory:  # one shared connection, or every session would see its own empty database
+        kwargs["poolclass"] = StaticPool
+    engine = create_engine(url, **kwargs)
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # we emit BEGIN ourselves, in _sqlite_on_begin
+    cur = dbapi_conn.cursor()
+    for pragma in ("journal_mode=WAL", "foreign_keys=ON", "busy_timeout=5000",
+                   "synchronous=NORMAL"):
+        cur.execute(f"PRAGMA {pragma}")
+    cur.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    read = conn.get_execution_options().get(_READ_ONLY, False)
+    conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
+
+
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return cfg

@@ -1,0 +1,413 @@
+"""The gateway store: registry, node liveness, exchange log and work items, over SQL.
+
+Several gateway replicas may share one PostgreSQL database, so nothing here keeps state
+in memory and every read-modify-write happens in one transaction on locked rows:
+
+* per-site operations (registration, enqueueing) first lock the site's registry row
+  (``FOR NO KEY UPDATE``, which foreign-key checks do not wait for). That serialises a
+  node's concurrent registrations, and makes work-item ``seq`` values of one site commit
+  in order — a delivery cursor that has passed seq *n* never misses a later-committing
+  item with a smaller seq;
+* node rows are locked ``FOR UPDATE`` before their state changes; the liveness sweep
+  takes them ``SKIP LOCKED``, so sweepers on several replicas split the work and each
+  transition (and its ``node_event``) is recorded exactly once;
+* idempotent inserts use ``INSERT … ON CONFLICT DO NOTHING`` and then read the winner.
+
+On SQLite every write transaction is ``BEGIN IMMEDIATE`` (see ``database.py``), which
+serialises writers; row locks render as nothing there.
+
+Methods are synchronous (the asyncio gateway calls them with ``asyncio.to_thread``) and
+return the frozen rows from :mod:`federation.store.models`, never ORM objects.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, func, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlmodel import Session, col, select
+
+from federation.errors import Conflict, InvalidInput, NotFound, Unavailable, UnknownSite
+from federation.store.database import check_connection, describe, failure_reason, read_only
+from federation.store.models import (OUTCOMES, REQUESTER_KINDS, TIERS, WORK_KINDS, ExchangeEntry,
+                                     ExchangeLog, Node, NodeEvent, NodeEventRow, NodeRow, Site,
+                                     SiteRow, WorkItem, WorkItemRow)
+
+__all__ = ["GatewayStore"]
+
+
+class GatewayStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._reader = read_only(engine)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def ping(self) -> None:
+        """Raise :class:`Unavailable` if the database cannot be reached."""
+        check_connection(self._engine)
+
+    def dispose(self) -> None:
+        self._engine.dispose()
+
+    # ------------------------------------------------------------------------- sites
+
+    def upsert_site(
+        self, site_id: str, name: str, tier: str, parent_site_id: str | None = None
+    ) -> SiteRow:
+        """Add a member site, or update its name, tier and parent."""
+        _site_id(site_id)
+        _choice("tier", tier, TIERS)
+        with self._write() as s:
+            if parent_site_id is not None:
+                _check_parent(s, site_id, parent_site_id)
+            values = {"name": name, "tier": tier, "parent_site_id": parent_site_id}
+            s.exec(
+                _insert(s, Site)
+                .values(site_id=site_id, created_at=_now(), **values)
+                .on_conflict_do_update(index_elements=["site_id"], set_=values)
+            )
+            return SiteRow.of(s.get_one(Site, site_id, populate_existing=True))
+
+    def get_site(self, site_id: str) -> SiteRow | None:
+        with self._read() as s:
+            site = s.get(Site, site_id)
+            return None if site is None else SiteRow.of(site)
+
+    def require_site(self, site_id: str) -> SiteRow:
+        site = self.get_site(site_id)
+        if site is None:
+            raise _unknown_site(site_id)
+        return site
+
+    def list_sites(self) -> list[SiteRow]:
+        with self._read() as s:
+            return [SiteRow.of(m) for m in s.exec(select(Site).order_by(col(Site.site_id)))]
+
+    # ------------------------------------------------------------------------- nodes
+
+    def register_node(
+        self,
+        site_id: str,
+        *,
+        endpoint: str,
+        cert_serial: str,
+        cert_fingerprint: str,
+        software_version: str,
+        capabilities: Sequence[str],
+        now: dt.datetime,
+    ) -> NodeRow:
+        """(Re-)register the site's node: online from ``now``, registrations + 1."""
+        now = _utc("now", now)
+        with self._write() as s:
+            _lock_site(s, site_id)
+            node = s.get(Node, site_id, with_for_update=True, populate_existing=True)
+            if node is None:
+                node = Node(site_id=site_id, state="online", state_changed_at=now,
+                            registrations=0, registered_at=now, last_heartbeat_at=now)
+                s.add(node)
+                before = None
+            else:
+                before = node.state
+            node.endpoint, node.cert_serial = endpoint, cert_serial
+            node.cert_fingerprint, node.software_version = cert_fingerprint, software_version
+            node.capabilities = json.dumps(list(capabilities), ensure_ascii=False)
+            node.registrations += 1
+            node.registered_at = node.last_heartbeat_at = now
+            node.heartbeat_seq = 0
+            reason = "registered" if before is None else f"re-registered (#{node.registrations})"
+            _record(s, node, before, "online", now, reason)
+            return NodeRow.of(node)
+
+    def heartbeat(self, site_id: str, seq: int, now: dt.datetime) -> NodeRow:
+        """Record a heartbeat; an unreachable node comes back online.
+
+        NotFound if the node never registered, or is offline: either way it must
+        (re-)register before its heartbeats count.
+        """
+        now = _utc("now", now)
+        with self._write() as s:
+            node = s.get(Node, site_id, with_for_update=True, populate_existing=True)
+            if node is None or node.state == "offline":
+                why = "has not registered" if node is None else "is offline"
+                raise NotFound(f"node '{site_id}' {why}; it must register before heartbeats")
+            node.heartbeat_seq = seq
+            node.last_heartbeat_at = max(node.last_heartbeat_at, now)  # replicas race
+            if node.state == "unreachable":
+                _set_state(s, node, "online", now, "heartbeats resumed")
+            return NodeRow.of(node)
+
+    def mark_unreachable(self, cutoff: dt.datetime, now: dt.datetime) -> list[str]:
+        """Every online node silent since before ``cutoff`` becomes unreachable.
+
+        Returns the site ids this call moved. Nodes another replica's sweep (or a
+        heartbeat) holds locked are skipped: that transaction decides them.
+        """
+        cutoff, now = _utc("cutoff", cutoff), _utc("now", now)
+        with self._write() as s:
+            stale = s.exec(
+                select(Node)
+                .where(Node.state == "online", col(Node.last_heartbeat_at) < cutoff)
+                .order_by(col(Node.site_id))
+                .with_for_update(skip_locked=True)
+            ).all()
+            for node in stale:
+                last = node.last_heartbeat_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+                _set_state(s, node, "unreachable", now, f"no heartbeat since {last}")
+            return [node.site_id for node in stale]
+
+    def mark_offline(self, site_id: str, now: dt.datetime, reason: str) -> NodeRow:
+        """Take the node out of service (shut down, decommissioned) until it registers."""
+        now = _utc("now", now)
+        with self._write() as s:
+            node = s.get(Node, site_id, with_for_update=True, populate_existing=True)
+            if node is None:
+                raise NotFound(f"site '{site_id}' has no registered node")
+            if node.state != "offline":
+                _set_state(s, node, "offline", now, reason)
+            return NodeRow.of(node)
+
+    def get_node(self, site_id: str) -> NodeRow | None:
+        with self._read() as s:
+            node = s.get(Node, site_id)
+            return None if node is None else NodeRow.of(node)
+
+    def list_nodes(self) -> list[NodeRow]:
+        with self._read() as s:
+            return [NodeRow.of(m) for m in s.exec(select(Node).order_by(col(Node.site_id)))]
+
+    def consortium_view(self) -> list[tuple[SiteRow, NodeRow | None]]:
+        """Every member site with its node (None if it never registered), by site id."""
+        with self._read() as s:
+            rows = s.exec(
+                select(Site, Node)
+                .join(Node, col(Node.site_id) == col(Site.site_id), isouter=True)
+                .order_by(col(Site.site_id))
+            )
+            return [(SiteRow.of(site), None if node is None else NodeRow.of(node))
+                    for site, node in rows]
+
+    def node_events(self, site_id: str | None = None, limit: int = 100) -> list[NodeEventRow]:
+        """Node state changes and registrations, newest first.
+
+        Ordered by id, not ``at``: a node's events are written under its row lock, so ids
+        follow the real order of transitions even when replicas' clocks disagree.
+        """
+        query = select(NodeEvent).order_by(col(NodeEvent.id).desc())
+        if site_id is not None:
+            query = query.where(NodeEvent.site_id == site_id)
+        with self._read() as s:
+            return [NodeEventRow.of(m) for m in s.exec(query.limit(limit))]
+
+    # ------------------------------------------------------------------ exchange log
+
+    def log_exchange(self, entry: ExchangeEntry) -> int:
+        """Append one exchange to the log; returns its id."""
+        _choice("requester_kind", entry.requester_kind, REQUESTER_KINDS)
+        _choice("outcome", entry.outcome, OUTCOMES)
+        row = ExchangeLog(
+            at=_utc("at", entry.at), correlation_id=entry.correlation_id,
+            requester_kind=entry.requester_kind, requester_id=entry.requester_id[:200],
+            requester_site=entry.requester_site, target_site=entry.target_site,
+            operation=entry.operation, purpose=entry.purpose, patient_ref=entry.patient_ref,
+            outcome=entry.outcome, status_code=entry.status_code[:64],
+            detail=entry.detail[:500], records=entry.records, duration_ms=entry.duration_ms,
+        )
+        with self._write() as s:
+            s.add(row)
+            s.flush()
+            assert row.id is not None
+            return row.id
+
+    def list_exchanges(
+        self, *, site: str | None = None, since: dt.datetime | None = None, limit: int = 100
+    ) -> list[ExchangeEntry]:
+        """Exchanges newest first; ``site`` matches the requesting or the target site."""
+        query = select(ExchangeLog).order_by(col(ExchangeLog.at).desc(),
+                                             col(ExchangeLog.id).desc())
+        if site is not None:
+            query = query.where(or_(ExchangeLog.requester_site == site,
+                                    ExchangeLog.target_site == site))
+        if since is not None:
+            query = query.where(col(ExchangeLog.at) >= _utc("since", since))
+        with self._read() as s:
+            return [ExchangeEntry.of(m) for m in s.exec(query.limit(limit))]
+
+    def exchange_counts(self) -> dict[str, int]:
+        """How many exchanges ended in each outcome (every outcome present, maybe 0)."""
+        with self._read() as s:
+            rows = s.exec(select(ExchangeLog.outcome, func.count()).group_by(ExchangeLog.outcome))
+            return {outcome: 0 for outcome in OUTCOMES} | {o: n for o, n in rows}
+
+    # -------------------------------------------------------------------- work items
+
+    def enqueue(
+        self,
+        site_id: str,
+        kind: str,
+        payload: bytes,
+        *,
+        content_type: str = "application/fhir+json",
+        source_site: str | None = None,
+        item_id: str | None = None,
+    ) -> WorkItemRow:
+        """Queue an item for the site's node. Idempotent on ``item_id``: a repeat returns
+        the first row; reusing an id for another site or kind is a Conflict."""
+        _choice("kind", kind, WORK_KINDS)
+        item_id = item_id or str(uuid.uuid4())
+        with self._write() as s:
+            _lock_site(s, site_id)
+            s.exec(
+                _insert(s, WorkItem)
+                .values(item_id=item_id, site_id=site_id, kind=kind, source_site=source_site,
+                        created_at=_now(), content_type=content_type, payload=bytes(payload),
+                        attempts=0)
+                .on_conflict_do_nothing(index_elements=["item_id"])
+            )
+            item = s.exec(select(WorkItem).where(WorkItem.item_id == item_id)).one()
+            if (item.site_id, item.kind) != (site_id, kind):
+                raise Conflict(f"work item '{item_id}' already exists as a {item.kind} for site "
+                               f"'{item.site_id}'; use a new item id")
+            return WorkItemRow.of(item)
+
+    def pending_for(self, site_id: str, after_seq: int = 0, limit: int = 100) -> list[WorkItemRow]:
+        """The site's unacknowledged items with seq > ``after_seq``, in seq order."""
+        query = (
+            select(WorkItem)
+            .where(WorkItem.site_id == site_id, col(WorkItem.seq) > after_seq,
+                   col(WorkItem.acked_at).is_(None))
+            .order_by(col(WorkItem.seq))
+            .limit(limit)
+        )
+        with self._read() as s:
+            return [WorkItemRow.of(m) for m in s.exec(query)]
+
+    def mark_delivered(self, item_ids: Iterable[str], now: dt.datetime) -> int:
+        """Note a delivery attempt (attempts + 1) of each unacknowledged item; returns count."""
+        ids, now = list(item_ids), _utc("now", now)
+        if not ids:
+            return 0
+        with self._write() as s:
+            result = s.exec(
+                update(WorkItem)
+                .where(col(WorkItem.item_id).in_(ids), col(WorkItem.acked_at).is_(None))
+                .values(attempts=WorkItem.attempts + 1, delivered_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount
+
+    def ack(self, site_id: str, item_id: str, now: dt.datetime) -> WorkItemRow:
+        """The site's node has the item. Repeats are harmless and keep the first acked_at."""
+        now = _utc("now", now)
+        mine = (WorkItem.item_id == item_id, WorkItem.site_id == site_id)
+        with self._write() as s:
+            s.exec(
+                update(WorkItem)
+                .where(*mine, col(WorkItem.acked_at).is_(None))
+                .values(acked_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            item = s.exec(select(WorkItem).where(*mine)).first()
+            if item is None:
+                raise NotFound(f"site '{site_id}' has no work item '{item_id}'")
+            return WorkItemRow.of(item)
+
+    # --------------------------------------------------------------------- sessions
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with _translated(self._engine), Session(self._engine) as s, s.begin():
+            yield s
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with _translated(self._engine), Session(self._reader) as s, s.begin():
+            yield s
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+@contextmanager
+def _translated(engine: Engine) -> Iterator[None]:
+    """Connection-level failures become Unavailable; everything else propagates."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        raise Unavailable(f"the gateway database ({describe(engine.url)}) failed: "
+                          f"{failure_reason(exc, engine.url)}") from exc
+
+
+def _insert(s: Session, model: type) -> sqlite.Insert | postgresql.Insert:
+    dialect = s.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
+
+
+def _lock_site(s: Session, site_id: str) -> Site:
+    site = s.exec(
+        select(Site).where(Site.site_id == site_id).with_for_update(key_share=True)
+    ).first()
+    if site is None:
+        raise _unknown_site(site_id)
+    return site
+
+
+def _check_parent(s: Session, site_id: str, parent_site_id: str) -> None:
+    seen, current = {site_id}, parent_site_id
+    while current is not None:
+        if current in seen:
+            raise InvalidInput(f"site '{site_id}' cannot have '{parent_site_id}' as parent: "
+                               "that would make a referral cycle")
+        parent = s.get(Site, current)
+        if parent is None:
+            raise UnknownSite(f"parent site '{current}' of '{site_id}' is not a member of the "
+                              "consortium registry; add the parent site first")
+        seen.add(current)
+        current = parent.parent_site_id
+
+
+def _set_state(s: Session, node: Node, state: str, now: dt.datetime, reason: str) -> None:
+    """Move the (locked) node to ``state`` and record the transition."""
+    _record(s, node, node.state, state, now, reason)
+
+
+def _record(
+    s: Session, node: Node, before: str | None, state: str, now: dt.datetime, reason: str
+) -> None:
+    s.add(NodeEvent(site_id=node.site_id, at=now, from_state=before, to_state=state,
+                    reason=reason[:200]))
+    if before != state:
+        node.state, node.state_changed_at = state, now
+
+
+def _unknown_site(site_id: str) -> UnknownSite:
+    return UnknownSite(f"site '{site_id}' is not a member of the consortium registry; "
+                       "add it with `federation site add`")
+
+
+def _site_id(site_id: str) -> None:
+    if not site_id or len(site_id) > 64:
+        raise InvalidInput(f"site id must be 1–64 characters, got {site_id!r}")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InvalidInput(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _utc(name: str, value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        raise InvalidInput(f"{name} must be a timezone-aware datetime, got a naive one")
+    return value.astimezone(dt.UTC)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

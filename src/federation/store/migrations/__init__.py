@@ -1,0 +1,1 @@
+"""Alembic migrations of the gateway store (run them with ``federation db upgrade``)."""

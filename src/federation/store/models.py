@@ -1,0 +1,268 @@
+"""The gateway store's tables, and the frozen rows the store hands out instead of them.
+
+The tables hold the gateway's own state — the consortium registry, node liveness, the
+exchange log and the inbound work-item queue — never a site's clinical records. ORM
+objects stay inside :mod:`federation.store.gateway_store`; callers get the plain frozen
+dataclasses at the bottom of this module.
+
+Timestamps are ``timestamp with time zone`` on PostgreSQL. SQLite has no zone, so
+:class:`UtcDateTime` writes UTC and reads naive values back as aware UTC: every datetime
+that leaves the store is aware UTC on both backends.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, Index, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+__all__ = [
+    "TIERS", "NODE_STATES", "REQUESTER_KINDS", "OUTCOMES", "WORK_KINDS",
+    "UtcDateTime", "StoreModel", "metadata",
+    "Site", "Node", "NodeEvent", "ExchangeLog", "WorkItem",
+    "SiteRow", "NodeRow", "NodeEventRow", "ExchangeEntry", "WorkItemRow",
+]
+
+TIERS = ("township", "county", "city")
+NODE_STATES = ("online", "unreachable", "offline")
+REQUESTER_KINDS = ("node", "operator", "user", "gateway")
+OUTCOMES = ("ok", "error", "timeout", "refused")
+WORK_KINDS = ("referral", "consult", "report", "notice")
+
+# Named constraints keep future migrations (SQLite batch mode especially) deterministic.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# 64-bit ids on PostgreSQL; SQLite only auto-increments an INTEGER primary key.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """``DateTime(timezone=True)`` that refuses naive input and always returns aware UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the gateway store; pass an aware UTC one")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:  # SQLite: stored as UTC wall-clock time
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+class StoreModel(SQLModel):
+    """Base of the store's tables: their own metadata, with a naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+metadata = StoreModel.metadata
+
+
+class Site(StoreModel, table=True):
+    __tablename__ = "site"
+
+    site_id: str = Field(sa_type=String(64), primary_key=True)
+    name: str = Field(sa_type=String(200))
+    tier: str = Field(sa_type=String(16))
+    parent_site_id: str | None = Field(
+        default=None, sa_type=String(64), foreign_key="site.site_id", nullable=True
+    )
+    created_at: dt.datetime = Field(sa_type=UtcDateTime)
+
+
+class Node(StoreModel, table=True):
+    __tablename__ = "node"
+
+    site_id: str = Field(sa_type=String(64), primary_key=True, foreign_key="site.site_id")
+    endpoint: str = Field(sa_type=String(255))
+    state: str = Field(sa_type=String(16))
+    cert_serial: str = Field(sa_type=String(128))
+    cert_fingerprint: str = Field(sa_type=String(128))
+    software_version: str = Field(sa_type=String(64))
+    capabilities: str = Field(sa_type=Text)  # JSON list of strings
+    registered_at: dt.datetime = Field(sa_type=UtcDateTime)
+    last_heartbeat_at: dt.datetime = Field(sa_type=UtcDateTime)
+    state_changed_at: dt.datetime = Field(sa_type=UtcDateTime)
+    registrations: int = Field(default=0)
+    heartbeat_seq: int = Field(default=0, sa_type=BigInteger)
+
+
+class NodeEvent(StoreModel, table=True):
+    __tablename__ = "node_event"
+
+    id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
+    site_id: str = Field(sa_type=String(64), foreign_key="site.site_id", index=True)
+    at: dt.datetime = Field(sa_type=UtcDateTime)
+    from_state: str | None = Field(default=None, sa_type=String(16), nullable=True)
+    to_state: str = Field(sa_type=String(16))
+    reason: str = Field(sa_type=String(200))
+
+
+class ExchangeLog(StoreModel, table=True):
+    __tablename__ = "exchange_log"
+
+    id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
+    at: dt.datetime = Field(sa_type=UtcDateTime, index=True)
+    correlation_id: str = Field(sa_type=String(64), index=True)
+    requester_kind: str = Field(sa_type=String(16))
+    requester_id: str = Field(sa_type=String(200))
+    requester_site: str | None = Field(default=None, sa_type=String(64), nullable=True, index=True)
+    target_site: str | None = Field(default=None, sa_type=String(64), nullable=True, index=True)
+    operation: str = Field(sa_type=String(128))
+    purpose: str | None = Field(default=None, sa_type=String(32), nullable=True)
+    patient_ref: str | None = Field(default=None, sa_type=String(128), nullable=True)
+    outcome: str = Field(sa_type=String(16))
+    status_code: str = Field(sa_type=String(64))
+    detail: str = Field(default="", sa_type=String(500))
+    records: int = Field(default=0)
+    duration_ms: float = Field(default=0.0)
+
+
+class WorkItem(StoreModel, table=True):
+    __tablename__ = "work_item"
+    # pending_for(): WHERE site_id = ? AND seq > ? ORDER BY seq
+    __table_args__ = (Index("ix_work_item_site_id_seq", "site_id", "seq"),)
+
+    seq: int | None = Field(default=None, sa_type=BigId, primary_key=True)
+    item_id: str = Field(sa_type=String(64), unique=True)
+    site_id: str = Field(sa_type=String(64), foreign_key="site.site_id")
+    kind: str = Field(sa_type=String(16))
+    source_site: str | None = Field(default=None, sa_type=String(64), nullable=True)
+    created_at: dt.datetime = Field(sa_type=UtcDateTime)
+    content_type: str = Field(sa_type=String(100))
+    payload: bytes = Field(sa_type=LargeBinary)
+    delivered_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+    acked_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+    attempts: int = Field(default=0)
+
+
+# ---------------------------------------------------------------- rows handed to callers
+
+
+@dataclass(frozen=True, slots=True)
+class SiteRow:
+    site_id: str
+    name: str
+    tier: str
+    parent_site_id: str | None
+    created_at: dt.datetime
+
+    @classmethod
+    def of(cls, m: Site) -> SiteRow:
+        return cls(m.site_id, m.name, m.tier, m.parent_site_id, m.created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    site_id: str
+    endpoint: str
+    state: str
+    cert_serial: str
+    cert_fingerprint: str
+    software_version: str
+    capabilities: tuple[str, ...]
+    registered_at: dt.datetime
+    last_heartbeat_at: dt.datetime
+    state_changed_at: dt.datetime
+    registrations: int
+    heartbeat_seq: int
+
+    @classmethod
+    def of(cls, m: Node) -> NodeRow:
+        return cls(
+            m.site_id, m.endpoint, m.state, m.cert_serial, m.cert_fingerprint,
+            m.software_version, tuple(json.loads(m.capabilities or "[]")), m.registered_at,
+            m.last_heartbeat_at, m.state_changed_at, m.registrations, m.heartbeat_seq,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEventRow:
+    id: int
+    site_id: str
+    at: dt.datetime
+    from_state: str | None
+    to_state: str
+    reason: str
+
+    @classmethod
+    def of(cls, m: NodeEvent) -> NodeEventRow:
+        assert m.id is not None
+        return cls(m.id, m.site_id, m.at, m.from_state, m.to_state, m.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeEntry:
+    """One exchange the gateway brokered: who asked which site for what, and how it went.
+
+    ``patient_ref`` is a hash, and ``detail`` a message without patient data: the log is
+    read by regional administrators, and must never itself become a copy of PHI.
+    ``id`` is None until the entry is logged.
+    """
+
+    at: dt.datetime
+    correlation_id: str
+    requester_kind: str
+    requester_id: str
+    requester_site: str | None
+    target_site: str | None
+    operation: str
+    purpose: str | None
+    patient_ref: str | None
+    outcome: str
+    status_code: str
+    detail: str = ""
+    records: int = 0
+    duration_ms: float = 0.0
+    id: int | None = None
+
+    @classmethod
+    def of(cls, m: ExchangeLog) -> ExchangeEntry:
+        return cls(
+            m.at, m.correlation_id, m.requester_kind, m.requester_id, m.requester_site,
+            m.target_site, m.operation, m.purpose, m.patient_ref, m.outcome, m.status_code,
+            m.detail, m.records, m.duration_ms, m.id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItemRow:
+    seq: int
+    item_id: str
+    site_id: str
+    kind: str
+    source_site: str | None
+    created_at: dt.datetime
+    content_type: str
+    payload: bytes
+    delivered_at: dt.datetime | None
+    acked_at: dt.datetime | None
+    attempts: int
+
+    @classmethod
+    def of(cls, m: WorkItem) -> WorkItemRow:
+        assert m.seq is not None
+        return cls(
+            m.seq, m.item_id, m.site_id, m.kind, m.source_site, m.created_at, m.content_type,
+            bytes(m.payload), m.delivered_at, m.acked_at, m.attempts,
+        )
