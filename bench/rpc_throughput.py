@@ -7,8 +7,10 @@ then drives the next server, so the ratios compare like with like in one run.
 
 The call is ``Gateway.Heartbeat`` — the call every node makes most often:
   * gateway       the real gateway: mTLS, certificate identity + CRL check, role policy,
-                  metrics, logging, and the heartbeat written to its SQLite store
-  * bare+store    plain grpc.aio, no TLS, no guard, no metrics/logging, same store write
+                  metrics, logging, and the heartbeat recorded in its SQLite store
+                  (write-behind, flushed every 0.5 s)
+  * bare+store    plain grpc.aio, no TLS, no guard, no metrics/logging, the same
+                  registry and store (same write-behind flush)
   * bare          plain grpc.aio answering the same call without touching a store
 
     python bench/rpc_throughput.py                    # 32 clients, 8 s per server
@@ -102,6 +104,8 @@ async def _serve_bare(root: Path, ready: mp.Queue, with_store: bool) -> None:
     gateway_pb2_grpc.add_GatewayServicer_to_server(Bare(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    if registry is not None:  # the same write-behind flush the gateway runs
+        asyncio.get_running_loop().create_task(registry.flush_forever(0.5, asyncio.Event()))
     ready.put(port)
     await server.wait_for_termination()
 

@@ -139,9 +139,11 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         _clients=clients,
     )
     sweep_every = max(0.05, min(1.0, settings.heartbeat_interval_ms / 4000))
+    flush_every = max(0.02, min(0.5, settings.unreachable_after_ms / 8000))
     running._tasks = [
         asyncio.create_task(http.serve(sockets=[sock]), name="http"),
         asyncio.create_task(registry.sweep_forever(sweep_every, running._stop), name="sweeper"),
+        asyncio.create_task(registry.flush_forever(flush_every, running._stop), name="flush"),
     ]
     log.info("gateway serving gRPC on %s (port %d), HTTP on port %d",
              settings.grpc_listen, port, running.http_port)
