@@ -29,8 +29,8 @@ _IMPORT = re.compile(r"^from federation\.(v\d+) import", re.MULTILINE)
 
 
 def generate(out: Path) -> None:
-    from grpc_tools import protoc  # dev dependency: only needed to regenerate
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency: only needed to regenerate
 
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"

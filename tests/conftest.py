@@ -14,8 +14,13 @@ from federation.gateway.app import RunningGateway, start_gateway
 from federation.nodes.agent import RunningNode, start_node
 from federation.security.ca import CertificateAuthority, init_ca
 from federation.security.tls import TlsMaterial
-from federation.settings import (GatewaySettings, NodeSettings, SiteEntry, SourceSettings,
-                                 TlsSettings)
+from federation.settings import (
+    GatewaySettings,
+    NodeSettings,
+    SiteEntry,
+    SourceSettings,
+    TlsSettings,
+)
 from federation.synth import ConsortiumManifest, generate_consortium
 
 SITE_TIERS = {"city-1": "city", "county-a": "county", "county-b": "county",

@@ -71,3 +71,4 @@ def test_node_settings_need_a_known_source_kind(tmp_path):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_gateway_settings(tmp_path / "nope.toml", env={})
+

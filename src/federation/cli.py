@@ -144,6 +144,15 @@ def _gateway_settings(config: Path | None) -> Any:
     return load_gateway_settings(config)
 
 
+def _open_store(config: Path | None) -> Any:
+    """The gateway's store, migrated to the newest schema."""
+    from federation.store import GatewayStore, make_engine, upgrade
+
+    engine = make_engine(_gateway_settings(config).database_url)
+    upgrade(engine)
+    return GatewayStore(engine)
+
+
 @cli.group()
 def gateway() -> None:
     """The central gateway."""
@@ -193,11 +202,7 @@ def site() -> None:
 @_friendly
 def site_add(config: Path | None, site_id: str, name: str, tier: str, parent: str | None) -> None:
     """Add (or update) a member site."""
-    from federation.store import GatewayStore, make_engine, upgrade
-
-    engine = make_engine(_gateway_settings(config).database_url)
-    upgrade(engine)
-    GatewayStore(engine).upsert_site(site_id, name, tier, parent)
+    _open_store(config).upsert_site(site_id, name, tier, parent)
     click.echo(f"site {site_id} ({tier}) is a member")
 
 
@@ -206,11 +211,7 @@ def site_add(config: Path | None, site_id: str, name: str, tier: str, parent: st
 @_friendly
 def site_list(config: Path | None) -> None:
     """List member sites and their nodes' state."""
-    from federation.store import GatewayStore, make_engine, upgrade
-
-    engine = make_engine(_gateway_settings(config).database_url)
-    upgrade(engine)
-    for s, node in GatewayStore(engine).consortium_view():
+    for s, node in _open_store(config).consortium_view():
         state = node.state if node else "no node"
         click.echo(f"{s.site_id:<14} {s.tier:<9} {state:<12} {s.name}")
 

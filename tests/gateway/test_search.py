@@ -15,9 +15,9 @@ from federation.errors import InvalidInput, UnknownSite
 from federation.fhir_systems import local_patient_id_system
 from federation.nodes.adapters import open_adapter
 from federation.nodes.model import PatientQuery
+from federation.nodes.server import NODE_POLICY
 from federation.rpc.channels import server_options
 from federation.rpc.guard import CallGuard
-from federation.nodes.server import NODE_POLICY
 from federation.security.tls import server_credentials
 
 

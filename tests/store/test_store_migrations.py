@@ -15,8 +15,14 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 
 from federation.errors import ConfigError, Unavailable
-from federation.store import (GatewayStore, check_connection, current_revision, head_revision,
-                              make_engine, upgrade)
+from federation.store import (
+    GatewayStore,
+    check_connection,
+    current_revision,
+    head_revision,
+    make_engine,
+    upgrade,
+)
 from federation.store.models import metadata
 
 TABLES = {"site", "node", "node_event", "exchange_log", "work_item"}

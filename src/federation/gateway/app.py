@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import signal
 import socket
 from dataclasses import dataclass, field
 
@@ -22,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from federation._proto.v1 import gateway_pb2, gateway_pb2_grpc
+from federation._runtime import wait_for_shutdown_signal
 from federation.errors import Unavailable
 from federation.gateway.http_app import create_http_app
 from federation.gateway.inbox import Inbox
@@ -153,10 +153,6 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
 async def serve(settings: GatewaySettings) -> None:
     """Run the gateway until SIGINT or SIGTERM."""
     running = await start_gateway(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await wait_for_shutdown_signal()
     log.info("shutting down")
     await running.stop()

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from federation.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from federation.logs import describe_exception
 from federation.rpc.metrics import NODES_BY_STATE
 from federation.security.identity import PeerIdentity
 from federation.store import GatewayStore, NodeRow
@@ -154,8 +155,8 @@ async def _every(every: float, stop: asyncio.Event, job, what: str) -> None:  # 
     while not stop.is_set():
         try:
             await job()
-        except Exception:  # must outlive a passing database fault
-            log.exception("%s failed; retrying", what)
+        except Exception as exc:  # must outlive a passing database fault
+            log.error("%s failed; retrying: %s", what, describe_exception(exc))
         try:
             await asyncio.wait_for(stop.wait(), timeout=every)
         except TimeoutError:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass, field, replace
 
 import grpc
 from grpc_health.v1 import health
 
+from federation._runtime import wait_for_shutdown_signal
 from federation.errors import ConfigError
 from federation.nodes.adapters import open_adapter
 from federation.nodes.inbox import NodeInbox
@@ -86,9 +86,5 @@ def _with_port(settings: NodeSettings, port: int) -> NodeSettings:
 
 async def serve_node(settings: NodeSettings) -> None:
     running = await start_node(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await wait_for_shutdown_signal()
     await running.stop()

@@ -10,8 +10,19 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import (Column, DateTime, Integer, LargeBinary, MetaData, String, Table,
-                        create_engine, event, func, select)
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    func,
+    select,
+)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 __all__ = ["NodeInbox", "InboxItem"]

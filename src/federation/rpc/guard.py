@@ -13,16 +13,18 @@ session, so the guard wraps the method handler itself to reach ``auth_context()`
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc
 
 from federation.errors import FederationError, PermissionDenied
+from federation.logs import describe_exception
 from federation.rpc.metrics import RPC_SECONDS
 from federation.rpc.status import ERROR_CODE_KEY, status_for
 from federation.security.identity import PeerIdentity, RevocationList
@@ -105,49 +107,41 @@ class CallGuard(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
+    @contextlib.asynccontextmanager
+    async def _call(self, context: grpc.aio.ServicerContext, method: str,
+                    short: str) -> AsyncIterator[None]:
+        """Authorise, then run the body; translate its errors and measure it."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            self.authorize(context, method)
+            yield
+        except FederationError as exc:
+            code = status_for(exc)
+            await _abort(context, code, exc)
+        except grpc.aio.AbortError:
+            code = _code_of(context)
+            raise
+        except Exception as exc:
+            code = grpc.StatusCode.INTERNAL
+            log.error("%s %s failed: %s", self._component, short, describe_exception(exc))
+            await context.abort(code, f"internal error in {short}; see the server log")
+        finally:
+            self._record(short, code, started, context)
+
     def _guard_unary(self, inner: Callable[..., Any], method: str, short: str) -> Callable[..., Any]:
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
-                self.authorize(context, method)
+            async with self._call(context, method, short):
                 result = inner(request, context)
                 return await result if inspect.isawaitable(result) else result
-            except FederationError as exc:
-                code = status_for(exc)
-                await _abort(context, code, exc)
-            except grpc.aio.AbortError:
-                code = _code_of(context)
-                raise
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                log.exception("%s %s failed", self._component, short)
-                await context.abort(code, f"internal error in {short}; see the server log")
-            finally:
-                self._record(short, code, started, context)
 
         return guarded
 
     def _guard_stream(self, inner: Callable[..., Any], method: str, short: str) -> Callable[..., Any]:
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
-                self.authorize(context, method)
+            async with self._call(context, method, short):
                 async for item in inner(request, context):
                     yield item
-            except FederationError as exc:
-                code = status_for(exc)
-                await _abort(context, code, exc)
-            except grpc.aio.AbortError:
-                code = _code_of(context)
-                raise
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                log.exception("%s %s failed", self._component, short)
-                await context.abort(code, f"internal error in {short}; see the server log")
-            finally:
-                self._record(short, code, started, context)
 
         return guarded
 

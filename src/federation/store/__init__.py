@@ -5,11 +5,15 @@ replicas; both are migrated by the packaged Alembic scripts (:func:`upgrade`). C
 data never lands here — it stays at the sites.
 """
 
-from federation.store.database import (check_connection, current_revision, head_revision,
-                                       make_engine, upgrade)
+from federation.store.database import (
+                                       check_connection,
+                                       current_revision,
+                                       head_revision,
+                                       make_engine,
+                                       upgrade,
+)
 from federation.store.gateway_store import GatewayStore
-from federation.store.models import (ExchangeEntry, NodeEventRow, NodeRow, SiteRow,
-                                     WorkItemRow)
+from federation.store.models import ExchangeEntry, NodeEventRow, NodeRow, SiteRow, WorkItemRow
 
 __all__ = [
     "GatewayStore",

@@ -36,9 +36,22 @@ from sqlmodel import Session, col, select
 
 from federation.errors import Conflict, InvalidInput, NotFound, Unavailable, UnknownSite
 from federation.store.database import check_connection, describe, failure_reason, read_only
-from federation.store.models import (OUTCOMES, REQUESTER_KINDS, TIERS, WORK_KINDS, ExchangeEntry,
-                                     ExchangeLog, Node, NodeEvent, NodeEventRow, NodeRow, Site,
-                                     SiteRow, WorkItem, WorkItemRow)
+from federation.store.models import (
+    OUTCOMES,
+    REQUESTER_KINDS,
+    TIERS,
+    WORK_KINDS,
+    ExchangeEntry,
+    ExchangeLog,
+    Node,
+    NodeEvent,
+    NodeEventRow,
+    NodeRow,
+    Site,
+    SiteRow,
+    WorkItem,
+    WorkItemRow,
+)
 
 __all__ = ["GatewayStore"]
 
