@@ -75,3 +75,42 @@ def _patient_identifiers(workdir: Path) -> tuple[set[str], set[str]]:
         finally:
             adapter.close()
     return ids, names
+
+
+@pytest.mark.slow
+def test_demo_stops_its_processes_on_sigterm(tmp_path):
+    import signal
+    import time
+
+    workdir = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "federation", "demo", "--people", "40", "--workdir", str(workdir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dict(os.environ, COLUMNS="160", PYTHONUNBUFFERED="1"))
+    deadline = time.monotonic() + 120
+    seen = ""
+    while time.monotonic() < deadline and "Ctrl-C stops everything" not in seen:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen += line
+    assert "Ctrl-C stops everything" in seen, seen[-2000:]
+    pids = _child_pids(proc.pid)
+    assert len(pids) == 7                                  # gateway + six nodes
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert "all processes stopped" in out
+    time.sleep(0.5)
+    assert [p for p in pids if Path(f"/proc/{p}").exists()] == []
+
+
+def _child_pids(parent: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            children.append(int(stat.parent.name))
+    return children

@@ -171,7 +171,7 @@ async def test_fetch_streams_a_patients_resources(gateway, start_nodes, pki, con
     from federation.nodes.fhir_mapping import stable_id
 
     patient_id = stable_id("county-a", "Patient", locals_["county-a"])
-    got = [env async for env in gateway._clients.fetch(
+    got = [env async for env in gateway.clients.fetch(
         "county-a", f"127.0.0.1:{node.port}", patient_id, resource_types=[],
         correlation_id="c1", purpose="TREAT", timeout=5)]
     assert got[0].resource_type == "Patient" and got[0].id == patient_id
@@ -180,7 +180,17 @@ async def test_fetch_streams_a_patients_resources(gateway, start_nodes, pki, con
     for env in encounters:
         assert json.loads(env.json)["subject"]["reference"] == f"Patient/{patient_id}"
     with pytest.raises(Exception, match="has no Patient/nope"):
-        async for _ in gateway._clients.fetch("county-a", f"127.0.0.1:{node.port}", "nope",
+        async for _ in gateway.clients.fetch("county-a", f"127.0.0.1:{node.port}", "nope",
                                               resource_types=[], correlation_id="c2",
                                               purpose="TREAT", timeout=5):
             pass
+
+
+async def test_gateway_reads_a_nodes_capabilities(gateway, start_nodes, consortium):
+    (node,) = await start_nodes(gateway, "township-a2")
+    caps = await gateway.clients.capabilities("township-a2", f"127.0.0.1:{node.port}", timeout=5)
+    assert caps.site_id == "township-a2" and caps.tier == "township"
+    assert caps.adapter == "csv" and set(caps.resource_types) == {"Patient", "Encounter"}
+    with consortium.truth_path.open(encoding="utf-8") as fh:
+        expected = sum(1 for row in csv.DictReader(fh) if row["site_id"] == "township-a2")
+    assert caps.patient_count == expected

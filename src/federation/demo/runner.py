@@ -142,7 +142,13 @@ def _wait_online(layout: DemoLayout, sup: Supervisor, live: Live, timeout: float
     return False
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(workdir: Path, *, tour_only: bool, people: int) -> int:
+    # the children run in their own sessions; SIGTERM must stop them like Ctrl-C does
+    signal.signal(signal.SIGTERM, _interrupt)
     console = Console()
     console.print(f"[bold]Demo consortium[/] in {workdir}")
     sup = None

@@ -61,7 +61,7 @@ class RunningGateway:
     http_port: int
     health: health.aio.HealthServicer
     _http: _EmbeddedUvicorn
-    _clients: NodeClients
+    clients: NodeClients
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -72,7 +72,7 @@ class RunningGateway:
         self._http.should_exit = True
         await self.grpc_server.stop(grace)
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._clients.close()
+        await self.clients.close()
         self.store.dispose()
         log.info("gateway stopped")
 
@@ -136,7 +136,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     running = RunningGateway(
         settings=settings, store=store, inbox=inbox, registry=registry, grpc_server=server,
         grpc_port=port, http_port=sock.getsockname()[1], health=health_servicer, _http=http,
-        _clients=clients,
+        clients=clients,
     )
     sweep_every = max(0.05, min(1.0, settings.heartbeat_interval_ms / 4000))
     flush_every = max(0.02, min(0.5, settings.unreachable_after_ms / 8000))

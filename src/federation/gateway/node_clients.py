@@ -21,11 +21,22 @@ from federation.errors import DeadlineExceeded, InvalidInput
 from federation.nodes.model import PatientQuery
 from federation.rpc.channels import secure_channel
 from federation.rpc.status import error_from_rpc
-from federation.rpc.wire import envelope_from_proto, query_to_proto
+from federation.rpc.wire import TIER_FROM_PROTO, envelope_from_proto, query_to_proto
 from federation.security.ca import node_server_name
 from federation.security.tls import TlsMaterial
 
-__all__ = ["NodeClients", "NodeSearchResult"]
+__all__ = ["NodeClients", "NodeSearchResult", "NodeCapabilities"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCapabilities:
+    site_id: str
+    tier: str
+    software_version: str
+    adapter: str
+    resource_types: tuple[str, ...]
+    patient_count: int
+    quarantined_records: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +63,22 @@ class NodeClients:
                                      server_name=node_server_name(site_id))
             self._channels[key] = channel
         return node_agent_pb2_grpc.NodeAgentStub(channel)
+
+    async def capabilities(self, site_id: str, endpoint: str, *, timeout: float) -> NodeCapabilities:
+        try:
+            reply = await self._stub(site_id, endpoint).GetCapabilities(
+                node_agent_pb2.GetCapabilitiesRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, site_id) from None
+        if reply.site_id != site_id:
+            raise InvalidInput(f"node at {endpoint} says it is site {reply.site_id!r}, "
+                               f"not {site_id!r}")
+        return NodeCapabilities(
+            site_id=reply.site_id, tier=TIER_FROM_PROTO.get(reply.tier, "unknown"),
+            software_version=reply.software_version, adapter=reply.adapter,
+            resource_types=tuple(reply.resource_types), patient_count=reply.patient_count,
+            quarantined_records=reply.quarantined_records,
+        )
 
     async def search(
         self,
