@@ -189,3 +189,13 @@ async def test_grpc_health_and_reflection_are_served(gateway, pki):
             names = {s.name for s in reply.list_services_response.service}
             break
     assert "federation.v1.Gateway" in names
+
+
+async def test_client_side_error_explains_a_refused_handshake(gateway, pki):
+    from federation.client import GatewayClient
+    from federation.errors import Unavailable
+    from federation.nodes.model import PatientQuery
+
+    async with GatewayClient(f"127.0.0.1:{gateway.grpc_port}", pki.material("foreign")) as c:
+        with pytest.raises(Unavailable, match="TLS handshake with gateway .* failed"):
+            await c.search(PatientQuery(gender="male"), timeout=5)

@@ -104,3 +104,22 @@ async def test_killed_node_is_marked_unreachable_in_time(gateway, pki, consortiu
             proc.kill()
         log.close()
     assert "Traceback" not in Path(tmp_path / "node.log").read_text()
+
+
+async def test_node_with_expired_certificate_refuses_to_start(pki, consortium, tmp_path):
+    from federation.errors import ConfigError
+    from federation.nodes.agent import start_node
+
+    settings = node_settings(pki, consortium, "county-a", 1, tmp_path, cert_name="expired")
+    with pytest.raises(ConfigError, match="expired on .*federation ca issue"):
+        await start_node(settings)
+
+
+async def test_node_whose_certificate_names_another_site_refuses_to_start(pki, consortium,
+                                                                          tmp_path):
+    from federation.errors import ConfigError
+    from federation.nodes.agent import start_node
+
+    settings = node_settings(pki, consortium, "county-a", 1, tmp_path, cert_name="city-1")
+    with pytest.raises(ConfigError, match="site_id is 'county-a' but the certificate"):
+        await start_node(settings)

@@ -32,7 +32,7 @@ from federation.gateway.servicer import GATEWAY_POLICY, GatewayServicer
 from federation.rpc.channels import server_options
 from federation.rpc.guard import CallGuard
 from federation.security.identity import RevocationList
-from federation.security.tls import TlsMaterial, server_credentials
+from federation.security.tls import TlsMaterial, require_current, server_credentials
 from federation.settings import GatewaySettings
 from federation.store import GatewayStore, make_engine, upgrade
 
@@ -101,6 +101,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         await asyncio.to_thread(store.upsert_site, site.id, site.name, site.tier, site.parent)
 
     tls = TlsMaterial.load(settings.tls.cert, settings.tls.key, settings.tls.ca)
+    require_current(tls, settings.tls.cert)
     revocations = RevocationList(settings.tls.crl, tls.ca_pem) if settings.tls.crl else None
     registry = NodeRegistry(store, unreachable_after=dt.timedelta(
         milliseconds=settings.unreachable_after_ms))

@@ -22,7 +22,7 @@ from federation.nodes.link import GatewayLink
 from federation.nodes.server import create_node_server, mark_serving
 from federation.nodes.service import NodeService
 from federation.security.identity import RevocationList, identity_from_pem
-from federation.security.tls import TlsMaterial
+from federation.security.tls import TlsMaterial, require_current
 from federation.settings import NodeSettings
 
 __all__ = ["RunningNode", "start_node", "serve_node"]
@@ -53,6 +53,7 @@ class RunningNode:
 
 async def start_node(settings: NodeSettings) -> RunningNode:
     tls = TlsMaterial.load(settings.tls.cert, settings.tls.key, settings.tls.ca)
+    require_current(tls, settings.tls.cert)
     me = identity_from_pem(tls.cert_pem)
     if me.role != "node" or me.site_id != settings.site_id:
         raise ConfigError(

@@ -58,8 +58,9 @@ def error_from_rpc(exc: grpc.RpcError, peer: str) -> errors.FederationError:
     if code == grpc.StatusCode.UNAVAILABLE and _looks_like_tls(details):
         details = (
             f"TLS handshake with {peer} failed — the peer refused our certificate or we do not "
-            f"trust its certificate (issued by another CA, expired or revoked). Check the "
-            f"certificate with `federation node doctor`. ({details})"
+            f"trust its certificate (issued by another CA, expired or revoked). Check that "
+            f"both come from the consortium CA and are current (`federation ca list` on the "
+            f"CA host). ({details})"
         )
     kind = _by_error_code(exc) or _FROM_STATUS.get(code, errors.FederationError)
     return kind(f"{peer}: {details}" if not details.startswith(peer) else details)

@@ -24,6 +24,7 @@ from federation.errors import AuthenticationError, ConfigError
 from federation.security.identity import PeerIdentity, identity_from_pem
 
 __all__ = [
+    "require_current",
     "TlsMaterial",
     "CertificateValidity",
     "server_credentials",
@@ -173,3 +174,11 @@ def check_certificate_validity(cert_pem: bytes, now: dt.datetime | None = None
     days = (end - now).days
     return CertificateValidity("valid", start, end,
                                f"{who} is valid until {end:%Y-%m-%d} ({days} days left)")
+
+
+def require_current(material: TlsMaterial, path: object) -> None:
+    """Refuse to start with a certificate outside its validity window (a peer would only
+    see a closed socket; better one clear sentence here)."""
+    validity = check_certificate_validity(material.cert_pem)
+    if not validity.ok:
+        raise ConfigError(f"{path}: {validity.message}")
