@@ -216,6 +216,30 @@ def site_list(config: Path | None) -> None:
         click.echo(f"{s.site_id:<14} {s.tier:<9} {state:<12} {s.name}")
 
 
+@site.command("quality")
+@click.option("--gateway-url", default="http://127.0.0.1:8080", show_default=True,
+              help="The gateway's HTTP address.")
+@click.option("--site", "site_id", help="Only this site.")
+@click.option("--refresh", is_flag=True, help="Make each node rescan its source now.")
+@click.option("--show", type=int, default=10, show_default=True,
+              help="Quarantined records to list per site.")
+@click.option("--json", "as_json", is_flag=True, help="Print the gateway's JSON as is.")
+@_friendly
+def site_quality(gateway_url: str, site_id: str | None, refresh: bool, show: int,
+                 as_json: bool) -> None:
+    """Per-site data quality: mapped records, quarantined records and why."""
+    from federation.gateway.quality_view import fetch_quality, print_quality
+
+    report = fetch_quality(gateway_url, site_id=site_id, refresh=refresh)
+    if as_json:
+        click.echo(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        print_quality(report, show=show)
+
+
+cli.add_command(site, name="sites")
+
+
 # ---------------------------------------------------------------------------- node
 
 

@@ -26,6 +26,7 @@ from federation.errors import Unavailable
 from federation.gateway.http_app import create_http_app
 from federation.gateway.inbox import Inbox
 from federation.gateway.node_clients import NodeClients
+from federation.gateway.quality import SiteQuality
 from federation.gateway.registry import NodeRegistry
 from federation.gateway.search import FederatedSearch
 from federation.gateway.servicer import GATEWAY_POLICY, GatewayServicer
@@ -130,7 +131,8 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     serving = {"up": True}
-    app = create_http_app(store, registry, grpc_serving=lambda: serving["up"])
+    quality = SiteQuality(store, clients, deadline_ms=settings.search_deadline_ms)
+    app = create_http_app(store, registry, quality, grpc_serving=lambda: serving["up"])
     sock = _bind(settings.http_listen)
     http = _EmbeddedUvicorn(uvicorn.Config(app, log_level="warning", lifespan="off",
                                            access_log=False))

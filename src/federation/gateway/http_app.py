@@ -15,10 +15,15 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from federation import errors
+from federation.gateway.fanout import Requester
+from federation.gateway.quality import SiteQuality
 from federation.gateway.registry import NodeRegistry
 from federation.store import GatewayStore, NodeRow, SiteRow
 
 __all__ = ["create_http_app", "operation_outcome", "HTTP_STATUS"]
+
+#: until people sign in (the audit issue), HTTP calls are recorded as the gateway's API
+HTTP_REQUESTER = Requester(kind="gateway", id="http-api")
 
 #: one table from error to HTTP status and FHIR issue type (most specific first)
 HTTP_STATUS: tuple[tuple[type[errors.FederationError], int, str], ...] = (
@@ -47,7 +52,9 @@ def operation_outcome(exc: errors.FederationError) -> tuple[int, dict[str, Any]]
     return status, body
 
 
-def create_http_app(store: GatewayStore, registry: NodeRegistry, *, grpc_serving: Any) -> FastAPI:
+def create_http_app(
+    store: GatewayStore, registry: NodeRegistry, quality: SiteQuality, *, grpc_serving: Any
+) -> FastAPI:
     """``grpc_serving`` is a zero-argument callable telling whether the gRPC server is up."""
     app = FastAPI(title="Federation gateway", version="0.1.0", docs_url="/docs")
 
@@ -89,6 +96,15 @@ def create_http_app(store: GatewayStore, registry: NodeRegistry, *, grpc_serving
             for e in events
         ]
         return body
+
+    @app.get("/api/quality")
+    async def all_quality(refresh: bool = False) -> dict[str, Any]:
+        """Data quality of every online site (mapped counts, quarantined records, reasons)."""
+        return await quality.reports(HTTP_REQUESTER, refresh=refresh)
+
+    @app.get("/api/consortium/sites/{site_id}/quality")
+    async def site_quality(site_id: str, refresh: bool = False) -> dict[str, Any]:
+        return await quality.reports(HTTP_REQUESTER, site_ids=[site_id], refresh=refresh)
 
     return app
 

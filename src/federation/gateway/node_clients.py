@@ -10,6 +10,7 @@ Everything a node returns is validated as FHIR before anyone else sees it.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -19,9 +20,10 @@ from federation._proto.v1 import node_agent_pb2, node_agent_pb2_grpc
 from federation.envelope import Envelope, validate_resource
 from federation.errors import DeadlineExceeded, InvalidInput
 from federation.nodes.model import PatientQuery
+from federation.nodes.quality import QualityReport, QuarantineEntry
 from federation.rpc.channels import secure_channel
 from federation.rpc.status import error_from_rpc
-from federation.rpc.wire import TIER_FROM_PROTO, envelope_from_proto, query_to_proto
+from federation.rpc.wire import TIER_FROM_PROTO, envelope_from_proto, from_timestamp, query_to_proto
 from federation.security.ca import node_server_name
 from federation.security.tls import TlsMaterial
 
@@ -78,6 +80,24 @@ class NodeClients:
             software_version=reply.software_version, adapter=reply.adapter,
             resource_types=tuple(reply.resource_types), patient_count=reply.patient_count,
             quarantined_records=reply.quarantined_records,
+        )
+
+    async def quality_report(self, site_id: str, endpoint: str, *, refresh: bool,
+                             timeout: float) -> QualityReport:
+        try:
+            reply = await self._stub(site_id, endpoint).GetQualityReport(
+                node_agent_pb2.GetQualityReportRequest(refresh=refresh), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, site_id) from None
+        if reply.site_id != site_id:
+            raise InvalidInput(f"node at {endpoint} reported for site {reply.site_id!r}")
+        return QualityReport(
+            site_id=reply.site_id,
+            generated_at=from_timestamp(reply.generated_at) or dt.datetime.now(dt.UTC),
+            mapped={c.resource_type: c.count for c in reply.mapped},
+            quarantined=tuple(QuarantineEntry(q.kind, q.local_key, q.reason)
+                              for q in reply.quarantined),
+            scan_ms=reply.scan_ms,
         )
 
     async def search(

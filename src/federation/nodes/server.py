@@ -18,7 +18,7 @@ from federation.errors import Unavailable
 from federation.nodes.service import RESOURCE_TYPES, NodeService
 from federation.rpc.channels import server_options
 from federation.rpc.guard import CallGuard
-from federation.rpc.wire import TIER_TO_PROTO, envelope_to_proto, query_from_proto
+from federation.rpc.wire import TIER_TO_PROTO, envelope_to_proto, query_from_proto, timestamp
 from federation.security.identity import RevocationList
 from federation.security.tls import TlsMaterial, server_credentials
 
@@ -30,6 +30,7 @@ NODE_POLICY: dict[str, frozenset[str]] = {
     _PREFIX + "GetCapabilities": _GATEWAY,
     _PREFIX + "SearchPatients": _GATEWAY,
     _PREFIX + "FetchPatientResources": _GATEWAY,
+    _PREFIX + "GetQualityReport": _GATEWAY,
 }
 SERVICE = node_agent_pb2.DESCRIPTOR.services_by_name["NodeAgent"].full_name
 _END = object()
@@ -65,6 +66,19 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
         iterator = self._service.fetch(request.patient_id, list(request.resource_types))
         while (env := await asyncio.to_thread(next, iterator, _END)) is not _END:
             yield envelope_to_proto(env)  # type: ignore[arg-type]
+
+    async def GetQualityReport(self, request, context: grpc.aio.ServicerContext):
+        report = await asyncio.to_thread(self._service.quality_report, refresh=request.refresh)
+        reply = node_agent_pb2.QualityReport(
+            site_id=report.site_id, scan_ms=report.scan_ms,
+            mapped=[node_agent_pb2.ResourceCount(resource_type=t, count=n)
+                    for t, n in sorted(report.mapped.items())],
+            quarantined=[node_agent_pb2.QuarantinedRecord(kind=e.kind, local_key=e.local_key,
+                                                          reason=e.reason)
+                         for e in report.quarantined],
+        )
+        reply.generated_at.CopyFrom(timestamp(report.generated_at))
+        return reply
 
 
 def create_node_server(

@@ -7,6 +7,7 @@ the log), counted, and left out — it never breaks the answer for the others.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -18,6 +19,7 @@ from federation.errors import MappingError, NotFound
 from federation.nodes.adapters import SourceAdapter
 from federation.nodes.fhir_mapping import encounter_to_fhir, patient_to_fhir, stable_id
 from federation.nodes.model import PatientQuery, PatientRecord
+from federation.nodes.quality import QualityReport, ScanTally
 
 __all__ = ["NodeService", "Quarantined", "RESOURCE_TYPES"]
 
@@ -25,6 +27,8 @@ log = logging.getLogger("federation.node")
 
 RESOURCE_TYPES = ("Patient", "Encounter")
 INDEX_REFRESH_SECONDS = 30.0
+#: a quality report younger than this is served again instead of rescanning the source
+REPORT_MAX_AGE_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,8 @@ class NodeService:
         self._index: dict[str, str] | None = None
         self._indexed_at = 0.0
         self._lock = threading.Lock()
+        self._report: QualityReport | None = None
+        self._report_lock = threading.Lock()
 
     # ------------------------------------------------------------------ facts
 
@@ -84,6 +90,37 @@ class NodeService:
                     yield Envelope.from_resource(self.site_id, encounter_to_fhir(self.site_id, enc))
                 except MappingError as exc:
                     self._quarantine_record("Encounter", enc.local_id, exc.message)
+
+    def quality_report(self, *, refresh: bool = False) -> QualityReport:
+        """Map the whole source once and count; reuse a report younger than a minute."""
+        with self._report_lock:  # one scan at a time; concurrent callers share its result
+            fresh = self._report is not None and (
+                dt.datetime.now(dt.UTC) - self._report.generated_at
+            ).total_seconds() < REPORT_MAX_AGE_SECONDS
+            if not refresh and fresh:
+                return self._report  # type: ignore[return-value]
+            tally = ScanTally(self.site_id)
+            for local_id in self._adapter.iter_patient_ids():
+                record = self._adapter.get_patient(local_id)
+                if record is None:
+                    continue  # quarantined by the adapter: listed with the source rows
+                self._scan_patient(record, tally)
+            tally.add_source_rows(getattr(self._adapter, "quarantine", []))
+            self._report = tally.report()
+            return self._report
+
+    def _scan_patient(self, record: PatientRecord, tally: ScanTally) -> None:
+        try:
+            patient_to_fhir(self.site_id, record)
+            tally.ok("Patient")
+        except MappingError as exc:
+            tally.bad("Patient", record.local_id, exc.message)
+        for enc in self._adapter.encounters(record.local_id):
+            try:
+                encounter_to_fhir(self.site_id, enc)
+                tally.ok("Encounter")
+            except MappingError as exc:
+                tally.bad("Encounter", enc.local_id, exc.message)
 
     # ------------------------------------------------------------------ internals
 

@@ -51,6 +51,11 @@ class NodeAgentStub:
                 request_serializer=federation_dot_v1_dot_node__agent__pb2.FetchPatientResourcesRequest.SerializeToString,
                 response_deserializer=federation_dot_v1_dot_common__pb2.FhirResource.FromString,
                 _registered_method=True)
+        self.GetQualityReport = channel.unary_unary(
+                '/federation.v1.NodeAgent/GetQualityReport',
+                request_serializer=federation_dot_v1_dot_node__agent__pb2.GetQualityReportRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_node__agent__pb2.QualityReport.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServicer:
@@ -77,6 +82,13 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetQualityReport(self, request, context):
+        """How well the site's records map to FHIR: counts, quarantined records and why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +106,11 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.FetchPatientResources,
                     request_deserializer=federation_dot_v1_dot_node__agent__pb2.FetchPatientResourcesRequest.FromString,
                     response_serializer=federation_dot_v1_dot_common__pb2.FhirResource.SerializeToString,
+            ),
+            'GetQualityReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQualityReport,
+                    request_deserializer=federation_dot_v1_dot_node__agent__pb2.GetQualityReportRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_node__agent__pb2.QualityReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +194,33 @@ class NodeAgent:
             '/federation.v1.NodeAgent/FetchPatientResources',
             federation_dot_v1_dot_node__agent__pb2.FetchPatientResourcesRequest.SerializeToString,
             federation_dot_v1_dot_common__pb2.FhirResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQualityReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.NodeAgent/GetQualityReport',
+            federation_dot_v1_dot_node__agent__pb2.GetQualityReportRequest.SerializeToString,
+            federation_dot_v1_dot_node__agent__pb2.QualityReport.FromString,
             options,
             channel_credentials,
             insecure,
