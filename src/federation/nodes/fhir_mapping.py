@@ -16,6 +16,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
+from fhir.resources.R4B.domainresource import DomainResource
 from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
@@ -161,7 +162,7 @@ def encounter_to_fhir(site_id: str, rec: EncounterRecord, *,
     return _validated(Encounter, resource)
 
 
-def _validated(model: type[Patient | Encounter], resource: dict[str, Any]) -> dict[str, Any]:
+def _validated(model: type[DomainResource], resource: dict[str, Any]) -> dict[str, Any]:
     """The resource unchanged if the R4B model accepts it, else MappingError naming the
     elements (locations and error types only: the input values are patient data)."""
     try:
