@@ -334,6 +334,15 @@ def demo(workdir: Path, tour_only: bool, people: int) -> None:
     sys.exit(run_demo(workdir.resolve(), tour_only=tour_only, people=people))
 
 
+def _register_groups() -> None:
+    from federation.terminology.cli import terminology
+
+    cli.add_command(terminology)
+
+
+_register_groups()
+
+
 def main() -> None:
     cli(prog_name="federation")
 

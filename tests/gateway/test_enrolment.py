@@ -199,3 +199,26 @@ async def test_client_side_error_explains_a_refused_handshake(gateway, pki):
     async with GatewayClient(f"127.0.0.1:{gateway.grpc_port}", pki.material("foreign")) as c:
         with pytest.raises(Unavailable, match="TLS handshake with gateway .* failed"):
             await c.search(PatientQuery(gender="male"), timeout=5)
+
+
+async def test_gateway_serves_fhir_translate_and_normalize(gateway):
+    base = f"http://127.0.0.1:{gateway.http_port}/fhir"
+
+    def call(path: str, body: dict | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(base + path, data=data,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    status, body = await asyncio.to_thread(call, "/ConceptMap/$translate?code=x")
+    assert status == 400 and body["resourceType"] == "OperationOutcome"
+    status, body = await asyncio.to_thread(
+        call, "/Condition/$normalize", {"text": "左侧中央型肺鳞癌并纵膈淋巴结转移"})
+    assert status == 200 and body["resourceType"] == "Condition"
+    codes = [c["code"] for c in body["code"]["coding"]]
+    assert any(code.startswith("C34") for code in codes)
+    assert body["code"]["text"] == "左侧中央型肺鳞癌并纵膈淋巴结转移"

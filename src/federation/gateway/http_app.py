@@ -1,7 +1,7 @@
 """The gateway's HTTP surface on uvicorn: health, metrics and the consortium view.
 
 Errors leave as FHIR OperationOutcome documents through one table
-(:data:`HTTP_STATUS`); clinical endpoints (FHIR REST) arrive with later capabilities
+(:mod:`federation.gateway.outcomes`); clinical endpoints (FHIR REST) arrive with later capabilities
 and their authentication.
 """
 
@@ -16,41 +16,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from federation import errors
 from federation.gateway.fanout import Requester
+from federation.gateway.outcomes import operation_outcome
 from federation.gateway.quality import SiteQuality
 from federation.gateway.registry import NodeRegistry
 from federation.store import GatewayStore, NodeRow, SiteRow
+from federation.terminology.http import create_terminology_router
 
-__all__ = ["create_http_app", "operation_outcome", "HTTP_STATUS"]
+__all__ = ["create_http_app"]
 
 #: until people sign in (the audit issue), HTTP calls are recorded as the gateway's API
 HTTP_REQUESTER = Requester(kind="gateway", id="http-api")
-
-#: one table from error to HTTP status and FHIR issue type (most specific first)
-HTTP_STATUS: tuple[tuple[type[errors.FederationError], int, str], ...] = (
-    (errors.PayloadTooLarge, 413, "too-costly"),
-    (errors.UnknownSite, 404, "not-found"),
-    (errors.InvalidInput, 400, "invalid"),
-    (errors.NotFound, 404, "not-found"),
-    (errors.Conflict, 409, "conflict"),
-    (errors.AuthenticationError, 401, "login"),
-    (errors.PermissionDenied, 403, "forbidden"),
-    (errors.DeadlineExceeded, 504, "timeout"),
-    (errors.Unavailable, 503, "transient"),
-)
-
-
-def operation_outcome(exc: errors.FederationError) -> tuple[int, dict[str, Any]]:
-    status, code = 500, "exception"
-    for kind, http_status, issue_code in HTTP_STATUS:
-        if isinstance(exc, kind):
-            status, code = http_status, issue_code
-            break
-    body = {
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": code, "diagnostics": exc.message}],
-    }
-    return status, body
-
 
 def create_http_app(
     store: GatewayStore, registry: NodeRegistry, quality: SiteQuality, *, grpc_serving: Any
@@ -96,6 +71,8 @@ def create_http_app(
             for e in events
         ]
         return body
+
+    app.include_router(create_terminology_router())  # FHIR $translate, Condition/$normalize
 
     @app.get("/api/quality")
     async def all_quality(refresh: bool = False) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Packaged terminology data: FHIR ConceptMaps/CodeSystem (JSON) and the diagnosis lexicon."""
