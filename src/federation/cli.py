@@ -8,33 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from federation import __version__
+from federation._cli_util import friendly
 from federation.errors import FederationError
 
 __all__ = ["main", "cli"]
 
 TIER_CHOICE = click.Choice(["township", "county", "city"])
-
-
-def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except FederationError as exc:
-            click.secho(f"error: {exc.message}", fg="red", err=True)
-            sys.exit(2)
-
-    return wrapper
 
 
 @click.group()
@@ -55,7 +42,7 @@ def ca() -> None:
 @click.option("--dir", "ca_dir", type=click.Path(path_type=Path), default=Path("pki/ca"),
               show_default=True, help="Where the CA key, certificate and CRL live.")
 @click.option("--consortium", default="Demo Regional Consortium", show_default=True)
-@_friendly
+@friendly
 def ca_init(ca_dir: Path, consortium: str) -> None:
     """Create the consortium CA (does nothing if it exists)."""
     from federation.security.ca import init_ca
@@ -76,7 +63,7 @@ def ca_init(ca_dir: Path, consortium: str) -> None:
               help="DNS name or IP the holder serves on (repeatable); localhost/127.0.0.1 by default.")
 @click.option("--days", type=int, default=397, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default pki/<name>).")
-@_friendly
+@friendly
 def ca_issue(ca_dir: Path, site: str | None, tier: str | None, gateway_cert: bool,
              operator: str | None, hosts: tuple[str, ...], days: int, out: Path | None) -> None:
     """Issue a node, gateway or operator certificate signed by the consortium CA."""
@@ -108,7 +95,7 @@ def ca_issue(ca_dir: Path, site: str | None, tier: str | None, gateway_cert: boo
 @click.option("--reason", default="unspecified", show_default=True,
               type=click.Choice(["unspecified", "key_compromise", "affiliation_changed",
                                  "superseded", "cessation_of_operation"]))
-@_friendly
+@friendly
 def ca_revoke(ca_dir: Path, serial: str | None, site: str | None, reason: str) -> None:
     """Revoke certificates; gateways and nodes pick up the new CRL within seconds."""
     from federation.security.ca import CertificateAuthority
@@ -124,7 +111,7 @@ def ca_revoke(ca_dir: Path, serial: str | None, site: str | None, reason: str) -
 
 @ca.command("list")
 @click.option("--ca-dir", type=click.Path(path_type=Path), default=Path("pki/ca"), show_default=True)
-@_friendly
+@friendly
 def ca_list(ca_dir: Path) -> None:
     """List issued certificates."""
     from federation.security.ca import CertificateAuthority
@@ -160,7 +147,7 @@ def gateway() -> None:
 
 @gateway.command("serve")
 @click.option("--config", type=click.Path(path_type=Path, exists=True), help="gateway.toml")
-@_friendly
+@friendly
 def gateway_serve(config: Path | None) -> None:
     """Run the gateway (gRPC + HTTP) until Ctrl-C."""
     from federation.gateway.app import serve
@@ -178,7 +165,7 @@ def db() -> None:
 
 @db.command("upgrade")
 @click.option("--config", type=click.Path(path_type=Path, exists=True), help="gateway.toml")
-@_friendly
+@friendly
 def db_upgrade(config: Path | None) -> None:
     """Apply database migrations up to the newest."""
     from federation.store import current_revision, make_engine, upgrade
@@ -199,7 +186,7 @@ def site() -> None:
 @click.option("--name", required=True)
 @click.option("--tier", type=TIER_CHOICE, required=True)
 @click.option("--parent", help="The site this one refers upward to.")
-@_friendly
+@friendly
 def site_add(config: Path | None, site_id: str, name: str, tier: str, parent: str | None) -> None:
     """Add (or update) a member site."""
     _open_store(config).upsert_site(site_id, name, tier, parent)
@@ -208,7 +195,7 @@ def site_add(config: Path | None, site_id: str, name: str, tier: str, parent: st
 
 @site.command("list")
 @click.option("--config", type=click.Path(path_type=Path, exists=True), help="gateway.toml")
-@_friendly
+@friendly
 def site_list(config: Path | None) -> None:
     """List member sites and their nodes' state."""
     for s, node in _open_store(config).consortium_view():
@@ -224,7 +211,7 @@ def site_list(config: Path | None) -> None:
 @click.option("--show", type=int, default=10, show_default=True,
               help="Quarantined records to list per site.")
 @click.option("--json", "as_json", is_flag=True, help="Print the gateway's JSON as is.")
-@_friendly
+@friendly
 def site_quality(gateway_url: str, site_id: str | None, refresh: bool, show: int,
                  as_json: bool) -> None:
     """Per-site data quality: mapped records, quarantined records and why."""
@@ -251,7 +238,7 @@ def node() -> None:
 @node.command("serve")
 @click.option("--config", type=click.Path(path_type=Path, exists=True), required=True,
               help="site.toml")
-@_friendly
+@friendly
 def node_serve(config: Path) -> None:
     """Serve this site's data to the gateway until Ctrl-C."""
     from federation.logs import configure_logging
@@ -278,7 +265,7 @@ def node_serve(config: Path) -> None:
 @click.option("--phone")
 @click.option("--site", "sites", multiple=True, help="Only these sites (repeatable).")
 @click.option("--purpose", default="TREAT", show_default=True)
-@_friendly
+@friendly
 def search_cmd(address: str, cert: Path, key: Path, ca_path: Path, name: str | None,
                identifier: str | None, birth_date: dt.datetime | None, gender: str | None,
                phone: str | None, sites: tuple[str, ...], purpose: str) -> None:
@@ -311,7 +298,7 @@ def synth() -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--seed", type=int, default=20261121, show_default=True)
 @click.option("--people", type=int, default=300, show_default=True)
-@_friendly
+@friendly
 def synth_generate(out: Path, seed: int, people: int) -> None:
     """Generate six sites' source systems and the ground truth of who is who."""
     from federation.synth import generate_consortium
@@ -326,7 +313,7 @@ def synth_generate(out: Path, seed: int, people: int) -> None:
               show_default=True, help="CA, certificates, site data and logs live here.")
 @click.option("--tour-only", is_flag=True, help="Run the tour, then stop everything.")
 @click.option("--people", type=int, default=300, show_default=True)
-@_friendly
+@friendly
 def demo(workdir: Path, tour_only: bool, people: int) -> None:
     """Bring up the demo consortium: gateway + six node agents on loopback, then a tour."""
     from federation.demo.runner import run_demo

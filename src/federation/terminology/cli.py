@@ -5,33 +5,18 @@ Registered by the main CLI with ``cli.add_command(terminology)``.
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from federation.errors import FederationError
+from federation._cli_util import friendly
 from federation.terminology.condition import to_condition
 from federation.terminology.normalise import normalise_diagnosis
 from federation.terminology.translate import Terminology, to_parameters
 
 __all__ = ["terminology"]
-
-
-def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except FederationError as exc:
-            click.secho(f"error: {exc.message}", fg="red", err=True)
-            sys.exit(2)
-
-    return wrapper
 
 
 def _print(document: dict[str, Any]) -> None:
@@ -47,7 +32,7 @@ def terminology() -> None:
 @click.argument("text")
 @click.option("--subject", default=None, help="Reference for Condition.subject, e.g. Patient/123.")
 @click.option("--site", "site_id", default=None, help="Site id written to meta.source.")
-@_friendly
+@friendly
 def normalize(text: str, subject: str | None, site_id: str | None) -> None:
     """Print the FHIR Condition for a free-text Chinese diagnosis TEXT."""
     _print(to_condition(normalise_diagnosis(text), subject_ref=subject, site_id=site_id))
@@ -60,7 +45,7 @@ def normalize(text: str, subject: str | None, site_id: str | None) -> None:
 @click.option("--reverse", is_flag=True, help="Translate from target back to source.")
 @click.option("--map", "extra", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="An extra ConceptMap JSON file (repeatable).")
-@_friendly
+@friendly
 def translate(system: str, code: str, target: str | None, reverse: bool,
               extra: tuple[Path, ...]) -> None:
     """Print the FHIR Parameters of ConceptMap $translate for SYSTEM|CODE."""
