@@ -9,12 +9,10 @@ a reason that names fields and value shapes, never values.
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-__all__ = ["QualityReport", "QuarantineEntry", "ScanTally"]
+__all__ = ["QualityReport", "QuarantineEntry"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,33 +49,3 @@ class QualityReport:
             ],
             "scan_ms": round(self.scan_ms, 1),
         }
-
-
-@dataclass(slots=True)
-class ScanTally:
-    """Accumulates one pass over a source."""
-
-    site_id: str
-    mapped: Counter[str] = field(default_factory=Counter)
-    quarantined: dict[tuple[str, str], QuarantineEntry] = field(default_factory=dict)
-    started: float = field(default_factory=time.perf_counter)
-
-    def ok(self, resource_type: str) -> None:
-        self.mapped[resource_type] += 1
-
-    def bad(self, kind: str, local_key: str, reason: str) -> None:
-        self.quarantined.setdefault((kind, local_key), QuarantineEntry(kind, local_key, reason))
-
-    def add_source_rows(self, rows: Iterable[tuple[str, str]]) -> None:
-        for key, reason in rows:
-            self.bad("source-row", key, reason)
-
-    def report(self) -> QualityReport:
-        entries = sorted(self.quarantined.values(), key=lambda e: (e.kind, e.local_key))
-        return QualityReport(
-            site_id=self.site_id,
-            generated_at=dt.datetime.now(dt.UTC),
-            mapped=dict(self.mapped),
-            quarantined=tuple(entries),
-            scan_ms=(time.perf_counter() - self.started) * 1000,
-        )

@@ -11,17 +11,19 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+from typing import Any
 
 from federation.envelope import Envelope
 from federation.errors import MappingError, NotFound
 from federation.nodes.adapters import SourceAdapter
 from federation.nodes.fhir_mapping import encounter_to_fhir, patient_to_fhir, stable_id
 from federation.nodes.model import PatientQuery, PatientRecord
-from federation.nodes.quality import QualityReport, ScanTally
+from federation.nodes.quality import QualityReport, QuarantineEntry
 
-__all__ = ["NodeService", "Quarantined", "RESOURCE_TYPES"]
+__all__ = ["NodeService", "RESOURCE_TYPES"]
 
 log = logging.getLogger("federation.node")
 
@@ -31,20 +33,13 @@ INDEX_REFRESH_SECONDS = 30.0
 REPORT_MAX_AGE_SECONDS = 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class Quarantined:
-    resource_type: str
-    local_key: str
-    reason: str
-
-
 class NodeService:
     def __init__(self, site_id: str, tier: str, adapter: SourceAdapter, adapter_kind: str) -> None:
         self.site_id = site_id
         self.tier = tier
         self.adapter_kind = adapter_kind
         self._adapter = adapter
-        self._quarantine: dict[tuple[str, str], Quarantined] = {}
+        self._quarantine: dict[tuple[str, str], QuarantineEntry] = {}
         self._index: dict[str, str] | None = None
         self._indexed_at = 0.0
         self._lock = threading.Lock()
@@ -56,8 +51,9 @@ class NodeService:
     def patient_count(self) -> int:
         return self._adapter.count_patients()
 
-    def quarantined(self) -> list[Quarantined]:
-        source = [Quarantined("source-row", str(key), reason)
+    def quarantined(self) -> list[QuarantineEntry]:
+        """Source rows the adapter skipped, then records that failed to map."""
+        source = [QuarantineEntry("source-row", str(key), reason)
                   for key, reason in getattr(self._adapter, "quarantine", [])]
         return source + list(self._quarantine.values())
 
@@ -66,11 +62,8 @@ class NodeService:
     def search(self, query: PatientQuery) -> tuple[list[Envelope], bool]:
         records = self._adapter.search_patients(replace(query, limit=query.limit + 1))
         truncated = len(records) > query.limit
-        found = []
-        for record in records[: query.limit]:
-            env = self._patient(record)
-            if env is not None:
-                found.append(env)
+        found = [env for record in records[: query.limit]
+                 if (env := self._map("Patient", record.local_id, patient_to_fhir, record))]
         return found, truncated
 
     def fetch(self, patient_id: str, resource_types: list[str]) -> Iterator[Envelope]:
@@ -80,55 +73,53 @@ class NodeService:
         record = self._adapter.get_patient(local_id) if local_id else None
         if record is None:
             raise NotFound(f"site {self.site_id} has no Patient/{patient_id}")
-        if "Patient" in wanted:
-            env = self._patient(record)
-            if env is not None:
-                yield env
-        if "Encounter" in wanted:
-            for enc in self._adapter.encounters(record.local_id):
-                try:
-                    yield Envelope.from_resource(self.site_id, encounter_to_fhir(self.site_id, enc))
-                except MappingError as exc:
-                    self._quarantine_record("Encounter", enc.local_id, exc.message)
+        yield from self._resources(record, wanted)
 
     def quality_report(self, *, refresh: bool = False) -> QualityReport:
-        """Map the whole source once and count; reuse a report younger than a minute."""
+        """Map the whole source once, through the same path the node serves from, and
+        count; reuse a report younger than a minute."""
         with self._report_lock:  # one scan at a time; concurrent callers share its result
             fresh = self._report is not None and (
                 dt.datetime.now(dt.UTC) - self._report.generated_at
             ).total_seconds() < REPORT_MAX_AGE_SECONDS
             if not refresh and fresh:
                 return self._report  # type: ignore[return-value]
-            tally = ScanTally(self.site_id)
+            started = time.perf_counter()
+            mapped: Counter[str] = Counter()
             for local_id in self._adapter.iter_patient_ids():
                 record = self._adapter.get_patient(local_id)
                 if record is None:
                     continue  # quarantined by the adapter: listed with the source rows
-                self._scan_patient(record, tally)
-            tally.add_source_rows(getattr(self._adapter, "quarantine", []))
-            self._report = tally.report()
+                for env in self._resources(record, RESOURCE_TYPES):
+                    mapped[env.resource_type] += 1
+            self._report = QualityReport(
+                site_id=self.site_id,
+                generated_at=dt.datetime.now(dt.UTC),
+                mapped=dict(mapped),
+                quarantined=tuple(sorted(self.quarantined(), key=lambda e: (e.kind, e.local_key))),
+                scan_ms=(time.perf_counter() - started) * 1000,
+            )
             return self._report
-
-    def _scan_patient(self, record: PatientRecord, tally: ScanTally) -> None:
-        try:
-            patient_to_fhir(self.site_id, record)
-            tally.ok("Patient")
-        except MappingError as exc:
-            tally.bad("Patient", record.local_id, exc.message)
-        for enc in self._adapter.encounters(record.local_id):
-            try:
-                encounter_to_fhir(self.site_id, enc)
-                tally.ok("Encounter")
-            except MappingError as exc:
-                tally.bad("Encounter", enc.local_id, exc.message)
 
     # ------------------------------------------------------------------ internals
 
-    def _patient(self, record: PatientRecord) -> Envelope | None:
+    def _resources(self, record: PatientRecord, wanted: Iterable[str]) -> Iterator[Envelope]:
+        """The patient's mappable resources of the wanted types, Patient first."""
+        if "Patient" in wanted:
+            if env := self._map("Patient", record.local_id, patient_to_fhir, record):
+                yield env
+        if "Encounter" in wanted:
+            for enc in self._adapter.encounters(record.local_id):
+                if env := self._map("Encounter", enc.local_id, encounter_to_fhir, enc):
+                    yield env
+
+    def _map(self, resource_type: str, local_key: str,
+             mapper: Callable[[str, Any], dict[str, Any]], record: object) -> Envelope | None:
+        """Map one record; a failure is quarantined with its reason and gives None."""
         try:
-            return Envelope.from_resource(self.site_id, patient_to_fhir(self.site_id, record))
+            return Envelope.from_resource(self.site_id, mapper(self.site_id, record))
         except MappingError as exc:
-            self._quarantine_record("Patient", record.local_id, exc.message)
+            self._quarantine_record(resource_type, local_key, exc.message)
             return None
 
     def _quarantine_record(self, resource_type: str, local_key: str, reason: str) -> None:
@@ -136,7 +127,7 @@ class NodeService:
         if key not in self._quarantine:
             log.warning("quarantined %s with local key hash %s: %s", resource_type,
                         stable_id(self.site_id, resource_type, local_key)[:8], reason)
-        self._quarantine[key] = Quarantined(resource_type, local_key, reason)
+        self._quarantine[key] = QuarantineEntry(resource_type, local_key, reason)
 
     def _local_id(self, patient_id: str) -> str | None:
         """FHIR ids are one-way hashes of local keys, so the node keeps the reverse index.
