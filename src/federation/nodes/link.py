@@ -19,7 +19,7 @@ import grpc
 
 from federation import __version__
 from federation._proto.v1 import gateway_pb2, gateway_pb2_grpc
-from federation.errors import FederationError
+from federation.errors import FederationError, Unavailable
 from federation.nodes.inbox import InboxItem, NodeInbox
 from federation.nodes.service import RESOURCE_TYPES, NodeService
 from federation.rpc.channels import secure_channel
@@ -131,13 +131,8 @@ class GatewayLink:
         sequence = 0
         while True:
             sequence += 1
-            count = await asyncio.to_thread(self._service.patient_count)
-            reply = await stub.Heartbeat(
-                gateway_pb2.HeartbeatRequest(
-                    sequence=sequence, patient_count=count,
-                    quarantined_records=len(self._service.quarantined())),
-                timeout=CALL_TIMEOUT,
-            )
+            reply = await stub.Heartbeat(gateway_pb2.HeartbeatRequest(sequence=sequence),
+                                         timeout=CALL_TIMEOUT)
             if reply.reregister:
                 raise _Reregister()
             self.status.heartbeats += 1
@@ -162,6 +157,4 @@ class GatewayLink:
             if fresh:
                 self.status.received_items += 1
                 log.info("inbox: received %s item %s", item.kind, item.item_id)
-        raise grpc.aio.AioRpcError(  # the gateway closed the stream: treat as a lost link
-            grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
-            details="inbox stream closed by the gateway")
+        raise Unavailable("the gateway closed the inbox stream")  # a lost link: reconnect

@@ -36,14 +36,10 @@ class RegisterResponse(_message.Message):
     def __init__(self, site_id: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., heartbeat_interval_ms: _Optional[int] = ..., registrations: _Optional[int] = ..., server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("sequence", "patient_count", "quarantined_records")
+    __slots__ = ("sequence",)
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
-    PATIENT_COUNT_FIELD_NUMBER: _ClassVar[int]
-    QUARANTINED_RECORDS_FIELD_NUMBER: _ClassVar[int]
     sequence: int
-    patient_count: int
-    quarantined_records: int
-    def __init__(self, sequence: _Optional[int] = ..., patient_count: _Optional[int] = ..., quarantined_records: _Optional[int] = ...) -> None: ...
+    def __init__(self, sequence: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("heartbeat_interval_ms", "server_time", "reregister")
