@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -66,12 +67,17 @@ class NodeClients:
             self._channels[key] = channel
         return node_agent_pb2_grpc.NodeAgentStub(channel)
 
-    async def capabilities(self, site_id: str, endpoint: str, *, timeout: float) -> NodeCapabilities:
+    async def _unary(self, site_id: str, endpoint: str, method: str, request: Any,
+                     timeout: float) -> Any:
+        """One unary NodeAgent call; gRPC failures become federation errors."""
         try:
-            reply = await self._stub(site_id, endpoint).GetCapabilities(
-                node_agent_pb2.GetCapabilitiesRequest(), timeout=timeout)
+            return await getattr(self._stub(site_id, endpoint), method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, site_id) from None
+
+    async def capabilities(self, site_id: str, endpoint: str, *, timeout: float) -> NodeCapabilities:
+        reply = await self._unary(site_id, endpoint, "GetCapabilities",
+                                  node_agent_pb2.GetCapabilitiesRequest(), timeout)
         if reply.site_id != site_id:
             raise InvalidInput(f"node at {endpoint} says it is site {reply.site_id!r}, "
                                f"not {site_id!r}")
@@ -84,11 +90,8 @@ class NodeClients:
 
     async def quality_report(self, site_id: str, endpoint: str, *, refresh: bool,
                              timeout: float) -> QualityReport:
-        try:
-            reply = await self._stub(site_id, endpoint).GetQualityReport(
-                node_agent_pb2.GetQualityReportRequest(refresh=refresh), timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, site_id) from None
+        reply = await self._unary(site_id, endpoint, "GetQualityReport",
+                                  node_agent_pb2.GetQualityReportRequest(refresh=refresh), timeout)
         if reply.site_id != site_id:
             raise InvalidInput(f"node at {endpoint} reported for site {reply.site_id!r}")
         return QualityReport(
@@ -113,10 +116,7 @@ class NodeClients:
         request = node_agent_pb2.SearchPatientsRequest(
             query=query_to_proto(query), correlation_id=correlation_id, purpose_of_use=purpose
         )
-        try:
-            reply = await self._stub(site_id, endpoint).SearchPatients(request, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, site_id) from None
+        reply = await self._unary(site_id, endpoint, "SearchPatients", request, timeout)
         patients = [_checked(site_id, msg, "Patient") for msg in reply.patients]
         return NodeSearchResult(site_id, patients, reply.truncated)
 
