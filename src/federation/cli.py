@@ -280,7 +280,7 @@ def search_cmd(address: str, cert: Path, key: Path, ca_path: Path, name: str | N
     async def run() -> None:
         async with GatewayClient(address, TlsMaterial.load(cert, key, ca_path)) as client:
             answer = await client.search(query, site_ids=list(sites), purpose=purpose)
-        for site_answer in answer.sites:
+        for site_answer in answer.results:
             for patient in site_answer.patients:
                 click.echo(patient.json.decode())
         for issue in answer.issues:

@@ -6,13 +6,13 @@ records (FHIR JSON already validated by the gateway), failures as federation err
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import TracebackType
 
 import grpc
 
 from federation._proto.v1 import gateway_pb2, gateway_pb2_grpc
-from federation.envelope import Envelope
+from federation.gateway.fanout import SiteIssue
+from federation.gateway.search import SearchOutcome, SiteHits
 from federation.nodes.model import PatientQuery
 from federation.rpc.channels import secure_channel
 from federation.rpc.status import error_from_rpc
@@ -20,30 +20,7 @@ from federation.rpc.wire import envelope_from_proto, query_to_proto
 from federation.security.ca import GATEWAY_SERVER_NAME
 from federation.security.tls import TlsMaterial
 
-__all__ = ["GatewayClient", "SiteAnswer", "SearchAnswer", "AnswerIssue"]
-
-
-@dataclass(frozen=True, slots=True)
-class SiteAnswer:
-    site_id: str
-    patients: list[Envelope]
-    truncated: bool
-    elapsed_ms: float
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerIssue:
-    severity: str
-    code: str
-    diagnostics: str
-    site_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class SearchAnswer:
-    correlation_id: str
-    sites: list[SiteAnswer]
-    issues: list[AnswerIssue]
+__all__ = ["GatewayClient"]
 
 
 class GatewayClient:
@@ -60,7 +37,8 @@ class GatewayClient:
         purpose: str = "TREAT",
         deadline_ms: int = 0,
         timeout: float = 30.0,
-    ) -> SearchAnswer:
+    ) -> SearchOutcome:
+        """The gateway's answer in the same records its own search produces."""
         request = gateway_pb2.FederatedSearchRequest(
             query=query_to_proto(query), site_ids=site_ids or [], purpose_of_use=purpose,
             deadline_ms=deadline_ms,
@@ -69,14 +47,14 @@ class GatewayClient:
             reply = await self._stub.SearchPatients(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, f"gateway {self._address}") from None
-        return SearchAnswer(
+        return SearchOutcome(
             correlation_id=reply.correlation_id,
-            sites=[
-                SiteAnswer(r.site_id, [envelope_from_proto(p) for p in r.patients], r.truncated,
-                           r.elapsed_ms)
+            results=[
+                SiteHits(r.site_id, [envelope_from_proto(p) for p in r.patients], r.truncated,
+                         r.elapsed_ms)
                 for r in reply.results
             ],
-            issues=[AnswerIssue(i.severity, i.code, i.diagnostics, i.site_id) for i in reply.issues],
+            issues=[SiteIssue(i.severity, i.code, i.diagnostics, i.site_id) for i in reply.issues],
         )
 
     async def close(self) -> None:

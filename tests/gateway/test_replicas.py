@@ -27,8 +27,8 @@ async def test_replicas_share_registry_search_and_inbox(pki, consortium, start_n
             (node,) = await start_nodes(a, "county-a")
             async with GatewayClient(f"127.0.0.1:{b.grpc_port}", pki.material("tester")) as c:
                 answer = await c.search(PatientQuery(gender="female"), site_ids=["county-a"])
-            assert [s.site_id for s in answer.sites] == ["county-a"]
-            assert answer.sites[0].patients, "replica B reached the node registered on A"
+            assert [s.site_id for s in answer.results] == ["county-a"]
+            assert answer.results[0].patients, "replica B reached the node registered on A"
             queued = await b.inbox.enqueue("county-a", "referral", b"{}", source_site="city-1")
             for _ in range(100):                       # A's stream polls every 100 ms
                 if [i.item_id for i in node.inbox.items()] == [queued.item_id]:

@@ -47,9 +47,9 @@ async def test_search_reaches_every_site_and_logs_each_exchange(gateway, start_n
     async with GatewayClient(f"127.0.0.1:{gateway.grpc_port}", pki.material("tester")) as client:
         answer = await client.search(PatientQuery(birth_date=rec.birth_date, gender=rec.gender))
     assert answer.issues == []
-    assert {s.site_id for s in answer.sites} == set(sites)
+    assert {s.site_id for s in answer.results} == set(sites)
     found = {}
-    for site in answer.sites:
+    for site in answer.results:
         for env in site.patients:
             patient = json.loads(env.json)
             assert patient["resourceType"] == "Patient"
@@ -76,7 +76,7 @@ async def test_search_validates_the_query_and_the_sites(gateway, start_nodes, pk
         with pytest.raises(InvalidInput, match="purpose_of_use"):
             await client.search(PatientQuery(gender="male"), purpose="CURIOSITY")
         answer = await client.search(PatientQuery(gender="female"), site_ids=["county-a"])
-    assert [s.site_id for s in answer.sites] == ["county-a"]
+    assert [s.site_id for s in answer.results] == ["county-a"]
 
 
 async def test_unreachable_sites_are_named_not_silently_skipped(gateway, start_nodes, pki):
@@ -138,7 +138,7 @@ async def test_misbehaving_node_becomes_an_issue_not_a_failure(gateway, start_no
                                     deadline_ms=800)
     finally:
         await server.stop(0)
-    assert [s.site_id for s in answer.sites] == ["county-a"]      # the good site still answers
+    assert [s.site_id for s in answer.results] == ["county-a"]      # the good site still answers
     assert [i.site_id for i in answer.issues] == ["county-b"]
     issue = answer.issues[0]
     expected = {"not-json": "not valid JSON", "not-fhir": "not valid FHIR R4",

@@ -101,7 +101,7 @@ async def run_tour(layout: DemoLayout, console: Console) -> bool:
             table = Table(show_header=True, header_style="bold")
             for col in ("site", "name", "gender", "birth date", "resident ID", "same person?"):
                 table.add_column(col)
-            for site in answer.sites:
+            for site in answer.results:
                 for env in site.patients:
                     sites_with_hits.add(site.site_id)
                     table.add_row(*_row(site.site_id, json.loads(env.json), by_record, person))

@@ -18,13 +18,11 @@ from federation.nodes.model import PatientQuery
 from federation.security.identity import PeerIdentity
 from federation.store import GatewayStore
 
-__all__ = ["FederatedSearch", "SearchOutcome", "SiteHits", "SearchIssue", "PURPOSES"]
+__all__ = ["FederatedSearch", "SearchOutcome", "SiteHits", "PURPOSES"]
 
 OPERATION = "NodeAgent/SearchPatients"
 #: HL7 v3 PurposeOfUse codes accepted for cross-site reads
 PURPOSES = frozenset({"TREAT", "ETREAT", "HOPERAT", "PATRQT", "HRESCH", "HSYSADMIN", "HDIRECT"})
-
-SearchIssue = SiteIssue
 
 
 @dataclass(frozen=True, slots=True)
