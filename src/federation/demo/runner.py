@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +111,6 @@ def state_table(sites: list[dict[str, Any]], title: str) -> Table:
         beat = node.get("last_heartbeat_at")
         age = ""
         if beat:
-            from datetime import datetime
-
             age = f"{now - datetime.fromisoformat(beat).timestamp():.1f} s ago"
         table.add_row(s["site_id"], s["tier"], s["name"],
                       f"[{STATE_STYLE.get(state, 'white')}]{state}[/]", age,

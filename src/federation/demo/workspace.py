@@ -57,11 +57,6 @@ def free_ports(count: int, rng: random.Random | None = None) -> list[int]:
             s.close()
 
 
-def _ensure_cert(path: Path, issue: object) -> None:
-    if not path.exists():
-        issue()  # type: ignore[operator]
-
-
 def prepare_workspace(workdir: Path, *, people: int, seed: int = 20261121) -> DemoLayout:
     workdir.mkdir(parents=True, exist_ok=True)
     pki = workdir / "pki"
@@ -96,13 +91,13 @@ def prepare_workspace(workdir: Path, *, people: int, seed: int = 20261121) -> De
 
 
 def _issue_all(authority: CertificateAuthority, pki: Path, sites: tuple[SiteSpec, ...]) -> None:
-    _ensure_cert(pki / "gateway" / "gateway.crt", lambda: authority.issue_gateway(pki / "gateway"))
-    _ensure_cert(pki / OPERATOR / f"{OPERATOR}.crt",
-                 lambda: authority.issue_operator(OPERATOR, pki / OPERATOR))
+    if not (pki / "gateway" / "gateway.crt").exists():
+        authority.issue_gateway(pki / "gateway")
+    if not (pki / OPERATOR / f"{OPERATOR}.crt").exists():
+        authority.issue_operator(OPERATOR, pki / OPERATOR)
     for site in sites:
-        out = pki / site.site_id
-        _ensure_cert(out / f"{site.site_id}.crt",
-                     lambda s=site, o=out: authority.issue_node(s.site_id, s.tier, o))
+        if not (pki / site.site_id / f"{site.site_id}.crt").exists():
+            authority.issue_node(site.site_id, site.tier, pki / site.site_id)
 
 
 def _q(value: object) -> str:

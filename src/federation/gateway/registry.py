@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from federation.errors import Conflict, InvalidInput, NotFound, PermissionDenied
@@ -150,7 +150,8 @@ def _node_site(peer: PeerIdentity) -> str:
     return peer.site_id
 
 
-async def _every(every: float, stop: asyncio.Event, job, what: str) -> None:  # type: ignore[no-untyped-def]
+async def _every(every: float, stop: asyncio.Event, job: Callable[[], Awaitable[None]],
+                 what: str) -> None:
     """Run ``job`` every ``every`` seconds until ``stop``; a failed run is logged and retried."""
     while not stop.is_set():
         try:
