@@ -26,6 +26,8 @@ __all__ = [
     "MedicationRecord",
     "AllergyRecord",
     "DocumentRecord",
+    "ClinicalRecord",
+    "CLINICAL_RECORD_TYPES",
 ]
 
 Gender = Literal["male", "female", "other", "unknown"]
@@ -232,3 +234,11 @@ class DocumentRecord:
     created: dt.datetime
     content: bytes | str
     content_type: str = "text/plain;charset=utf-8"
+
+
+#: every record an adapter may return from :meth:`SourceAdapter.clinical`
+ClinicalRecord = (ConditionRecord | LabResultRecord | VitalSignRecord | LabReportRecord
+                  | ImagingStudyRecord | MedicationRecord | AllergyRecord | DocumentRecord)
+CLINICAL_RECORD_TYPES: tuple[type, ...] = (
+    ConditionRecord, LabResultRecord, VitalSignRecord, LabReportRecord, ImagingStudyRecord,
+    MedicationRecord, AllergyRecord, DocumentRecord)

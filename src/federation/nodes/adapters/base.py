@@ -24,7 +24,13 @@ from federation.nodes.adapters.normalise import (
     resident_id_key,
     split_name,
 )
-from federation.nodes.model import EncounterRecord, Gender, PatientQuery, PatientRecord
+from federation.nodes.model import (
+    ClinicalRecord,
+    EncounterRecord,
+    Gender,
+    PatientQuery,
+    PatientRecord,
+)
 
 __all__ = [
     "Formats",
@@ -111,6 +117,12 @@ class SourceAdapter(ABC):
     @abstractmethod
     def encounters(self, patient_local_id: str) -> list[EncounterRecord]:
         """The patient's visits, oldest first (unparseable visits quarantined)."""
+
+    def clinical(self, patient_local_id: str) -> list[ClinicalRecord]:
+        """The patient's clinical records (diagnoses, labs, vitals, reports, studies,
+        orders, allergies, documents) this source holds, in a stable order; rows that do
+        not parse are quarantined. Sources without clinical data keep this default."""
+        return []
 
     @abstractmethod
     def count_patients(self) -> int:
