@@ -111,10 +111,11 @@ def test_a_delivery_cursor_misses_nothing_under_concurrent_enqueues(
         cursor = 0
         while True:
             finished = done.is_set()
-            for item in sites.pending_for("county-a", after_seq=cursor):
+            page = sites.pending_for("county-a", after_seq=cursor)
+            for item in page:
                 seen.append(item.item_id)
                 cursor = max(cursor, item.seq)
-            if finished:
+            if finished and not page:  # drained after the producers stopped
                 return
 
     consumer = threading.Thread(target=consume)
