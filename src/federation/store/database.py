@@ -12,7 +12,9 @@ several gateway replicas starting at once migrate the database exactly once.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,9 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 # Any constant will do; it only has to be the same for every replica.
 _MIGRATION_LOCK = 0x6665_6447_6174_65  # "fedGate"
+#: how long a SQLite writer waits for the lock: always, and while another process migrates
+_BUSY_TIMEOUT_MS = 5000
+_MIGRATION_WAIT_MS = 120_000
 _READ_ONLY = "federation_read_only"
 # Alembic's ``context`` and ``op`` are module-global proxies: two migration runs in one
 # process at once (two embedded gateways starting in threads) would trample each other.
@@ -76,12 +81,23 @@ def upgrade(url_or_engine: str | Engine) -> None:
     """Migrate the database to the newest revision; a no-op when it is already there."""
     engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
     try:
-        with _ALEMBIC, engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
-            cfg = _alembic_config()
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        with _ALEMBIC, engine.connect() as conn:
+            sqlite = conn.dialect.name == "sqlite"
+            if sqlite:  # replicas starting together queue behind one migrating process
+                conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+                    f"PRAGMA busy_timeout = {_MIGRATION_WAIT_MS}")
+            try:
+                with conn.begin():
+                    if not sqlite:
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                                     {"k": _MIGRATION_LOCK})
+                    cfg = _alembic_config()
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
+            finally:
+                if sqlite:
+                    conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+                        f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
     finally:
         if isinstance(url_or_engine, str):
             engine.dispose()
@@ -160,10 +176,26 @@ def _sqlite_engine(url: URL) -> Engine:
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # we emit BEGIN ourselves, in _sqlite_on_begin
     cur = dbapi_conn.cursor()
-    for pragma in ("journal_mode=WAL", "foreign_keys=ON", "busy_timeout=5000",
-                   "synchronous=NORMAL"):
+    cur.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+    _enter_wal(cur)
+    for pragma in ("foreign_keys=ON", "synchronous=NORMAL"):
         cur.execute(f"PRAGMA {pragma}")
     cur.close()
+
+
+def _enter_wal(cur: Any) -> None:
+    """Switch a new database file to WAL. SQLite answers a journal-mode change that meets
+    another process's lock with SQLITE_BUSY at once, without its busy handler, so several
+    replicas opening a fresh file together retry here for up to the busy timeout."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
