@@ -18,7 +18,6 @@ from federation.settings import (
     GatewaySettings,
     NodeSettings,
     SiteEntry,
-    SourceSettings,
     TlsSettings,
 )
 from federation.synth import ConsortiumManifest, generate_consortium
@@ -93,7 +92,7 @@ def node_settings(pki: Pki, manifest: ConsortiumManifest, site_id: str, gateway_
     return NodeSettings(
         site_id=site_id, listen="127.0.0.1:0", gateway=f"127.0.0.1:{gateway_port}",
         tls=pki.tls(cert_name or site_id),
-        source=SourceSettings(spec.source_kind, spec.source_path, spec.mapping),
+        source=spec.source_settings(),
         state_dir=state_dir / site_id, backoff_initial_ms=50, backoff_max_ms=400,
     )
 

@@ -23,6 +23,8 @@ Node file (``site.toml``)::
     gateway = "127.0.0.1:50051"
     [source]
     kind = "sql"; path = "his.sqlite"; mapping = "vendor_a"
+    [[source.extra]]                           # more systems of the same site
+    kind = "hl7"; path = "lis/"                # LIS drop folder (ORU^R01, ADT)
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ __all__ = [
     "TlsSettings",
     "SiteEntry",
     "GatewaySettings",
+    "SOURCE_KINDS",
     "SourceSettings",
     "NodeSettings",
     "load_gateway_settings",
@@ -85,11 +88,17 @@ class GatewaySettings:
     log_level: str = "INFO"
 
 
+#: kinds of site source a node reads (``hl7`` and ``pacs`` add to a HIS as extra feeds)
+SOURCE_KINDS = ("sql", "csv", "hl7", "pacs")
+
+
 @dataclass(frozen=True, slots=True)
 class SourceSettings:
     kind: str
     path: Path
     mapping: str | None = None
+    #: further systems of the same site (``[[source.extra]]``): LIS feed, PACS list …
+    extra: tuple[SourceSettings, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,20 +255,42 @@ def load_gateway_settings(
     )
 
 
+def _extra_sources(data: Mapping[str, Any], base: Path) -> tuple[SourceSettings, ...]:
+    """``[[source.extra]]`` tables (file only: a list does not fit one variable)."""
+    raw = (data.get("source") or {}).get("extra", [])
+    if not isinstance(raw, list):
+        raise ConfigError("setting 'source.extra' must be a list of [[source.extra]] tables")
+    extras = []
+    for i, entry in enumerate(raw):
+        where = f"[[source.extra]] #{i + 1}"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where} must be a table with kind and path")
+        r = _Reader(entry, {}, base)
+        kind = r.str("kind")
+        if kind not in SOURCE_KINDS:
+            raise ConfigError(f"{where}: kind must be one of {list(SOURCE_KINDS)}, got {kind!r}")
+        extras.append(SourceSettings(kind=kind, path=r.path("path"),
+                                     mapping=r.opt_str("mapping")))
+    return tuple(extras)
+
+
 def load_node_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> NodeSettings:
     """Read one site's node-agent settings (``site.toml``)."""
     data, base = _read_file(path)
     r = _Reader(data, os.environ if env is None else env, base)
     kind = r.str("source.kind")
-    if kind not in ("sql", "csv"):
-        raise ConfigError(f"setting 'source.kind' must be 'sql' or 'csv', got {kind!r}")
+    if kind not in SOURCE_KINDS:
+        raise ConfigError(f"setting 'source.kind' must be one of {list(SOURCE_KINDS)}, "
+                          f"got {kind!r}")
     return NodeSettings(
         site_id=r.str("site_id"),
         listen=r.hostport("listen", "127.0.0.1:50061"),
         gateway=r.hostport("gateway", "127.0.0.1:50051"),
         advertise=r.opt_str("advertise") or "",
         tls=r.tls(),
-        source=SourceSettings(kind=kind, path=r.path("source.path"), mapping=r.opt_str("source.mapping")),
+        source=SourceSettings(kind=kind, path=r.path("source.path"),
+                              mapping=r.opt_str("source.mapping"),
+                              extra=_extra_sources(data, base)),
         state_dir=r.path("state_dir", base / "state"),
         max_message_bytes=r.int("max_message_bytes", 4 * 1024 * 1024, minimum=1024),
         backoff_initial_ms=r.int("backoff_initial_ms", 500, minimum=10),

@@ -17,7 +17,7 @@ from federation.fhir_systems import (
     local_diagnosis_code_system,
     local_patient_id_system,
 )
-from federation.nodes.adapters import open_adapter
+from federation.nodes.adapters import open_sources
 from federation.nodes.fhir_mapping import encounter_to_fhir, patient_to_fhir, stable_id
 from federation.nodes.model import EncounterRecord, PatientQuery, PatientRecord
 from federation.synth import ConsortiumManifest, generate_consortium
@@ -54,7 +54,7 @@ def test_every_generated_record_maps_validates_and_round_trips(
         consortium: ConsortiumManifest) -> None:
     patients = encounters = 0
     for spec in consortium.sites:
-        with open_adapter(spec.source_kind, spec.source_path, spec.mapping) as adapter:
+        with open_sources(spec.source_settings()) as adapter:
             for local_id in adapter.iter_patient_ids():
                 rec = adapter.get_patient(local_id)
                 assert rec is not None
@@ -157,6 +157,6 @@ def test_unmappable_records_raise_mapping_error_without_patient_data() -> None:
 
 def test_search_results_map(consortium: ConsortiumManifest) -> None:
     spec = consortium.site("county-b")
-    with open_adapter(spec.source_kind, spec.source_path, spec.mapping) as adapter:
+    with open_sources(spec.source_settings()) as adapter:
         [rec, *_] = adapter.search_patients(PatientQuery(gender="female", limit=1))
     assert Patient.model_validate(patient_to_fhir("county-b", rec)).gender == "female"

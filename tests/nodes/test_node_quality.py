@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from federation.nodes.adapters import open_adapter
+from federation.nodes.adapters import open_sources
 from federation.nodes.service import NodeService
 
 
 def _service(consortium, site_id: str) -> NodeService:
     spec = next(s for s in consortium.sites if s.site_id == site_id)
-    adapter = open_adapter(spec.source_kind, spec.source_path, spec.mapping)
+    adapter = open_sources(spec.source_settings())
     return NodeService(site_id, spec.tier, adapter, spec.source_kind)
 
 
@@ -19,7 +19,14 @@ def test_report_counts_every_patient_and_visit(consortium):
     visits = sum(len(service._adapter.encounters(local))
                  for local in service._adapter.iter_patient_ids())
     assert report.mapped["Encounter"] == visits
-    assert report.quarantined == ()
+    # the synthetic county-b plants one bad vital sign row and two bad LIS messages
+    reasons = {e.local_key.split("#")[0].split(":")[0]: e.reason for e in report.quarantined}
+    assert len(report.quarantined) == 3
+    assert "not a calendar date" in reasons["vital_signs"]
+    assert {e.local_key.split("#")[0] for e in report.quarantined} >= {"oru-bad.hl7"}
+    assert any("OBX-5 not numeric" in e.reason for e in report.quarantined)
+    # LIS results arrive as Observations and DiagnosticReports of the same patients
+    assert report.mapped["Observation"] > 0 and report.mapped["DiagnosticReport"] > 0
 
 
 def test_recent_report_is_reused_and_refresh_rescans(consortium):

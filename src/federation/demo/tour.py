@@ -21,7 +21,7 @@ from rich.table import Table
 from federation.client import GatewayClient
 from federation.demo.workspace import DemoLayout
 from federation.fhir_systems import RESIDENT_ID_SYSTEM, local_patient_id_system
-from federation.nodes.adapters import open_adapter
+from federation.nodes.adapters import open_sources
 from federation.nodes.model import PatientQuery, PatientRecord
 from federation.security.tls import TlsMaterial
 
@@ -67,7 +67,7 @@ def pick_tour_people(layout: DemoLayout, max_people: int = 4) -> list[TourPerson
         home_site, local_id = min(records, key=lambda r: ("city", "county", "township").index(
             specs[r[0]].tier))
         spec = specs[home_site]
-        adapter = open_adapter(spec.source_kind, spec.source_path, spec.mapping)
+        adapter = open_sources(spec.source_settings())
         try:
             record = adapter.get_patient(local_id)
         finally:

@@ -151,4 +151,7 @@ def _site_toml(site: SiteSpec, port: int, gateway: str, workdir: Path) -> str:
     ]
     if site.mapping:
         lines.append(f"mapping = {_q(site.mapping)}")
+    for extra in site.extra_sources:
+        lines += ["", "[[source.extra]]", f"kind = {_q(extra.kind)}",
+                  f"path = {_q((rel / extra.path.relative_to(workdir)).as_posix())}"]
     return "\n".join(lines) + "\n"

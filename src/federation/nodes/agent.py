@@ -16,7 +16,7 @@ from grpc_health.v1 import health
 
 from federation._runtime import wait_for_shutdown_signal
 from federation.errors import ConfigError
-from federation.nodes.adapters import open_adapter
+from federation.nodes.adapters import open_sources
 from federation.nodes.inbox import NodeInbox
 from federation.nodes.link import GatewayLink
 from federation.nodes.server import create_node_server, mark_serving
@@ -60,8 +60,7 @@ async def start_node(settings: NodeSettings) -> RunningNode:
             f"site_id is '{settings.site_id}' but the certificate {settings.tls.cert} is for "
             f"{me.role} '{me.name}'; issue one with `federation ca issue --site {settings.site_id}`"
         )
-    adapter = await asyncio.to_thread(
-        open_adapter, settings.source.kind, settings.source.path, settings.source.mapping)
+    adapter = await asyncio.to_thread(open_sources, settings.source)
     service = NodeService(settings.site_id, me.tier or "", adapter, settings.source.kind)
     revocations = RevocationList(settings.tls.crl, tls.ca_pem) if settings.tls.crl else None
     server, port, health_servicer = create_node_server(

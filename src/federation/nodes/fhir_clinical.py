@@ -19,6 +19,7 @@ import hashlib
 import math
 import re
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
@@ -42,6 +43,8 @@ from federation.nodes.model import (
     MedicationRecord,
     VitalSignRecord,
 )
+from federation.terminology import NormalisedDiagnosis, normalise_diagnosis, to_condition
+from federation.terminology.systems import ICD10_CN_SYSTEM
 
 __all__ = [
     "LOINC_SYSTEM",
@@ -60,7 +63,8 @@ __all__ = [
 
 LOINC_SYSTEM = "http://loinc.org"
 UCUM_SYSTEM = "http://unitsofmeasure.org"
-ICD10_SYSTEM = "http://hl7.org/fhir/sid/icd-10"
+#: the one ICD-10 system of the consortium (the terminology service's)
+ICD10_SYSTEM = ICD10_CN_SYSTEM
 DICOM_DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
 _TERMINOLOGY = "http://terminology.hl7.org/CodeSystem/"
 
@@ -177,19 +181,41 @@ def _decimal(res: dict[str, Any], value: Decimal) -> float:
     return number
 
 
+@lru_cache(maxsize=8192)
+def _normalised(text: str) -> NormalisedDiagnosis:
+    """The terminology service's reading of a diagnosis text (pure; sites repeat texts)."""
+    return normalise_diagnosis(text)
+
+
+#: elements of the normaliser's Condition that carry the detail a code alone loses
+_DETAIL_ELEMENTS = ("extension", "bodySite", "stage", "note")
+
+
 def condition_to_fhir(site_id: str, rec: ConditionRecord) -> dict[str, Any]:
     """FHIR R4 Condition (§9.2): ICD-10 and local diagnosis codings, encounter-diagnosis
-    when tied to a visit, otherwise a problem-list item."""
+    when tied to a visit, otherwise a problem-list item.
+
+    The text goes through the diagnosis normaliser, whose detail (laterality, site type,
+    morphology, metastasis sites as bodySite/extensions, stage) the Condition keeps. The
+    site's ICD-10 code wins over the normaliser's; without either, the Condition stays
+    text only, flagged unrecognised, never guessed. Provisional wording (疑似, 待排)
+    makes the verification status provisional/differential instead of confirmed."""
     res = _base(site_id, "Condition", rec.local_id, "condition")
     _check(res, rec.clinical_status, _CONDITION_CLINICAL, "Condition.clinicalStatus")
     category = "encounter-diagnosis" if rec.encounter_local_id else "problem-list-item"
+    norm = _normalised(rec.text)
+    icd = rec.icd10_code or norm.code
+    display = norm.display if icd and icd == norm.code else None
+    detail = to_condition(norm)
     res.update({
         "clinicalStatus": _status_concept("condition-clinical", rec.clinical_status),
-        "verificationStatus": _status_concept("condition-ver-status", "confirmed"),
+        "verificationStatus": _status_concept("condition-ver-status",
+                                              norm.certainty or "confirmed"),
         "category": [_status_concept("condition-category", category)],
-        "code": _concept(rec.text, (ICD10_SYSTEM, rec.icd10_code, None),
+        "code": _concept(rec.text, (ICD10_SYSTEM, icd, display),
                          (local_diagnosis_code_system(site_id), rec.local_code, None)),
     })
+    res.update({k: detail[k] for k in _DETAIL_ELEMENTS if k in detail})
     _context(site_id, res, rec.patient_local_id, rec.encounter_local_id)
     if rec.onset is not None:
         res["onsetDateTime"] = rec.onset.isoformat()

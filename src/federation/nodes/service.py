@@ -19,23 +19,61 @@ from typing import Any
 from federation.envelope import Envelope
 from federation.errors import MappingError, NotFound
 from federation.nodes.adapters import SourceAdapter
+from federation.nodes.coding import SiteCoder, Unmapped
+from federation.nodes.fhir_clinical import (
+    allergy_to_fhir,
+    condition_to_fhir,
+    document_to_fhir,
+    imaging_study_to_fhir,
+    lab_report_to_fhir,
+    lab_result_to_fhir,
+    medication_to_fhir,
+    vital_sign_to_fhir,
+)
 from federation.nodes.fhir_mapping import encounter_to_fhir, patient_to_fhir, stable_id
-from federation.nodes.model import PatientQuery, PatientRecord
+from federation.nodes.model import (
+    AllergyRecord,
+    ClinicalRecord,
+    ConditionRecord,
+    DocumentRecord,
+    EncounterRecord,
+    ImagingStudyRecord,
+    LabReportRecord,
+    LabResultRecord,
+    MedicationRecord,
+    PatientQuery,
+    PatientRecord,
+    VitalSignRecord,
+)
 from federation.nodes.quality import QualityReport, QuarantineEntry
 
-__all__ = ["NodeService", "RESOURCE_TYPES"]
+__all__ = ["CLINICAL_MAPPERS", "NodeService", "RESOURCE_TYPES", "visit_condition"]
 
 log = logging.getLogger("federation.node")
 
-RESOURCE_TYPES = ("Patient", "Encounter")
+Mapper = Callable[[str, Any], dict[str, Any]]
+#: record class → (FHIR resource type, mapping function); one table for every clinical kind
+CLINICAL_MAPPERS: dict[type, tuple[str, Mapper]] = {
+    ConditionRecord: ("Condition", condition_to_fhir),
+    LabResultRecord: ("Observation", lab_result_to_fhir),
+    VitalSignRecord: ("Observation", vital_sign_to_fhir),
+    LabReportRecord: ("DiagnosticReport", lab_report_to_fhir),
+    ImagingStudyRecord: ("ImagingStudy", imaging_study_to_fhir),
+    MedicationRecord: ("MedicationRequest", medication_to_fhir),
+    AllergyRecord: ("AllergyIntolerance", allergy_to_fhir),
+    DocumentRecord: ("DocumentReference", document_to_fhir),
+}
+RESOURCE_TYPES = ("Patient", "Encounter", *dict.fromkeys(t for t, _ in CLINICAL_MAPPERS.values()))
 INDEX_REFRESH_SECONDS = 30.0
 #: a quality report younger than this is served again instead of rescanning the source
 REPORT_MAX_AGE_SECONDS = 60.0
 
 
 class NodeService:
-    def __init__(self, site_id: str, tier: str, adapter: SourceAdapter, adapter_kind: str) -> None:
+    def __init__(self, site_id: str, tier: str, adapter: SourceAdapter, adapter_kind: str,
+                 coder: SiteCoder | None = None) -> None:
         self.site_id = site_id
+        self.coder = coder or SiteCoder(site_id)
         self.tier = tier
         self.adapter_kind = adapter_kind
         self._adapter = adapter
@@ -86,16 +124,14 @@ class NodeService:
                 return self._report  # type: ignore[return-value]
             started = time.perf_counter()
             mapped: Counter[str] = Counter()
-            for local_id in self._adapter.iter_patient_ids():
-                record = self._adapter.get_patient(local_id)
-                if record is None:
-                    continue  # quarantined by the adapter: listed with the source rows
-                for env in self._resources(record, RESOURCE_TYPES):
-                    mapped[env.resource_type] += 1
+            unmapped: Counter[Unmapped] = Counter()
+            for env in self.scan(unmapped):
+                mapped[env.resource_type] += 1
             self._report = QualityReport(
                 site_id=self.site_id,
                 generated_at=dt.datetime.now(dt.UTC),
                 mapped=dict(mapped),
+                unmapped=dict(unmapped),
                 quarantined=tuple(sorted(self.quarantined(), key=lambda e: (e.kind, e.local_key))),
                 scan_ms=(time.perf_counter() - started) * 1000,
             )
@@ -103,15 +139,47 @@ class NodeService:
 
     # ------------------------------------------------------------------ internals
 
-    def _resources(self, record: PatientRecord, wanted: Iterable[str]) -> Iterator[Envelope]:
-        """The patient's mappable resources of the wanted types, Patient first."""
+    def scan(self, unmapped: Counter[Unmapped] | None = None) -> Iterator[Envelope]:
+        """Every resource the site's source maps to, patient by patient (the quality
+        report and the change feed both read the source through here)."""
+        for local_id in self._adapter.iter_patient_ids():
+            record = self._adapter.get_patient(local_id)
+            if record is None:
+                continue  # quarantined by the adapter: listed with the source rows
+            yield from self._resources(record, RESOURCE_TYPES, unmapped)
+
+    def quarantined_ids(self) -> set[tuple[str, str]]:
+        """(resource type, FHIR id) of every record the mapping quarantined."""
+        return {(e.kind, stable_id(self.site_id, e.kind, e.local_key))
+                for e in list(self._quarantine.values())}
+
+    def _resources(self, record: PatientRecord, wanted: Iterable[str],
+                   unmapped: Counter[Unmapped] | None = None) -> Iterator[Envelope]:
+        """The patient's mappable resources of the wanted types: Patient, Encounters,
+        Conditions (each visit's diagnosis and the source's own), then the rest."""
+        wanted = set(wanted)
         if "Patient" in wanted:
             if env := self._map("Patient", record.local_id, patient_to_fhir, record):
                 yield env
+        visits = self._adapter.encounters(record.local_id) \
+            if wanted & {"Encounter", "Condition"} else []
         if "Encounter" in wanted:
-            for enc in self._adapter.encounters(record.local_id):
+            for enc in visits:
                 if env := self._map("Encounter", enc.local_id, encounter_to_fhir, enc):
                     yield env
+        clinical: list[ClinicalRecord] = [c for v in visits if (c := visit_condition(v))]
+        if wanted - {"Patient", "Encounter"}:
+            clinical += self._adapter.clinical(record.local_id)
+        clinical.sort(key=lambda c: not isinstance(c, ConditionRecord))  # stable: order kept
+        for item in clinical:
+            resource_type, mapper = CLINICAL_MAPPERS[type(item)]
+            if resource_type not in wanted:
+                continue
+            coded, gap = self.coder.code(item)
+            if gap is not None and unmapped is not None:
+                unmapped[gap] += 1
+            if env := self._map(resource_type, coded.local_id, mapper, coded):
+                yield env
 
     def _map(self, resource_type: str, local_key: str,
              mapper: Callable[[str, Any], dict[str, Any]], record: object) -> Envelope | None:
@@ -145,3 +213,15 @@ class NodeService:
                 }
                 self._indexed_at = time.monotonic()
             return self._index.get(patient_id)
+
+
+def visit_condition(visit: EncounterRecord) -> ConditionRecord | None:
+    """The visit's diagnosis as an encounter-diagnosis Condition (local key ``visit:<id>``),
+    or None for a visit recorded without one."""
+    if not (visit.diagnosis_text or visit.diagnosis_code):
+        return None
+    return ConditionRecord(
+        local_id=f"visit:{visit.local_id}", patient_local_id=visit.patient_local_id,
+        encounter_local_id=visit.local_id,
+        text=visit.diagnosis_text or visit.diagnosis_code or "",
+        local_code=visit.diagnosis_code, recorded=visit.start)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from federation.synth.generator import (
     SITES,
     ConsortiumManifest,
+    ExtraSource,
     SiteSpec,
     generate_consortium,
     load_manifest,
@@ -19,6 +20,7 @@ from federation.synth.noise import NoiseRates
 __all__ = [
     "SITES",
     "ConsortiumManifest",
+    "ExtraSource",
     "NoiseRates",
     "SiteSpec",
     "generate_consortium",

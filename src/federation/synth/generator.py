@@ -6,6 +6,15 @@
     out_dir/truth.csv                site_id, local_patient_id, person_id — every source row
     out_dir/noise.json               noise rates, eligible/applied counts, planted hard cases
     out_dir/sites/<site_id>/         his.sqlite (vendor A/B) or patients.csv + visits.csv
+    out_dir/sites/city-1/pacs/       studies.csv, the PACS study list (DICOM keywords)
+    out_dir/sites/county-b/lis/      oru-YYYYMMDD.hl7, the LIS's HL7 v2 ORU^R01 batches
+
+Vendor sites also hold clinical records consistent with their visits (labs, vitals,
+orders, allergies, discharge summaries; see :mod:`federation.synth.clinical`); county-b's
+laboratory results arrive through its LIS feed instead of its database. Each source has a
+few planted bad rows for the quality report: a vital sign dated month 13 (county-b), a
+study dated 31 February (city-1's PACS), and ``lis/oru-bad.hl7`` with a message cut in
+its PID segment and a numeric result that is not a number.
 
 Everything is drawn from ``random.Random`` streams derived from the seed (one stream per
 purpose and site, so one site's draws do not shift another's) and nothing depends on the
@@ -24,6 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from federation.errors import ConfigError
+from federation.nodes.adapters.normalise import split_name
+from federation.nodes.model import LabReportRecord, LabResultRecord, PatientRecord
+from federation.settings import SourceSettings
+from federation.synth.clinical import (
+    PatientContext,
+    SiteClinical,
+    make_site_clinical,
+    person_allergy,
+)
+from federation.synth.hl7_feed import oru_r01, write_hl7_file, write_lis_feed
 from federation.synth.noise import Appearance, NoiseLog, NoiseRates, apply_noise
 from federation.synth.people import Person, Population, make_population
 from federation.synth.writers import (
@@ -31,12 +50,14 @@ from federation.synth.writers import (
     SiteRow,
     SiteVisit,
     write_csv_export,
+    write_pacs_studies,
     write_text_atomic,
     write_vendor_a,
     write_vendor_b,
 )
 
-__all__ = ["SITES", "ConsortiumManifest", "SiteSpec", "generate_consortium", "load_manifest"]
+__all__ = ["SITES", "ConsortiumManifest", "ExtraSource", "SiteSpec", "generate_consortium",
+           "load_manifest"]
 
 MANIFEST_FORMAT = 1
 # (site id, name, tier, parent, writer: 'vendor_a' | 'vendor_b' | 'csv')
@@ -49,6 +70,8 @@ SITES = (
     ("township-b1", "西河县柳林镇卫生院", "township", "county-b", "csv"),
 )
 _PARENT = {s[0]: s[3] for s in SITES}
+#: sources beside a site's HIS: (kind, path under the site folder)
+_EXTRA = {"city-1": (("pacs", "pacs/studies.csv"),), "county-b": (("hl7", "lis"),)}
 _TIER = {s[0]: s[2] for s in SITES}
 _ID_STYLE = {"city-1": ("", 10, 100000), "county-a": ("DY", 8, 10000),
              "county-b": ("", 0, 200001), "township-a1": ("SM", 5, 1),
@@ -109,6 +132,15 @@ _KINDS = ("outpatient", "inpatient", "emergency")
 
 
 @dataclass(frozen=True, slots=True)
+class ExtraSource:
+    """A source beside the site's HIS: ``hl7`` (a folder of v2 message files) or ``pacs``
+    (a study-list CSV)."""
+
+    kind: str
+    path: Path                  # absolute
+
+
+@dataclass(frozen=True, slots=True)
 class SiteSpec:
     site_id: str
     name: str
@@ -117,6 +149,13 @@ class SiteSpec:
     source_kind: str            # 'sql' | 'csv'
     source_path: Path           # absolute: his.sqlite, or the folder of the CSV export
     mapping: str | None         # packaged SQL mapping name ('vendor_a'), None for CSV
+    extra_sources: tuple[ExtraSource, ...] = ()
+
+    def source_settings(self) -> SourceSettings:
+        """The node's ``[source]`` settings (with its extra feeds) for this site."""
+        return SourceSettings(self.source_kind, self.source_path, self.mapping,
+                              extra=tuple(SourceSettings(e.kind, e.path)
+                                          for e in self.extra_sources))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +191,17 @@ def generate_consortium(out_dir: Path, *, seed: int = 20261121,
                                      {p.person_id: p for p in members})
         truth += [(site_id, row.local_id, app.person_id) for row, app in rows]
         folder = root / "sites" / site_id
-        rel = _write_site(folder, site_id, writer, [r for r, _ in rows], visits, seed)
+        clinical = None if writer == "csv" else _site_clinical(
+            seed, site_id, writer, rows, visits, {p.person_id: p for p in members})
+        rel = _write_site(folder, site_id, writer, [r for r, _ in rows], visits, seed,
+                          clinical)
         site_entries.append({"id": site_id, "name": name, "tier": tier, "parent": parent,
                              "source_kind": "csv" if writer == "csv" else "sql",
                              "source_path": (Path("sites") / site_id / rel).as_posix(),
-                             "mapping": None if writer == "csv" else writer})
+                             "mapping": None if writer == "csv" else writer,
+                             "extra_sources": [
+                                 {"kind": kind, "path": f"sites/{site_id}/{path}"}
+                                 for kind, path in _EXTRA.get(site_id, ())]})
     _write_truth(root / "truth.csv", truth)
     _write_json(root / "noise.json", {
         "seed": seed, "people": len(population.people), "rates": rates.as_dict(),
@@ -178,7 +223,9 @@ def load_manifest(out_dir: Path) -> ConsortiumManifest:
         sites = tuple(SiteSpec(
             site_id=s["id"], name=s["name"], tier=s["tier"], parent_site_id=s.get("parent"),
             source_kind=s["source_kind"], source_path=root / s["source_path"],
-            mapping=s.get("mapping")) for s in data["sites"])
+            mapping=s.get("mapping"),
+            extra_sources=tuple(ExtraSource(kind=str(x["kind"]), path=root / x["path"])
+                                for x in s.get("extra_sources", ()))) for s in data["sites"])
         return ConsortiumManifest(root=root, sites=sites, truth_path=root / data["truth"],
                                   noise_path=root / data["noise"], seed=int(data["seed"]),
                                   people=int(data["people"]))
@@ -313,17 +360,82 @@ def _code(rng: random.Random, tier: str, icd: str) -> str | None:
     return icd
 
 
+def _site_clinical(seed: int, site_id: str, writer: str,
+                   rows: list[tuple[SiteRow, Appearance]], visits: list[SiteVisit],
+                   people: dict[str, Person]) -> SiteClinical:
+    """Clinical records for a vendor site; chronic diagnoses and allergies come from the
+    person (the same at every site), the rest from the site's own stream."""
+    contexts = {}
+    for row, app in rows:
+        person = people[app.person_id]
+        allergy = person_allergy(random.Random(f"{seed}:allergy:{person.person_id}"))
+        contexts[row.local_id] = PatientContext(
+            row, tuple(dx[0] for dx in _chronic(seed, person)), allergy)
+    return make_site_clinical(random.Random(f"{seed}:clinical:{site_id}"),
+                              [s[0] for s in SITES].index(site_id) + 1, visits, contexts,
+                              numeric_ids=writer == "vendor_b", imaging=site_id in _PACS)
+
+
+_PACS = frozenset(("city-1",))
+_LIS = frozenset(("county-b",))
+
+
 def _write_site(folder: Path, site_id: str, writer: str, rows: list[SiteRow],
-                visits: list[SiteVisit], seed: int) -> str:
+                visits: list[SiteVisit], seed: int, clinical: SiteClinical | None) -> str:
     if writer == "vendor_a":
-        write_vendor_a(folder / "his.sqlite", rows, visits)
-        return "his.sqlite"
-    if writer == "vendor_b":
-        write_vendor_b(folder / "his.sqlite", rows, visits)
-        return "his.sqlite"
-    write_csv_export(folder, CSV_LAYOUTS[site_id], rows, visits,
-                     random.Random(f"{seed}:csv:{site_id}"))
-    return "."
+        write_vendor_a(folder / "his.sqlite", rows, visits, clinical)
+    elif writer == "vendor_b":
+        # this county's laboratory results reach the node through its LIS, not the HIS
+        write_vendor_b(folder / "his.sqlite", rows, visits, clinical)
+    else:
+        write_csv_export(folder, CSV_LAYOUTS[site_id], rows, visits,
+                         random.Random(f"{seed}:csv:{site_id}"))
+        return "."
+    if clinical is not None and site_id in _PACS:
+        write_pacs_studies(folder / "pacs" / "studies.csv", rows, clinical)
+    if clinical is not None and site_id in _LIS:
+        _write_lis(folder / "lis", site_id, rows, clinical)
+    return "his.sqlite"
+
+
+def _write_lis(folder: Path, site_id: str, rows: list[SiteRow], clinical: SiteClinical) -> None:
+    """The LIS feed, replacing an earlier run's batches, plus ``oru-bad.hl7``: one message
+    cut in its PID segment and one whose numeric (NM) result is text."""
+    if folder.is_dir():
+        for old in folder.glob("oru-*.hl7"):
+            old.unlink()
+    patients = {r.local_id: _patient_record(r) for r in rows}
+    orders = [(patients[rep.patient_local_id], rep, clinical.results[rep.local_id])
+              for rep in clinical.reports]
+    write_lis_feed(folder, orders, facility=site_id)
+    if not orders:
+        return
+    patient, report, results = orders[len(orders) // 2]
+    good = oru_r01(patient, report, results, sending_facility=site_id, control_id="LISBAD0001")
+    pid = good.index("\rPID|") + 1
+    truncated = good[:pid + (good.index("\r", pid) - pid) // 2]
+    bad_id = str(len(clinical.reports) + 1)        # the next report number: no clash
+    bad_report = LabReportRecord(
+        local_id=bad_id, patient_local_id=report.patient_local_id,
+        encounter_local_id=report.encounter_local_id, name=report.name,
+        local_code=report.local_code, issued=report.issued, effective=report.effective,
+        result_local_ids=(f"{bad_id}-1",))
+    bad_result = LabResultRecord(
+        local_id=f"{bad_id}-1", patient_local_id=report.patient_local_id,
+        encounter_local_id=report.encounter_local_id, local_code="GLU", loinc_code="2345-7",
+        name="葡萄糖", value="见备注", unit="mmol/L", effective=results[0].effective,
+        report_local_id=bad_id)
+    not_numeric = oru_r01(patient, bad_report, [bad_result], sending_facility=site_id,
+                          control_id="LISBAD0002")
+    write_hl7_file(folder / "oru-bad.hl7", [truncated, not_numeric])
+
+
+def _patient_record(row: SiteRow) -> PatientRecord:
+    family, given = split_name(row.name)
+    return PatientRecord(local_id=row.local_id, name=" ".join(row.name.split()), family=family,
+                         given=given, gender=row.sex,  # type: ignore[arg-type]
+                         birth_date=row.birth_date, resident_id=row.resident_id,
+                         phone=row.phone, address=row.address)
 
 
 def _write_truth(path: Path, truth: list[tuple[str, str, str]]) -> None:

@@ -8,11 +8,17 @@ the row key only, never patient data.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import functools
 import logging
+import re
+import types
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from decimal import Decimal, InvalidOperation
 from types import TracebackType
-from typing import Any, Self, get_args
+from typing import Any, Literal, Self, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from federation.errors import InvalidInput
 from federation.nodes.adapters.normalise import (
@@ -23,6 +29,7 @@ from federation.nodes.adapters.normalise import (
     parse_datetime,
     resident_id_key,
     split_name,
+    value_shape,
 )
 from federation.nodes.model import (
     ClinicalRecord,
@@ -39,6 +46,8 @@ __all__ = [
     "ValueMaps",
     "encounter_from_fields",
     "patient_from_fields",
+    "record_fields",
+    "record_from_fields",
     "record_matches",
 ]
 
@@ -52,6 +61,7 @@ KINDS = frozenset(("outpatient", "inpatient", "emergency"))
 STATUSES = frozenset(("planned", "in-progress", "finished", "cancelled"))
 
 log = logging.getLogger("federation.node.adapter")
+R = TypeVar("R")
 
 
 class PreparedQuery:
@@ -123,6 +133,11 @@ class SourceAdapter(ABC):
         orders, allergies, documents) this source holds, in a stable order; rows that do
         not parse are quarantined. Sources without clinical data keep this default."""
         return []
+
+    def source_stamp(self) -> object | None:
+        """Something that changes whenever the source may have changed (file times and
+        sizes), so the node can skip rescanning an unchanged source; None = unknown."""
+        return None
 
     @abstractmethod
     def count_patients(self) -> int:
@@ -240,3 +255,136 @@ def encounter_from_fields(fields: Mapping[str, Any], *, values: ValueMaps | None
         diagnosis_code=_text(fields.get("diagnosis_code")),
         status=status,  # type: ignore[arg-type]
     )
+
+
+# ------------------------------------------------------------ generic record conversion
+
+_TRUE = frozenset(("1", "true", "t", "y", "yes", "是"))
+_FALSE = frozenset(("0", "false", "f", "n", "no", "否"))
+_LIST_SEPARATORS = re.compile(r"[,;，；]")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _FieldSpec:
+    name: str
+    required: bool
+    convert: Callable[[str, str, Formats], Any]   # (text, field name, formats) → value
+
+
+def record_fields(cls: type) -> dict[str, bool]:
+    """A record dataclass's fields, each with whether it is required (has no default)."""
+    return {f.name: f.required for f in _field_specs(cls)}
+
+
+def record_from_fields(cls: type[R], fields: Mapping[str, Any], *,
+                       values: ValueMaps | None = None, formats: Formats | None = None) -> R:
+    """One record of dataclass ``cls`` from a row's raw values keyed by record field name.
+
+    Each field is converted by its declared type: ``str``; ``datetime`` / ``date`` through
+    :func:`parse_datetime` / :func:`parse_date` with the field's ``formats``; ``Decimal``;
+    ``int``; ``bool`` (1/0, true/false, y/n, 是/否); ``tuple[str, ...]`` from a comma- or
+    semicolon-separated cell; ``Literal`` fields must hold one of their literals. The
+    field's value map (stored code → value) applies first, so a site's codes become record
+    values before they are checked. Blank cells take the field's default; a blank required
+    field, or a value that does not convert, raises :class:`InvalidInput` naming the field
+    and the value's shape, never the value.
+    """
+    values, formats = values or {}, formats or {}
+    kwargs: dict[str, Any] = {}
+    for spec in _field_specs(cls):
+        raw = fields.get(spec.name)
+        if isinstance(raw, bytes):            # BLOB content (documents) passes through
+            if raw:
+                kwargs[spec.name] = raw
+            elif spec.required:
+                raise InvalidInput(f"field '{spec.name}' is blank", code="blank")
+            continue
+        text = _text(raw)
+        if text is None:
+            if spec.required:
+                raise InvalidInput(f"field '{spec.name}' is blank", code="blank")
+            continue
+        text = values.get(spec.name, {}).get(text, text)
+        kwargs[spec.name] = spec.convert(text, spec.name, formats)
+    return cls(**kwargs)
+
+
+@functools.cache
+def _field_specs(cls: type) -> tuple[_FieldSpec, ...]:
+    hints = get_type_hints(cls)
+    return tuple(
+        _FieldSpec(f.name, f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING, _converter(hints[f.name]))
+        for f in dataclasses.fields(cls))
+
+
+def _converter(hint: Any) -> Callable[[str, str, Formats], Any]:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        if str in args or bytes in args:
+            return _as_str               # str | None, bytes | str: text as read
+        if len(args) == 1:
+            return _converter(args[0])
+        raise TypeError(f"record field type {hint} has no converter")
+    if origin is Literal:
+        return functools.partial(_as_literal, frozenset(get_args(hint)))
+    if origin is tuple:
+        return _as_tuple
+    converters: dict[Any, Callable[[str, str, Formats], Any]] = {
+        str: _as_str, dt.datetime: _as_datetime, dt.date: _as_date, Decimal: _as_decimal,
+        int: _as_int, bool: _as_bool}
+    if hint not in converters:
+        raise TypeError(f"record field type {hint} has no converter")
+    return converters[hint]
+
+
+def _as_str(text: str, name: str, formats: Formats) -> str:
+    return text
+
+
+def _as_literal(allowed: frozenset[str], text: str, name: str, formats: Formats) -> str:
+    if text not in allowed:
+        raise InvalidInput(f"field '{name}' code is not in the mapping", code="unmapped")
+    return text
+
+
+def _as_tuple(text: str, name: str, formats: Formats) -> tuple[str, ...]:
+    return tuple(p.strip() for p in _LIST_SEPARATORS.split(text) if p.strip())
+
+
+def _as_datetime(text: str, name: str, formats: Formats) -> dt.datetime:
+    return parse_datetime(text, formats=formats.get(name, ()), what=f"field '{name}'")
+
+
+def _as_date(text: str, name: str, formats: Formats) -> dt.date:
+    return parse_date(text, formats=formats.get(name, ()), what=f"field '{name}'")
+
+
+def _as_decimal(text: str, name: str, formats: Formats) -> Decimal:
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        number = Decimal("NaN")
+    if not number.is_finite():
+        raise InvalidInput(f"field '{name}' value '{value_shape(text)}' is not a decimal number",
+                           code="bad-number")
+    return number
+
+
+def _as_int(text: str, name: str, formats: Formats) -> int:
+    number = _as_decimal(text, name, formats)
+    if number != number.to_integral_value():
+        raise InvalidInput(f"field '{name}' value '{value_shape(text)}' is not a whole number",
+                           code="bad-number")
+    return int(number)
+
+
+def _as_bool(text: str, name: str, formats: Formats) -> bool:
+    folded = text.lower()
+    if folded in _TRUE:
+        return True
+    if folded in _FALSE:
+        return False
+    raise InvalidInput(f"field '{name}' value '{value_shape(text)}' is not a yes/no value",
+                       code="bad-boolean")

@@ -180,6 +180,9 @@ class CsvAdapter(SourceAdapter):
     def encounters(self, patient_local_id: str) -> list[EncounterRecord]:
         return list(self._load().visits.get(patient_local_id, ()))
 
+    def source_stamp(self) -> object:
+        return self._stamp()
+
     def count_patients(self) -> int:
         return self._load().rows
 
