@@ -85,6 +85,10 @@ class GatewaySettings:
     max_message_bytes: int = 4 * 1024 * 1024
     search_deadline_ms: int = 5000
     inbox_poll_ms: int = 1000
+    #: every online site's change feed is pulled at least this often (and on its notices)
+    sync_interval_ms: int = 300_000
+    #: check every pulled resource against the FHIR R4 models (nodes already did)
+    sync_validate: bool = True
     log_level: str = "INFO"
 
 
@@ -113,6 +117,8 @@ class NodeSettings:
     max_message_bytes: int = 4 * 1024 * 1024
     backoff_initial_ms: int = 500
     backoff_max_ms: int = 15000
+    #: how often the node rescans its source for the change feed (skipped when unchanged)
+    feed_scan_interval_ms: int = 60_000
     log_level: str = "INFO"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -174,6 +180,20 @@ class _Reader:
         if number < minimum:
             raise ConfigError(f"{where} must be at least {minimum}, got {number}")
         return number
+
+    def bool(self, key: str, default: bool) -> bool:
+        found = self.raw(key)
+        if found is None:
+            return default
+        value, where = found
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
 
     def path(self, key: str, default: Path | None = None) -> Path:
         found = self.raw(key)
@@ -251,6 +271,8 @@ def load_gateway_settings(
         max_message_bytes=r.int("max_message_bytes", 4 * 1024 * 1024, minimum=1024),
         search_deadline_ms=r.int("search_deadline_ms", 5000, minimum=10),
         inbox_poll_ms=r.int("inbox_poll_ms", 1000, minimum=10),
+        sync_interval_ms=r.int("sync_interval_ms", 300_000, minimum=100),
+        sync_validate=r.bool("sync_validate", True),
         log_level=r.str("log_level", "INFO").upper(),
     )
 
@@ -295,6 +317,7 @@ def load_node_settings(path: Path | None = None, env: Mapping[str, str] | None =
         max_message_bytes=r.int("max_message_bytes", 4 * 1024 * 1024, minimum=1024),
         backoff_initial_ms=r.int("backoff_initial_ms", 500, minimum=10),
         backoff_max_ms=r.int("backoff_max_ms", 15000, minimum=10),
+        feed_scan_interval_ms=r.int("feed_scan_interval_ms", 60_000, minimum=100),
         log_level=r.str("log_level", "INFO").upper(),
     )
 

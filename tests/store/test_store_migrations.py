@@ -25,7 +25,8 @@ from federation.store import (
 )
 from federation.store.models import metadata
 
-TABLES = {"site", "node", "node_event", "exchange_log", "work_item"}
+TABLES = {"site", "node", "node_event", "exchange_log", "work_item", "site_resource",
+          "feed_cursor"}
 
 
 def _diffs(engine: Engine) -> list:

@@ -22,6 +22,8 @@ from grpc_reflection.v1alpha import reflection
 
 from federation._proto.v1 import gateway_pb2, gateway_pb2_grpc
 from federation._runtime import wait_for_shutdown_signal
+from federation.archive.store import ArchiveStore
+from federation.archive.sync import FeedPuller
 from federation.errors import Unavailable
 from federation.gateway.http_app import create_http_app
 from federation.gateway.inbox import Inbox
@@ -63,6 +65,8 @@ class RunningGateway:
     health: health.aio.HealthServicer
     _http: _EmbeddedUvicorn
     clients: NodeClients
+    archive: ArchiveStore
+    puller: FeedPuller
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -109,13 +113,17 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     inbox = Inbox(store, poll_seconds=settings.inbox_poll_ms / 1000)
     clients = NodeClients(tls, settings.max_message_bytes)
     search = FederatedSearch(store, clients, default_deadline_ms=settings.search_deadline_ms)
+    archive = ArchiveStore(engine)
+    puller = FeedPuller(store, archive, clients, interval_s=settings.sync_interval_ms / 1000,
+                        validate=settings.sync_validate)
 
     server = grpc.aio.server(
         interceptors=[CallGuard("gateway", GATEWAY_POLICY, revocations)],
         options=server_options(settings.max_message_bytes),
     )
     gateway_pb2_grpc.add_GatewayServicer_to_server(
-        GatewayServicer(registry, inbox, search, heartbeat_ms=settings.heartbeat_interval_ms), server)
+        GatewayServicer(registry, inbox, search, heartbeat_ms=settings.heartbeat_interval_ms,
+                        puller=puller), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -132,14 +140,15 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
 
     serving = {"up": True}
     quality = SiteQuality(store, clients, deadline_ms=settings.search_deadline_ms)
-    app = create_http_app(store, registry, quality, grpc_serving=lambda: serving["up"])
+    app = create_http_app(store, registry, quality, grpc_serving=lambda: serving["up"],
+                          archive=archive)
     sock = _bind(settings.http_listen)
     http = _EmbeddedUvicorn(uvicorn.Config(app, log_level="warning", lifespan="off",
                                            access_log=False))
     running = RunningGateway(
         settings=settings, store=store, inbox=inbox, registry=registry, grpc_server=server,
         grpc_port=port, http_port=sock.getsockname()[1], health=health_servicer, _http=http,
-        clients=clients,
+        clients=clients, archive=archive, puller=puller,
     )
     sweep_every = max(0.05, min(1.0, settings.heartbeat_interval_ms / 4000))
     flush_every = max(0.02, min(0.5, settings.unreachable_after_ms / 8000))
@@ -147,6 +156,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         asyncio.create_task(http.serve(sockets=[sock]), name="http"),
         asyncio.create_task(registry.sweep_forever(sweep_every, running._stop), name="sweeper"),
         asyncio.create_task(registry.flush_forever(flush_every, running._stop), name="flush"),
+        asyncio.create_task(puller.run(running._stop), name="change-feed-puller"),
     ]
     log.info("gateway serving gRPC on %s (port %d), HTTP on port %d",
              settings.grpc_listen, port, running.http_port)

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from federation import errors
+from federation.archive.store import ArchiveStore
 from federation.gateway.fanout import Requester
 from federation.gateway.outcomes import operation_outcome
 from federation.gateway.quality import SiteQuality
@@ -28,7 +29,8 @@ __all__ = ["create_http_app"]
 HTTP_REQUESTER = Requester(kind="gateway", id="http-api")
 
 def create_http_app(
-    store: GatewayStore, registry: NodeRegistry, quality: SiteQuality, *, grpc_serving: Any
+    store: GatewayStore, registry: NodeRegistry, quality: SiteQuality, *, grpc_serving: Any,
+    archive: ArchiveStore | None = None,
 ) -> FastAPI:
     """``grpc_serving`` is a zero-argument callable telling whether the gRPC server is up."""
     app = FastAPI(title="Federation gateway", version="0.1.0", docs_url="/docs")
@@ -82,6 +84,21 @@ def create_http_app(
     @app.get("/api/consortium/sites/{site_id}/quality")
     async def site_quality(site_id: str, refresh: bool = False) -> dict[str, Any]:
         return await quality.reports(HTTP_REQUESTER, site_ids=[site_id], refresh=refresh)
+
+    @app.get("/api/archive/sync")
+    async def archive_sync() -> dict[str, Any]:
+        """How far the archive has read each site's change feed, and what it holds."""
+        if archive is None:
+            raise errors.Unavailable("this gateway keeps no archive")
+        cursors = await asyncio.to_thread(archive.cursors)
+        counts = await asyncio.to_thread(archive.counts)
+        return {"sites": [{
+            "site_id": c.site_id, "epoch": c.epoch, "cursor": c.after, "node_head": c.node_head,
+            "behind": max(0, c.node_head - c.after), "pulls": c.pulls, "rejected": c.rejected,
+            "last_pull_at": c.last_pull_at.isoformat() if c.last_pull_at else None,
+            "caught_up_at": c.caught_up_at.isoformat() if c.caught_up_at else None,
+            "resources": dict(sorted(counts.get(c.site_id, {}).items())),
+        } for c in cursors]}
 
     return app
 

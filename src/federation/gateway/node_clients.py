@@ -20,6 +20,7 @@ import grpc
 from federation._proto.v1 import node_agent_pb2, node_agent_pb2_grpc
 from federation.envelope import Envelope, validate_resource
 from federation.errors import DeadlineExceeded, InvalidInput
+from federation.nodes.coding import Unmapped
 from federation.nodes.model import PatientQuery
 from federation.nodes.quality import QualityReport, QuarantineEntry
 from federation.rpc.channels import secure_channel
@@ -101,6 +102,7 @@ class NodeClients:
             quarantined=tuple(QuarantineEntry(q.kind, q.local_key, q.reason)
                               for q in reply.quarantined),
             scan_ms=reply.scan_ms,
+            unmapped={Unmapped(u.kind, u.code): u.count for u in reply.unmapped},
         )
 
     async def search(
@@ -138,6 +140,19 @@ class NodeClients:
         try:
             async for msg in self._stub(site_id, endpoint).FetchPatientResources(request, timeout=timeout):
                 yield _checked(site_id, msg, None)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, site_id) from None
+
+    async def stream_changes(self, site_id: str, endpoint: str, *, epoch: str, after: int,
+                             max_batch: int, timeout: float) -> AsyncIterator[Any]:
+        """The node's change feed after ``after`` as ChangeBatch messages (checked by
+        :mod:`federation.archive.sync`, which knows what each change must be)."""
+        request = node_agent_pb2.StreamChangesRequest(epoch=epoch, after=after,
+                                                      max_batch=max_batch)
+        try:
+            async for batch in self._stub(site_id, endpoint).StreamChanges(request,
+                                                                           timeout=timeout):
+                yield batch
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, site_id) from None
 

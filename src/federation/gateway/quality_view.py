@@ -44,7 +44,8 @@ def _diagnostics(body: bytes) -> str:
 def print_quality(report: dict[str, Any], *, show: int = 10, console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title="Data quality per site")
-    for column in ("site", "mapped", "by type", "quarantined", "most frequent reason"):
+    for column in ("site", "mapped", "by type", "quarantined", "most frequent reason",
+                   "unmapped codes"):
         table.add_column(column)
     for site in report["sites"]:
         reasons = site["quarantined_by_reason"]
@@ -54,6 +55,7 @@ def print_quality(report: dict[str, Any], *, show: int = 10, console: Console | 
             ", ".join(f"{t} {n}" for t, n in site["mapped"].items()),
             str(site["quarantined_total"]),
             f"{top[0]} (×{top[1]})" if top else "—",
+            str(site.get("unmapped_total", 0)),
         )
     console.print(table)
     for site in report["sites"]:
@@ -64,5 +66,10 @@ def print_quality(report: dict[str, Any], *, show: int = 10, console: Console | 
             console.print(f"  {entry['kind']:<10} {entry['local_key']:<24} {entry['reason']}")
         if len(site["quarantined"]) > show:
             console.print(f"  … and {len(site['quarantined']) - show} more (--show N, --json)")
+    for site in report["sites"]:
+        for kind, codes in site.get("unmapped_codes", {}).items():
+            listed = ", ".join(f"{code} ×{n}" for code, n in list(codes.items())[:show])
+            more = f" … and {len(codes) - show} more" if len(codes) > show else ""
+            console.print(f"\n[bold]{site['site_id']}[/]: unmapped {kind}s: {listed}{more}")
     for issue in report["issues"]:
         console.print(f"[yellow]{issue['severity']}[/]: {issue['diagnostics']}")

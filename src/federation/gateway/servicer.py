@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from federation._proto.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from federation.archive.sync import FeedPuller
 from federation.gateway.inbox import Inbox
 from federation.gateway.registry import NodeRegistry, utcnow
 from federation.gateway.search import FederatedSearch
@@ -31,13 +32,16 @@ GATEWAY_POLICY: dict[str, frozenset[str]] = {
     _PREFIX + "StreamInbox": _NODE,
     _PREFIX + "AckWorkItem": _NODE,
     _PREFIX + "SearchPatients": _PEOPLE,
+    _PREFIX + "NotifyChanges": _NODE,
 }
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(
-        self, registry: NodeRegistry, inbox: Inbox, search: FederatedSearch, *, heartbeat_ms: int
+        self, registry: NodeRegistry, inbox: Inbox, search: FederatedSearch, *, heartbeat_ms: int,
+        puller: FeedPuller | None = None,
     ) -> None:
+        self._puller = puller
         self._registry = registry
         self._inbox = inbox
         self._search = search
@@ -49,6 +53,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             peer, endpoint=request.endpoint, software_version=request.software_version,
             capabilities=list(request.capabilities),
         )
+        if self._puller is not None:  # it may have changed while the gateway was away
+            self._puller.request(node.site_id)
         return gateway_pb2.RegisterResponse(
             site_id=node.site_id,
             tier=TIER_TO_PROTO[peer.tier or ""],
@@ -75,6 +81,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 source_site=item.source_site or "", content_type=item.content_type,
                 payload=item.payload, created=timestamp(item.created_at),
             )
+
+    async def NotifyChanges(self, request: gateway_pb2.ChangesNotice,
+                            context: grpc.aio.ServicerContext):
+        site_id = current_peer.get().site_id or ""
+        scheduled = self._puller.request(site_id) if self._puller is not None else False
+        return gateway_pb2.ChangesNoticeAck(pull_scheduled=scheduled)
 
     async def AckWorkItem(self, request: gateway_pb2.AckWorkItemRequest, context: grpc.aio.ServicerContext):
         row = await self._inbox.ack(current_peer.get().site_id or "", request.item_id)

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import grpc
 from grpc_health.v1 import health
 
 from federation._runtime import wait_for_shutdown_signal
-from federation.errors import ConfigError
+from federation.envelope import Envelope
+from federation.errors import ConfigError, FederationError
 from federation.nodes.adapters import open_sources
+from federation.nodes.feed import ChangeFeed, ScanInterrupted
 from federation.nodes.inbox import NodeInbox
 from federation.nodes.link import GatewayLink
 from federation.nodes.server import create_node_server, mark_serving
@@ -36,14 +40,17 @@ class RunningNode:
     service: NodeService
     link: GatewayLink
     inbox: NodeInbox
+    feed: ChangeFeed
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _halt: threading.Event = field(default_factory=threading.Event)  # for worker threads
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def stop(self, grace: float = 1.0) -> None:
         self._stop.set()
+        self._halt.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
@@ -63,17 +70,58 @@ async def start_node(settings: NodeSettings) -> RunningNode:
     adapter = await asyncio.to_thread(open_sources, settings.source)
     service = NodeService(settings.site_id, me.tier or "", adapter, settings.source.kind)
     revocations = RevocationList(settings.tls.crl, tls.ca_pem) if settings.tls.crl else None
+    feed = ChangeFeed(settings.state_dir / "feed.sqlite")
     server, port, health_servicer = create_node_server(
         service, tls, settings.listen, max_message_bytes=settings.max_message_bytes,
-        revocations=revocations)
+        revocations=revocations, feed=feed)
     await server.start()
     await mark_serving(health_servicer)
     inbox = NodeInbox(settings.state_dir / "inbox.sqlite")
     link = GatewayLink(_with_port(settings, port), tls, service, inbox)
-    running = RunningNode(settings, service, link, inbox, server, port, health_servicer)
+    running = RunningNode(settings, service, link, inbox, feed, server, port, health_servicer)
     running._tasks.append(asyncio.create_task(link.run(running._stop), name="gateway-link"))
+    running._tasks.append(asyncio.create_task(
+        _scan_loop(service, feed, link, settings.feed_scan_interval_ms / 1000, running._stop,
+                   running._halt),
+        name="change-feed"))
     log.info("node %s (%s) serving NodeAgent on port %d", settings.site_id, me.tier, port)
     return running
+
+
+async def _scan_loop(service: NodeService, feed: ChangeFeed, link: GatewayLink,
+                     interval: float, stop: asyncio.Event, halt: threading.Event) -> None:
+    """Rescan the source into the change feed at start and then every ``interval``
+    seconds, skipping sources whose files have not changed; tell the gateway when the
+    feed moved. A failed scan (source offline) is logged and retried next time."""
+    last_stamp: object | None = None
+    head = await asyncio.to_thread(feed.head)
+    if head:
+        link.notify_changes(feed.epoch, head)  # whatever the gateway may have missed
+    while not stop.is_set():
+        try:
+            stamp = await asyncio.to_thread(service.source_stamp)
+            if stamp is None or stamp != last_stamp:
+                result = await asyncio.to_thread(
+                    feed.apply_scan, _until(halt, service.scan()), service.quarantined_ids)
+                last_stamp = stamp
+                if result.changed or result.deleted:
+                    link.notify_changes(feed.epoch, result.head)
+        except ScanInterrupted:
+            return
+        except FederationError as exc:
+            log.warning("change feed scan failed: %s; retrying in %.0f s", exc.message, interval)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        except TimeoutError:
+            pass
+
+
+def _until(halt: threading.Event, items: Iterator[Envelope]) -> Iterator[Envelope]:
+    """The scan, abandoned (raising, so that no tombstone is written) once ``halt`` is set."""
+    for item in items:
+        if halt.is_set():
+            raise ScanInterrupted()
+        yield item
 
 
 def _with_port(settings: NodeSettings, port: int) -> NodeSettings:

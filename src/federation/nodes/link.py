@@ -60,6 +60,13 @@ class GatewayLink:
         self._inbox = inbox
         self.status = LinkStatus()
         self._rng = random.Random()
+        self._feed_notice: tuple[str, int] | None = None
+        self._feed_changed = asyncio.Event()
+
+    def notify_changes(self, epoch: str, head: int) -> None:
+        """Tell the gateway (now, or as soon as a session is up) that the feed moved."""
+        self._feed_notice = (epoch, head)
+        self._feed_changed.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep a session with the gateway until ``stop`` is set."""
@@ -115,6 +122,7 @@ class GatewayLink:
             tasks = [
                 asyncio.create_task(self._heartbeats(stub, interval)),
                 asyncio.create_task(self._receive(stub)),
+                asyncio.create_task(self._notices(stub)),
                 asyncio.create_task(stop.wait()),
             ]
             try:
@@ -139,6 +147,19 @@ class GatewayLink:
             self.status.last_heartbeat_at = dt.datetime.now(dt.UTC)
             interval = max(0.05, (reply.heartbeat_interval_ms or interval * 1000) / 1000)
             await asyncio.sleep(interval)
+
+    async def _notices(self, stub: gateway_pb2_grpc.GatewayStub) -> None:
+        """Send the newest feed notice; one that fails is sent again by the next session."""
+        while True:
+            await self._feed_changed.wait()
+            if self._feed_notice is None:
+                self._feed_changed.clear()
+                continue
+            epoch, head = self._feed_notice
+            await stub.NotifyChanges(gateway_pb2.ChangesNotice(epoch=epoch, head=head),
+                                     timeout=CALL_TIMEOUT)
+            if self._feed_notice == (epoch, head):
+                self._feed_changed.clear()
 
     async def _receive(self, stub: gateway_pb2_grpc.GatewayStub) -> None:
         """Store each inbound item, then acknowledge it; a redelivery is acked again only."""

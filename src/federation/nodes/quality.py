@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from federation.nodes.coding import Unmapped
 
 __all__ = ["QualityReport", "QuarantineEntry"]
 
@@ -29,11 +31,20 @@ class QualityReport:
     mapped: dict[str, int]
     quarantined: tuple[QuarantineEntry, ...]
     scan_ms: float = 0.0
+    #: local codes no ConceptMap translates, with how many records carry each
+    unmapped: dict[Unmapped, int] = field(default_factory=dict)
 
     def by_reason(self) -> dict[str, int]:
         """Quarantined records per reason, most frequent first."""
         counts = Counter(entry.reason for entry in self.quarantined)
         return dict(counts.most_common())
+
+    def unmapped_by_kind(self) -> dict[str, dict[str, int]]:
+        """{kind: {local code: records}}, kinds sorted, codes most frequent first."""
+        out: dict[str, dict[str, int]] = {}
+        for gap, n in sorted(self.unmapped.items(), key=lambda i: (i[0].kind, -i[1], i[0].code)):
+            out.setdefault(gap.kind, {})[gap.code] = n
+        return out
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -47,5 +58,7 @@ class QualityReport:
                 {"kind": e.kind, "local_key": e.local_key, "reason": e.reason}
                 for e in self.quarantined
             ],
+            "unmapped_total": sum(self.unmapped.values()),
+            "unmapped_codes": self.unmapped_by_kind(),
             "scan_ms": round(self.scan_ms, 1),
         }

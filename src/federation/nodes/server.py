@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from federation import __version__
 from federation._proto.v1 import node_agent_pb2, node_agent_pb2_grpc
 from federation.errors import Unavailable
+from federation.nodes.feed import ChangeFeed
 from federation.nodes.service import RESOURCE_TYPES, NodeService
 from federation.rpc.channels import server_options
 from federation.rpc.guard import CallGuard
@@ -31,14 +32,21 @@ NODE_POLICY: dict[str, frozenset[str]] = {
     _PREFIX + "SearchPatients": _GATEWAY,
     _PREFIX + "FetchPatientResources": _GATEWAY,
     _PREFIX + "GetQualityReport": _GATEWAY,
+    _PREFIX + "StreamChanges": _GATEWAY,
 }
+#: changes per ChangeBatch unless the gateway asks for fewer; and the most it may ask for
+DEFAULT_BATCH, MAX_BATCH = 500, 5000
 SERVICE = node_agent_pb2.DESCRIPTOR.services_by_name["NodeAgent"].full_name
 _END = object()
 
 
 class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
-    def __init__(self, service: NodeService) -> None:
+    def __init__(self, service: NodeService, feed: ChangeFeed | None = None, *,
+                 max_message_bytes: int = 4 * 1024 * 1024) -> None:
         self._service = service
+        self._feed = feed
+        # a batch (JSON plus framing) must fit the gateway's message limit
+        self._batch_bytes = max(64 * 1024, max_message_bytes // 2)
 
     async def GetCapabilities(self, request, context: grpc.aio.ServicerContext):
         count = await asyncio.to_thread(self._service.patient_count)
@@ -76,9 +84,42 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
             quarantined=[node_agent_pb2.QuarantinedRecord(kind=e.kind, local_key=e.local_key,
                                                           reason=e.reason)
                          for e in report.quarantined],
+            unmapped=[node_agent_pb2.UnmappedCode(kind=u.kind, code=u.code, count=n)
+                      for u, n in sorted(report.unmapped.items(),
+                                         key=lambda i: (i[0].kind, i[0].code))],
         )
         reply.generated_at.CopyFrom(timestamp(report.generated_at))
         return reply
+
+    async def StreamChanges(self, request, context: grpc.aio.ServicerContext
+                            ) -> AsyncIterator[object]:
+        """The feed after the gateway's cursor, up to the head at the time of the call.
+        Each batch is read only once the previous one was taken (an async generator
+        advances when gRPC's flow control lets the message out)."""
+        feed = self._feed
+        if feed is None:
+            raise Unavailable(f"node {self._service.site_id} keeps no change feed")
+        head = await asyncio.to_thread(feed.head)
+        after = request.after
+        reset = request.epoch != feed.epoch or after > head
+        if reset:
+            after = 0
+        limit = min(request.max_batch or DEFAULT_BATCH, MAX_BATCH)
+        sent = False
+        while after < head:
+            changes = [c for c in await asyncio.to_thread(
+                feed.changes, after, limit=limit, max_bytes=self._batch_bytes) if c.seq <= head]
+            if not changes:
+                break
+            yield node_agent_pb2.ChangeBatch(
+                epoch=feed.epoch, reset=reset and not sent, head=head,
+                changes=[node_agent_pb2.Change(seq=c.seq, resource_type=c.resource_type,
+                                               resource_id=c.resource_id, deleted=c.deleted,
+                                               json=c.body) for c in changes])
+            sent = True
+            after = changes[-1].seq
+        if not sent:  # nothing new: one empty batch still tells the epoch and the head
+            yield node_agent_pb2.ChangeBatch(epoch=feed.epoch, reset=reset, head=head)
 
 
 def create_node_server(
@@ -88,12 +129,14 @@ def create_node_server(
     *,
     max_message_bytes: int,
     revocations: RevocationList | None = None,
+    feed: ChangeFeed | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     server = grpc.aio.server(
         interceptors=[CallGuard("node", NODE_POLICY, revocations)],
         options=server_options(max_message_bytes),
     )
-    node_agent_pb2_grpc.add_NodeAgentServicer_to_server(NodeAgentServicer(service), server)
+    node_agent_pb2_grpc.add_NodeAgentServicer_to_server(
+        NodeAgentServicer(service, feed, max_message_bytes=max_message_bytes), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:

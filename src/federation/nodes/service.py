@@ -89,6 +89,9 @@ class NodeService:
     def patient_count(self) -> int:
         return self._adapter.count_patients()
 
+    def source_stamp(self) -> object | None:
+        return self._adapter.source_stamp()
+
     def quarantined(self) -> list[QuarantineEntry]:
         """Source rows the adapter skipped, then records that failed to map."""
         source = [QuarantineEntry("source-row", str(key), reason)

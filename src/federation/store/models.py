@@ -1,9 +1,10 @@
 """The gateway store's tables, and the frozen rows the store hands out instead of them.
 
-The tables hold the gateway's own state — the consortium registry, node liveness, the
-exchange log and the inbound work-item queue — never a site's clinical records. ORM
-objects stay inside :mod:`federation.store.gateway_store`; callers get the plain frozen
-dataclasses at the bottom of this module.
+Most tables hold the gateway's own state — the consortium registry, node liveness, the
+exchange log and the inbound work-item queue. ``site_resource`` and ``feed_cursor`` are
+the regional archive's replica of each site's FHIR resources, filled from the nodes'
+change feeds (:mod:`federation.archive`). ORM objects stay inside the store modules;
+callers get the plain frozen dataclasses at the bottom of this module.
 
 Timestamps are ``timestamp with time zone`` on PostgreSQL. SQLite has no zone, so
 :class:`UtcDateTime` writes UTC and reads naive values back as aware UTC: every datetime
@@ -17,7 +18,17 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -25,7 +36,7 @@ from sqlmodel import Field, SQLModel
 __all__ = [
     "TIERS", "NODE_STATES", "REQUESTER_KINDS", "OUTCOMES", "WORK_KINDS",
     "UtcDateTime", "StoreModel", "metadata",
-    "Site", "Node", "NodeEvent", "ExchangeLog", "WorkItem",
+    "Site", "Node", "NodeEvent", "ExchangeLog", "WorkItem", "SiteResource", "FeedCursor",
     "SiteRow", "NodeRow", "NodeEventRow", "ExchangeEntry", "WorkItemRow",
 ]
 
@@ -154,6 +165,39 @@ class WorkItem(StoreModel, table=True):
     delivered_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
     acked_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
     attempts: int = Field(default=0)
+
+
+class SiteResource(StoreModel, table=True):
+    """The newest version of one site's resource that the gateway has pulled."""
+
+    __tablename__ = "site_resource"
+    # the archive reads one person's resources at a site: WHERE site_id = ? AND patient_id = ?
+    __table_args__ = (Index("ix_site_resource_site_id_patient_id", "site_id", "patient_id"),)
+
+    site_id: str = Field(sa_type=String(64), primary_key=True, foreign_key="site.site_id")
+    resource_type: str = Field(sa_type=String(64), primary_key=True)
+    resource_id: str = Field(sa_type=String(64), primary_key=True)
+    epoch: str = Field(sa_type=String(64))           # the node feed's epoch it came from
+    seq: int = Field(sa_type=BigInteger)             # its sequence number in that feed
+    deleted: bool = Field(default=False, sa_type=Boolean)
+    patient_id: str | None = Field(default=None, sa_type=String(64), nullable=True)
+    body: bytes | None = Field(default=None, sa_type=LargeBinary, nullable=True)
+    received_at: dt.datetime = Field(sa_type=UtcDateTime)
+
+
+class FeedCursor(StoreModel, table=True):
+    """How far the gateway has read one site's change feed."""
+
+    __tablename__ = "feed_cursor"
+
+    site_id: str = Field(sa_type=String(64), primary_key=True, foreign_key="site.site_id")
+    epoch: str = Field(sa_type=String(64))
+    after: int = Field(default=0, sa_type=BigInteger)
+    node_head: int = Field(default=0, sa_type=BigInteger)
+    pulls: int = Field(default=0)
+    rejected: int = Field(default=0, sa_type=BigInteger)
+    last_pull_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+    caught_up_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
 
 
 # ---------------------------------------------------------------- rows handed to callers

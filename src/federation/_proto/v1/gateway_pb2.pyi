@@ -11,6 +11,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ChangesNotice(_message.Message):
+    __slots__ = ("epoch", "head")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    epoch: str
+    head: int
+    def __init__(self, epoch: _Optional[str] = ..., head: _Optional[int] = ...) -> None: ...
+
+class ChangesNoticeAck(_message.Message):
+    __slots__ = ("pull_scheduled",)
+    PULL_SCHEDULED_FIELD_NUMBER: _ClassVar[int]
+    pull_scheduled: bool
+    def __init__(self, pull_scheduled: _Optional[bool] = ...) -> None: ...
+
 class RegisterRequest(_message.Message):
     __slots__ = ("endpoint", "software_version", "capabilities")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]

@@ -60,6 +60,11 @@ class GatewayStub:
                 request_serializer=federation_dot_v1_dot_gateway__pb2.FederatedSearchRequest.SerializeToString,
                 response_deserializer=federation_dot_v1_dot_gateway__pb2.FederatedSearchResponse.FromString,
                 _registered_method=True)
+        self.NotifyChanges = channel.unary_unary(
+                '/federation.v1.Gateway/NotifyChanges',
+                request_serializer=federation_dot_v1_dot_gateway__pb2.ChangesNotice.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_gateway__pb2.ChangesNoticeAck.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -100,6 +105,14 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def NotifyChanges(self, request, context):
+        """The calling node's change feed moved on: the gateway pulls NodeAgent.StreamChanges
+        soon (it also pulls on its own schedule; this only makes changes arrive sooner).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +140,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.SearchPatients,
                     request_deserializer=federation_dot_v1_dot_gateway__pb2.FederatedSearchRequest.FromString,
                     response_serializer=federation_dot_v1_dot_gateway__pb2.FederatedSearchResponse.SerializeToString,
+            ),
+            'NotifyChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.NotifyChanges,
+                    request_deserializer=federation_dot_v1_dot_gateway__pb2.ChangesNotice.FromString,
+                    response_serializer=federation_dot_v1_dot_gateway__pb2.ChangesNoticeAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +282,33 @@ class Gateway:
             '/federation.v1.Gateway/SearchPatients',
             federation_dot_v1_dot_gateway__pb2.FederatedSearchRequest.SerializeToString,
             federation_dot_v1_dot_gateway__pb2.FederatedSearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NotifyChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.Gateway/NotifyChanges',
+            federation_dot_v1_dot_gateway__pb2.ChangesNotice.SerializeToString,
+            federation_dot_v1_dot_gateway__pb2.ChangesNoticeAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,31 +27,39 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from federation._proto.v1 import common_pb2 as federation_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64\x65ration/v1/node_agent.proto\x12\rfederation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1a\x66\x65\x64\x65ration/v1/common.proto\"\x18\n\x16GetCapabilitiesRequest\"\xb9\x01\n\x0c\x43\x61pabilities\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12!\n\x04tier\x18\x02 \x01(\x0e\x32\x13.federation.v1.Tier\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x04 \x01(\t\x12\x16\n\x0eresource_types\x18\x05 \x03(\t\x12\x15\n\rpatient_count\x18\x06 \x01(\x04\x12\x1b\n\x13quarantined_records\x18\x07 \x01(\r\"s\n\x15SearchPatientsRequest\x12*\n\x05query\x18\x01 \x01(\x0b\x32\x1b.federation.v1.PatientQuery\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\x12\x16\n\x0epurpose_of_use\x18\x03 \x01(\t\"Z\n\x16SearchPatientsResponse\x12-\n\x08patients\x18\x01 \x03(\x0b\x32\x1b.federation.v1.FhirResource\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"z\n\x1c\x46\x65tchPatientResourcesRequest\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\x16\n\x0eresource_types\x18\x02 \x03(\t\x12\x16\n\x0e\x63orrelation_id\x18\x03 \x01(\t\x12\x16\n\x0epurpose_of_use\x18\x04 \x01(\t\"*\n\x17GetQualityReportRequest\x12\x0f\n\x07refresh\x18\x01 \x01(\x08\"5\n\rResourceCount\x12\x15\n\rresource_type\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"D\n\x11QuarantinedRecord\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tlocal_key\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xc8\x01\n\rQualityReport\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x30\n\x0cgenerated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x06mapped\x18\x03 \x03(\x0b\x32\x1c.federation.v1.ResourceCount\x12\x35\n\x0bquarantined\x18\x04 \x03(\x0b\x32 .federation.v1.QuarantinedRecord\x12\x0f\n\x07scan_ms\x18\x05 \x01(\x01\x32\x80\x03\n\tNodeAgent\x12U\n\x0fGetCapabilities\x12%.federation.v1.GetCapabilitiesRequest\x1a\x1b.federation.v1.Capabilities\x12]\n\x0eSearchPatients\x12$.federation.v1.SearchPatientsRequest\x1a%.federation.v1.SearchPatientsResponse\x12\x63\n\x15\x46\x65tchPatientResources\x12+.federation.v1.FetchPatientResourcesRequest\x1a\x1b.federation.v1.FhirResource0\x01\x12X\n\x10GetQualityReport\x12&.federation.v1.GetQualityReportRequest\x1a\x1c.federation.v1.QualityReportb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64\x65ration/v1/node_agent.proto\x12\rfederation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1a\x66\x65\x64\x65ration/v1/common.proto\"G\n\x14StreamChangesRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x04\x12\x11\n\tmax_batch\x18\x03 \x01(\r\"`\n\x06\x43hange\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x15\n\rresource_type\x18\x02 \x01(\t\x12\x13\n\x0bresource_id\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x04 \x01(\x08\x12\x0c\n\x04json\x18\x05 \x01(\x0c\"a\n\x0b\x43hangeBatch\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\r\n\x05reset\x18\x02 \x01(\x08\x12\x0c\n\x04head\x18\x03 \x01(\x04\x12&\n\x07\x63hanges\x18\x04 \x03(\x0b\x32\x15.federation.v1.Change\"\x18\n\x16GetCapabilitiesRequest\"\xb9\x01\n\x0c\x43\x61pabilities\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12!\n\x04tier\x18\x02 \x01(\x0e\x32\x13.federation.v1.Tier\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x04 \x01(\t\x12\x16\n\x0eresource_types\x18\x05 \x03(\t\x12\x15\n\rpatient_count\x18\x06 \x01(\x04\x12\x1b\n\x13quarantined_records\x18\x07 \x01(\r\"s\n\x15SearchPatientsRequest\x12*\n\x05query\x18\x01 \x01(\x0b\x32\x1b.federation.v1.PatientQuery\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\x12\x16\n\x0epurpose_of_use\x18\x03 \x01(\t\"Z\n\x16SearchPatientsResponse\x12-\n\x08patients\x18\x01 \x03(\x0b\x32\x1b.federation.v1.FhirResource\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"z\n\x1c\x46\x65tchPatientResourcesRequest\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\x16\n\x0eresource_types\x18\x02 \x03(\t\x12\x16\n\x0e\x63orrelation_id\x18\x03 \x01(\t\x12\x16\n\x0epurpose_of_use\x18\x04 \x01(\t\"*\n\x17GetQualityReportRequest\x12\x0f\n\x07refresh\x18\x01 \x01(\x08\"5\n\rResourceCount\x12\x15\n\rresource_type\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"D\n\x11QuarantinedRecord\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tlocal_key\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"9\n\x0cUnmappedCode\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"\xf7\x01\n\rQualityReport\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x30\n\x0cgenerated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x06mapped\x18\x03 \x03(\x0b\x32\x1c.federation.v1.ResourceCount\x12\x35\n\x0bquarantined\x18\x04 \x03(\x0b\x32 .federation.v1.QuarantinedRecord\x12\x0f\n\x07scan_ms\x18\x05 \x01(\x01\x12-\n\x08unmapped\x18\x06 \x03(\x0b\x32\x1b.federation.v1.UnmappedCode2\xd4\x03\n\tNodeAgent\x12U\n\x0fGetCapabilities\x12%.federation.v1.GetCapabilitiesRequest\x1a\x1b.federation.v1.Capabilities\x12]\n\x0eSearchPatients\x12$.federation.v1.SearchPatientsRequest\x1a%.federation.v1.SearchPatientsResponse\x12\x63\n\x15\x46\x65tchPatientResources\x12+.federation.v1.FetchPatientResourcesRequest\x1a\x1b.federation.v1.FhirResource0\x01\x12X\n\x10GetQualityReport\x12&.federation.v1.GetQualityReportRequest\x1a\x1c.federation.v1.QualityReport\x12R\n\rStreamChanges\x12#.federation.v1.StreamChangesRequest\x1a\x1a.federation.v1.ChangeBatch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'federation.v1.node_agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETCAPABILITIESREQUEST']._serialized_start=110
-  _globals['_GETCAPABILITIESREQUEST']._serialized_end=134
-  _globals['_CAPABILITIES']._serialized_start=137
-  _globals['_CAPABILITIES']._serialized_end=322
-  _globals['_SEARCHPATIENTSREQUEST']._serialized_start=324
-  _globals['_SEARCHPATIENTSREQUEST']._serialized_end=439
-  _globals['_SEARCHPATIENTSRESPONSE']._serialized_start=441
-  _globals['_SEARCHPATIENTSRESPONSE']._serialized_end=531
-  _globals['_FETCHPATIENTRESOURCESREQUEST']._serialized_start=533
-  _globals['_FETCHPATIENTRESOURCESREQUEST']._serialized_end=655
-  _globals['_GETQUALITYREPORTREQUEST']._serialized_start=657
-  _globals['_GETQUALITYREPORTREQUEST']._serialized_end=699
-  _globals['_RESOURCECOUNT']._serialized_start=701
-  _globals['_RESOURCECOUNT']._serialized_end=754
-  _globals['_QUARANTINEDRECORD']._serialized_start=756
-  _globals['_QUARANTINEDRECORD']._serialized_end=824
-  _globals['_QUALITYREPORT']._serialized_start=827
-  _globals['_QUALITYREPORT']._serialized_end=1027
-  _globals['_NODEAGENT']._serialized_start=1030
-  _globals['_NODEAGENT']._serialized_end=1414
+  _globals['_STREAMCHANGESREQUEST']._serialized_start=110
+  _globals['_STREAMCHANGESREQUEST']._serialized_end=181
+  _globals['_CHANGE']._serialized_start=183
+  _globals['_CHANGE']._serialized_end=279
+  _globals['_CHANGEBATCH']._serialized_start=281
+  _globals['_CHANGEBATCH']._serialized_end=378
+  _globals['_GETCAPABILITIESREQUEST']._serialized_start=380
+  _globals['_GETCAPABILITIESREQUEST']._serialized_end=404
+  _globals['_CAPABILITIES']._serialized_start=407
+  _globals['_CAPABILITIES']._serialized_end=592
+  _globals['_SEARCHPATIENTSREQUEST']._serialized_start=594
+  _globals['_SEARCHPATIENTSREQUEST']._serialized_end=709
+  _globals['_SEARCHPATIENTSRESPONSE']._serialized_start=711
+  _globals['_SEARCHPATIENTSRESPONSE']._serialized_end=801
+  _globals['_FETCHPATIENTRESOURCESREQUEST']._serialized_start=803
+  _globals['_FETCHPATIENTRESOURCESREQUEST']._serialized_end=925
+  _globals['_GETQUALITYREPORTREQUEST']._serialized_start=927
+  _globals['_GETQUALITYREPORTREQUEST']._serialized_end=969
+  _globals['_RESOURCECOUNT']._serialized_start=971
+  _globals['_RESOURCECOUNT']._serialized_end=1024
+  _globals['_QUARANTINEDRECORD']._serialized_start=1026
+  _globals['_QUARANTINEDRECORD']._serialized_end=1094
+  _globals['_UNMAPPEDCODE']._serialized_start=1096
+  _globals['_UNMAPPEDCODE']._serialized_end=1153
+  _globals['_QUALITYREPORT']._serialized_start=1156
+  _globals['_QUALITYREPORT']._serialized_end=1403
+  _globals['_NODEAGENT']._serialized_start=1406
+  _globals['_NODEAGENT']._serialized_end=1874
 # @@protoc_insertion_point(module_scope)

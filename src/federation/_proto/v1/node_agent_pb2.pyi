@@ -11,6 +11,42 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class StreamChangesRequest(_message.Message):
+    __slots__ = ("epoch", "after", "max_batch")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    epoch: str
+    after: int
+    max_batch: int
+    def __init__(self, epoch: _Optional[str] = ..., after: _Optional[int] = ..., max_batch: _Optional[int] = ...) -> None: ...
+
+class Change(_message.Message):
+    __slots__ = ("seq", "resource_type", "resource_id", "deleted", "json")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    resource_type: str
+    resource_id: str
+    deleted: bool
+    json: bytes
+    def __init__(self, seq: _Optional[int] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., deleted: _Optional[bool] = ..., json: _Optional[bytes] = ...) -> None: ...
+
+class ChangeBatch(_message.Message):
+    __slots__ = ("epoch", "reset", "head", "changes")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    epoch: str
+    reset: bool
+    head: int
+    changes: _containers.RepeatedCompositeFieldContainer[Change]
+    def __init__(self, epoch: _Optional[str] = ..., reset: _Optional[bool] = ..., head: _Optional[int] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ...) -> None: ...
+
 class GetCapabilitiesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -87,16 +123,28 @@ class QuarantinedRecord(_message.Message):
     reason: str
     def __init__(self, kind: _Optional[str] = ..., local_key: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class UnmappedCode(_message.Message):
+    __slots__ = ("kind", "code", "count")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    code: str
+    count: int
+    def __init__(self, kind: _Optional[str] = ..., code: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
 class QualityReport(_message.Message):
-    __slots__ = ("site_id", "generated_at", "mapped", "quarantined", "scan_ms")
+    __slots__ = ("site_id", "generated_at", "mapped", "quarantined", "scan_ms", "unmapped")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATED_AT_FIELD_NUMBER: _ClassVar[int]
     MAPPED_FIELD_NUMBER: _ClassVar[int]
     QUARANTINED_FIELD_NUMBER: _ClassVar[int]
     SCAN_MS_FIELD_NUMBER: _ClassVar[int]
+    UNMAPPED_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     generated_at: _timestamp_pb2.Timestamp
     mapped: _containers.RepeatedCompositeFieldContainer[ResourceCount]
     quarantined: _containers.RepeatedCompositeFieldContainer[QuarantinedRecord]
     scan_ms: float
-    def __init__(self, site_id: _Optional[str] = ..., generated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., mapped: _Optional[_Iterable[_Union[ResourceCount, _Mapping]]] = ..., quarantined: _Optional[_Iterable[_Union[QuarantinedRecord, _Mapping]]] = ..., scan_ms: _Optional[float] = ...) -> None: ...
+    unmapped: _containers.RepeatedCompositeFieldContainer[UnmappedCode]
+    def __init__(self, site_id: _Optional[str] = ..., generated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., mapped: _Optional[_Iterable[_Union[ResourceCount, _Mapping]]] = ..., quarantined: _Optional[_Iterable[_Union[QuarantinedRecord, _Mapping]]] = ..., scan_ms: _Optional[float] = ..., unmapped: _Optional[_Iterable[_Union[UnmappedCode, _Mapping]]] = ...) -> None: ...

@@ -56,6 +56,11 @@ class NodeAgentStub:
                 request_serializer=federation_dot_v1_dot_node__agent__pb2.GetQualityReportRequest.SerializeToString,
                 response_deserializer=federation_dot_v1_dot_node__agent__pb2.QualityReport.FromString,
                 _registered_method=True)
+        self.StreamChanges = channel.unary_stream(
+                '/federation.v1.NodeAgent/StreamChanges',
+                request_serializer=federation_dot_v1_dot_node__agent__pb2.StreamChangesRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_node__agent__pb2.ChangeBatch.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServicer:
@@ -89,6 +94,15 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamChanges(self, request, context):
+        """The site's change feed after a cursor, in batches, oldest first, up to the head at
+        the time of the call. Flow control is gRPC's: the node reads the next batch only
+        when the gateway has taken the last. Replaying a cursor is idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +125,11 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.GetQualityReport,
                     request_deserializer=federation_dot_v1_dot_node__agent__pb2.GetQualityReportRequest.FromString,
                     response_serializer=federation_dot_v1_dot_node__agent__pb2.QualityReport.SerializeToString,
+            ),
+            'StreamChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamChanges,
+                    request_deserializer=federation_dot_v1_dot_node__agent__pb2.StreamChangesRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_node__agent__pb2.ChangeBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +240,33 @@ class NodeAgent:
             '/federation.v1.NodeAgent/GetQualityReport',
             federation_dot_v1_dot_node__agent__pb2.GetQualityReportRequest.SerializeToString,
             federation_dot_v1_dot_node__agent__pb2.QualityReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/federation.v1.NodeAgent/StreamChanges',
+            federation_dot_v1_dot_node__agent__pb2.StreamChangesRequest.SerializeToString,
+            federation_dot_v1_dot_node__agent__pb2.ChangeBatch.FromString,
             options,
             channel_credentials,
             insecure,

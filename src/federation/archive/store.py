@@ -1,0 +1,217 @@
+"""The regional archive's replica of each site's resources, and the feed cursors.
+
+:meth:`ArchiveStore.apply` stores one batch of a site's change feed and moves the site's
+cursor in the same transaction, so a pull that breaks off resumes exactly where its last
+stored batch ended. The upsert keeps a row's newest version: a replayed batch (same or
+older sequence numbers of the same epoch) changes nothing. A batch from a new epoch (the
+node lost its feed and started over) overwrites whatever it meets; rows the new epoch
+never mentions are removed by :meth:`drop_other_epochs` once the site has caught up.
+
+SQLite and PostgreSQL both run the same ``INSERT … ON CONFLICT DO UPDATE … WHERE``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, func, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, delete, select
+
+from federation.errors import UnknownSite
+from federation.store.database import read_only
+from federation.store.gateway_store import _translated
+from federation.store.models import FeedCursor, Site, SiteResource
+
+__all__ = ["ArchiveStore", "CursorRow", "StoredChange", "StoredResource"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChange:
+    """One change as the archive stores it (already checked by the puller)."""
+
+    resource_type: str
+    resource_id: str
+    seq: int
+    deleted: bool
+    patient_id: str | None
+    body: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResource:
+    site_id: str
+    resource_type: str
+    resource_id: str
+    seq: int
+    patient_id: str | None
+    body: bytes
+    received_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CursorRow:
+    site_id: str
+    epoch: str
+    after: int
+    node_head: int
+    pulls: int
+    rejected: int
+    last_pull_at: dt.datetime | None
+    caught_up_at: dt.datetime | None
+
+    @classmethod
+    def of(cls, m: FeedCursor) -> CursorRow:
+        return cls(m.site_id, m.epoch, m.after, m.node_head, m.pulls, m.rejected,
+                   m.last_pull_at, m.caught_up_at)
+
+
+class ArchiveStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._reader = read_only(engine)
+        self._write_lock: AbstractContextManager[object] = (
+            threading.Lock() if engine.dialect.name == "sqlite" else nullcontext())
+
+    # ------------------------------------------------------------------ cursors
+
+    def cursor(self, site_id: str) -> CursorRow | None:
+        with self._read() as s:
+            row = s.get(FeedCursor, site_id)
+            return CursorRow.of(row) if row is not None else None
+
+    def cursors(self) -> list[CursorRow]:
+        with self._read() as s:
+            return [CursorRow.of(m) for m in s.exec(select(FeedCursor).order_by(
+                col(FeedCursor.site_id)))]
+
+    # ------------------------------------------------------------------ writing
+
+    def apply(self, site_id: str, epoch: str, changes: Sequence[StoredChange], *,
+              after: int, node_head: int, rejected: int, now: dt.datetime,
+              caught_up: bool) -> int:
+        """Store one batch and set the cursor to ``after``; returns rows written."""
+        written = 0
+        with self._write() as s:
+            if s.get(Site, site_id) is None:
+                raise UnknownSite(f"site '{site_id}' is not a member of the consortium")
+            if changes:
+                stmt = _insert(s, SiteResource)
+                excluded = stmt.excluded
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["site_id", "resource_type", "resource_id"],
+                    set_={"epoch": excluded.epoch, "seq": excluded.seq,
+                          "deleted": excluded.deleted, "patient_id": excluded.patient_id,
+                          "body": excluded.body, "received_at": excluded.received_at},
+                    where=or_(col(SiteResource.epoch) != excluded.epoch,
+                              col(SiteResource.seq) < excluded.seq))
+                result = s.connection().execute(stmt, [
+                    {"site_id": site_id, "resource_type": c.resource_type,
+                     "resource_id": c.resource_id, "epoch": epoch, "seq": c.seq,
+                     "deleted": c.deleted, "patient_id": c.patient_id,
+                     "body": None if c.deleted else c.body, "received_at": now}
+                    for c in changes])
+                written = max(result.rowcount, 0)
+            self._move_cursor(s, site_id, epoch, after, node_head, rejected, now, caught_up)
+        return written
+
+    @staticmethod
+    def _move_cursor(s: Session, site_id: str, epoch: str, after: int, node_head: int,
+                     rejected: int, now: dt.datetime, caught_up: bool) -> None:
+        values = {"epoch": epoch, "after": after, "node_head": node_head,
+                  "pulls": 0, "rejected": rejected, "last_pull_at": now,
+                  "caught_up_at": now if caught_up else None}
+        stmt = _insert(s, FeedCursor).values(site_id=site_id, **values)
+        excluded = stmt.excluded
+        # same epoch: only forward (two replicas pulling at once); new epoch: start over
+        same = col(FeedCursor.epoch) == excluded.epoch
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["site_id"],
+            set_={"epoch": excluded.epoch,
+                  "after": func.max(col(FeedCursor.after), excluded.after)
+                  if s.get_bind().dialect.name == "sqlite"
+                  else func.greatest(col(FeedCursor.after), excluded.after),
+                  "node_head": excluded.node_head,
+                  "rejected": FeedCursor.rejected + excluded.rejected,
+                  "last_pull_at": excluded.last_pull_at,
+                  "caught_up_at": func.coalesce(excluded.caught_up_at,
+                                                col(FeedCursor.caught_up_at))},
+            where=same)
+        s.connection().execute(stmt)
+        # a new epoch: the cursor restarts there, whatever the old one said
+        s.connection().execute(
+            update(FeedCursor).where(col(FeedCursor.site_id) == site_id,
+                                     col(FeedCursor.epoch) != epoch)
+            .values(epoch=epoch, after=after, node_head=node_head, rejected=rejected,
+                    last_pull_at=now, caught_up_at=now if caught_up else None))
+
+    def count_pull(self, site_id: str) -> None:
+        """One more completed pull of the site's feed."""
+        with self._write() as s:
+            s.connection().execute(update(FeedCursor).where(col(FeedCursor.site_id) == site_id)
+                                   .values(pulls=FeedCursor.pulls + 1))
+
+    def drop_other_epochs(self, site_id: str, epoch: str) -> int:
+        """Remove the site's rows that came from a feed epoch other than ``epoch``."""
+        with self._write() as s:
+            result = s.connection().execute(
+                delete(SiteResource).where(col(SiteResource.site_id) == site_id,
+                                           col(SiteResource.epoch) != epoch))
+            return max(result.rowcount, 0)
+
+    # ------------------------------------------------------------------ reading
+
+    def counts(self, site_id: str | None = None) -> dict[str, dict[str, int]]:
+        """{site: {resource type: live resources}}."""
+        query = (select(SiteResource.site_id, SiteResource.resource_type, func.count())
+                 .where(col(SiteResource.deleted).is_(False))
+                 .group_by(col(SiteResource.site_id), col(SiteResource.resource_type)))
+        if site_id is not None:
+            query = query.where(col(SiteResource.site_id) == site_id)
+        out: dict[str, dict[str, int]] = {}
+        with self._read() as s:
+            for site, rtype, n in s.exec(query):
+                out.setdefault(site, {})[rtype] = int(n)
+        return out
+
+    def resources_of(self, site_id: str, patient_id: str) -> list[StoredResource]:
+        """A site patient's live resources (the Patient itself included), oldest first."""
+        query = (select(SiteResource).where(
+            col(SiteResource.site_id) == site_id, col(SiteResource.deleted).is_(False),
+            or_(col(SiteResource.patient_id) == patient_id,
+                (col(SiteResource.resource_type) == "Patient")
+                & (col(SiteResource.resource_id) == patient_id)))
+            .order_by(col(SiteResource.seq)))
+        with self._read() as s:
+            return [StoredResource(m.site_id, m.resource_type, m.resource_id, m.seq,
+                                   m.patient_id, m.body or b"", m.received_at)
+                    for m in s.exec(query)]
+
+    def get(self, site_id: str, resource_type: str, resource_id: str) -> StoredResource | None:
+        with self._read() as s:
+            m = s.get(SiteResource, (site_id, resource_type, resource_id))
+            if m is None or m.deleted:
+                return None
+            return StoredResource(m.site_id, m.resource_type, m.resource_id, m.seq,
+                                  m.patient_id, m.body or b"", m.received_at)
+
+    # ------------------------------------------------------------------ sessions
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with self._write_lock, _translated(self._engine), Session(self._engine) as s, s.begin():
+            yield s
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with _translated(self._engine), Session(self._reader) as s, s.begin():
+            yield s
+
+
+def _insert(s: Session, model: type) -> sqlite.Insert | postgresql.Insert:
+    dialect = s.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
