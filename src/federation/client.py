@@ -11,6 +11,7 @@ from types import TracebackType
 import grpc
 
 from federation._proto.v1 import gateway_pb2, gateway_pb2_grpc
+from federation.envelope import Envelope
 from federation.gateway.fanout import SiteIssue
 from federation.gateway.search import SearchOutcome, SiteHits
 from federation.nodes.model import PatientQuery
@@ -56,6 +57,18 @@ class GatewayClient:
             ],
             issues=[SiteIssue(i.severity, i.code, i.diagnostics, i.site_id) for i in reply.issues],
         )
+
+    async def read_patient_record(self, site_id: str, patient_id: str, *,
+                                  purpose: str = "TREAT", timeout: float = 30.0
+                                  ) -> list[Envelope]:
+        """One site patient's resources as the gateway's archive holds them."""
+        request = gateway_pb2.ReadPatientRecordRequest(site_id=site_id, patient_id=patient_id,
+                                                       purpose_of_use=purpose)
+        try:
+            return [envelope_from_proto(m) async for m in
+                    self._stub.ReadPatientRecord(request, timeout=timeout)]
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, f"gateway {self._address}") from None
 
     async def close(self) -> None:
         await self._channel.close()

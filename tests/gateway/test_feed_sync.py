@@ -12,13 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import node_settings
 
 from federation.archive.sync import check_change
 from federation.errors import InvalidInput
 from federation.fhir_systems import site_urn
 from federation.nodes.agent import start_node
 from federation.synth import ConsortiumManifest
+from tests.conftest import node_settings
 
 
 async def until(condition, timeout: float = 20.0) -> None:
@@ -162,3 +162,39 @@ def test_a_valid_change_names_its_patient() -> None:
 def test_a_bad_change_is_refused_with_a_reason(rtype, rid, body, message) -> None:
     with pytest.raises(InvalidInput, match=message):
         check_change("county-a", rtype, rid, body)
+
+
+# ---------------------------------------------------------------- reading the archive
+
+
+async def test_an_operator_reads_a_synced_record_and_the_read_is_logged(
+        pki, gateway, start_nodes) -> None:
+    from federation.archive.read import patient_ref
+    from federation.client import GatewayClient
+    from federation.errors import NotFound, PermissionDenied
+
+    (node,) = await start_nodes(gateway, "county-b")
+    await until(caught_up(gateway, node))
+    patient = next(c for c in await asyncio.to_thread(node.feed.changes, 0, limit=50)
+                   if c.resource_type == "Patient")
+    address = f"127.0.0.1:{gateway.grpc_port}"
+    async with GatewayClient(address, pki.material("tester")) as client:
+        record = await client.read_patient_record("county-b", patient.resource_id)
+        assert record[0].resource_type == "Patient" and record[0].id == patient.resource_id
+        for env in record[1:]:
+            body = json.loads(env.json)
+            ref = (body.get("subject") or body.get("patient") or {}).get("reference")
+            assert ref == f"Patient/{patient.resource_id}"
+        with pytest.raises(NotFound, match="holds no Patient/nobody"):
+            await client.read_patient_record("county-b", "nobody")
+        with pytest.raises(InvalidInput, match="purpose_of_use"):
+            await client.read_patient_record("county-b", patient.resource_id, purpose="CURIOUS")
+    async with GatewayClient(address, pki.material("county-a")) as as_node:
+        with pytest.raises(PermissionDenied):
+            await as_node.read_patient_record("county-b", patient.resource_id)
+    reads = [e for e in await asyncio.to_thread(gateway.store.list_exchanges, limit=20)
+             if e.operation == "Gateway/ReadPatientRecord"]
+    assert [e.outcome for e in reads] == ["error", "ok"]        # newest first
+    assert reads[1].patient_ref == patient_ref("county-b", patient.resource_id)
+    assert reads[1].records == len(record)
+    assert all(patient.resource_id not in (e.patient_ref or "") + e.detail for e in reads)

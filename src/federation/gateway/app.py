@@ -123,7 +123,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     )
     gateway_pb2_grpc.add_GatewayServicer_to_server(
         GatewayServicer(registry, inbox, search, heartbeat_ms=settings.heartbeat_interval_ms,
-                        puller=puller), server)
+                        puller=puller, archive=(store, archive)), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -12,12 +12,17 @@ from collections.abc import AsyncIterator
 import grpc
 
 from federation._proto.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from federation.archive.read import read_patient_record
+from federation.archive.store import ArchiveStore
 from federation.archive.sync import FeedPuller
+from federation.errors import Unavailable
+from federation.gateway.fanout import Requester
 from federation.gateway.inbox import Inbox
 from federation.gateway.registry import NodeRegistry, utcnow
 from federation.gateway.search import FederatedSearch
 from federation.rpc.guard import current_peer
 from federation.rpc.wire import TIER_TO_PROTO, envelope_to_proto, query_from_proto, timestamp
+from federation.store import GatewayStore
 
 __all__ = ["GatewayServicer", "GATEWAY_POLICY"]
 
@@ -33,6 +38,7 @@ GATEWAY_POLICY: dict[str, frozenset[str]] = {
     _PREFIX + "AckWorkItem": _NODE,
     _PREFIX + "SearchPatients": _PEOPLE,
     _PREFIX + "NotifyChanges": _NODE,
+    _PREFIX + "ReadPatientRecord": _PEOPLE,
 }
 
 
@@ -40,8 +46,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(
         self, registry: NodeRegistry, inbox: Inbox, search: FederatedSearch, *, heartbeat_ms: int,
         puller: FeedPuller | None = None,
+        archive: tuple[GatewayStore, ArchiveStore] | None = None,
     ) -> None:
         self._puller = puller
+        self._archive = archive
         self._registry = registry
         self._inbox = inbox
         self._search = search
@@ -87,6 +95,21 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         site_id = current_peer.get().site_id or ""
         scheduled = self._puller.request(site_id) if self._puller is not None else False
         return gateway_pb2.ChangesNoticeAck(pull_scheduled=scheduled)
+
+    async def ReadPatientRecord(self, request: gateway_pb2.ReadPatientRecordRequest,
+                                context: grpc.aio.ServicerContext
+                                ) -> AsyncIterator[common_pb2.FhirResource]:
+        if self._archive is None:
+            raise Unavailable("this gateway keeps no archive")
+        peer = current_peer.get()
+        store, archive = self._archive
+        found = await read_patient_record(
+            store, archive, Requester(peer.role, peer.name, peer.site_id),
+            request.site_id, request.patient_id, request.purpose_of_use or "TREAT")
+        for row in found:
+            yield common_pb2.FhirResource(resource_type=row.resource_type, id=row.resource_id,
+                                          site_id=row.site_id, json=row.body,
+                                          version_id=str(row.seq))
 
     async def AckWorkItem(self, request: gateway_pb2.AckWorkItemRequest, context: grpc.aio.ServicerContext):
         row = await self._inbox.ack(current_peer.get().site_id or "", request.item_id)

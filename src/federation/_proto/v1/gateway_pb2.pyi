@@ -11,6 +11,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReadPatientRecordRequest(_message.Message):
+    __slots__ = ("site_id", "patient_id", "purpose_of_use")
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_OF_USE_FIELD_NUMBER: _ClassVar[int]
+    site_id: str
+    patient_id: str
+    purpose_of_use: str
+    def __init__(self, site_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., purpose_of_use: _Optional[str] = ...) -> None: ...
+
 class ChangesNotice(_message.Message):
     __slots__ = ("epoch", "head")
     EPOCH_FIELD_NUMBER: _ClassVar[int]

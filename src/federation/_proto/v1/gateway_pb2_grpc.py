@@ -4,6 +4,7 @@
 import grpc
 import warnings
 
+from federation._proto.v1 import common_pb2 as federation_dot_v1_dot_common__pb2
 from federation._proto.v1 import gateway_pb2 as federation_dot_v1_dot_gateway__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -65,6 +66,11 @@ class GatewayStub:
                 request_serializer=federation_dot_v1_dot_gateway__pb2.ChangesNotice.SerializeToString,
                 response_deserializer=federation_dot_v1_dot_gateway__pb2.ChangesNoticeAck.FromString,
                 _registered_method=True)
+        self.ReadPatientRecord = channel.unary_stream(
+                '/federation.v1.Gateway/ReadPatientRecord',
+                request_serializer=federation_dot_v1_dot_gateway__pb2.ReadPatientRecordRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_common__pb2.FhirResource.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -113,6 +119,14 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadPatientRecord(self, request, context):
+        """One site patient's resources as the regional archive holds them (pulled from the
+        site's change feed), Patient first. Operator certificates only; every read is logged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +159,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.NotifyChanges,
                     request_deserializer=federation_dot_v1_dot_gateway__pb2.ChangesNotice.FromString,
                     response_serializer=federation_dot_v1_dot_gateway__pb2.ChangesNoticeAck.SerializeToString,
+            ),
+            'ReadPatientRecord': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadPatientRecord,
+                    request_deserializer=federation_dot_v1_dot_gateway__pb2.ReadPatientRecordRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_common__pb2.FhirResource.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +328,33 @@ class Gateway:
             '/federation.v1.Gateway/NotifyChanges',
             federation_dot_v1_dot_gateway__pb2.ChangesNotice.SerializeToString,
             federation_dot_v1_dot_gateway__pb2.ChangesNoticeAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadPatientRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/federation.v1.Gateway/ReadPatientRecord',
+            federation_dot_v1_dot_gateway__pb2.ReadPatientRecordRequest.SerializeToString,
+            federation_dot_v1_dot_common__pb2.FhirResource.FromString,
             options,
             channel_credentials,
             insecure,
