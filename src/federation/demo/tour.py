@@ -1,4 +1,5 @@
-"""The demo's scripted tour: search people at every site through the gateway.
+"""The demo's scripted tour: search people at every site through the gateway, then
+read one person's record from every kind of source (:mod:`federation.demo.record_tour`).
 
 It picks people the ground truth says are known at several sites, so that between them
 every site is visited, takes what one site knows of each (as a doctor at that site
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from federation.client import GatewayClient
+from federation.demo.record_tour import run_record_tour
 from federation.demo.workspace import DemoLayout
 from federation.fhir_systems import RESIDENT_ID_SYSTEM, local_patient_id_system
 from federation.nodes.adapters import open_sources
@@ -113,7 +115,11 @@ async def run_tour(layout: DemoLayout, console: Console) -> bool:
         console.print(f"[red]no patients came back from: {', '.join(missing)}[/]")
         return False
     console.print(f"\n[green]Patients came back from all {len(sites_with_hits)} sites.[/] "
-                  "Linking them into one person is the master patient index's job.")
+                  "Linking them into one person is the master patient index's job.\n")
+    _, by_person = _truth(layout)
+    if not await run_record_tour(layout, by_person, console):
+        return False
+    console.print("\n[green]One person's record came from every kind of source.[/]")
     return True
 
 

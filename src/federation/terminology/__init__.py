@@ -15,7 +15,7 @@ Packaged data (``data/``, each validated with fhir.resources R4B at load or in t
     ConceptMap local-lab-to-loinc         LIS item codes and Chinese item names → LOINC
                                           (GLU, FBG, HbA1c, WBC, RBC, HGB, PLT, ALT, AST, CREA,
                                           UREA, UA, K, Na, Cl, TC, TG, LDL-C, HDL-C, TnI, BNP,
-                                          NT-proBNP)
+                                          NT-proBNP, CRP, NEUT%)
     ConceptMap gb2261-sex-…               GB/T 2261.1 0/1/2/9 and 男/女 → administrative-gender
     ConceptMap gb2261-marital-…           GB/T 2261.2 10/20/21/22/23/30/40/90 → v3 MaritalStatus
     CodeSystem diagnosis-qualifier        site type, acuity, risk, normalisation status …
