@@ -1,8 +1,10 @@
 """The gateway's own store: consortium registry, node liveness, exchange log, work items.
 
 SQLite is the embedded default and PostgreSQL the shared store of several gateway
-replicas; both are migrated by the packaged Alembic scripts (:func:`upgrade`). Clinical
-data never lands here — it stays at the sites.
+replicas; both are migrated by the packaged Alembic scripts (:func:`upgrade`). The same
+database holds the regional archive's replica of the sites' FHIR resources
+(``site_resource``, ``feed_cursor``; :mod:`federation.archive`), filled only from the
+nodes' change feeds.
 """
 
 from federation.store.database import (
