@@ -13,18 +13,15 @@ SQLite and PostgreSQL both run the same ``INSERT … ON CONFLICT DO UPDATE … W
 from __future__ import annotations
 
 import datetime as dt
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, func, or_, update
+from sqlalchemy import func, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, delete, select
 
 from federation.errors import UnknownSite
-from federation.store.database import read_only
-from federation.store.gateway_store import _translated
+from federation.store.gateway_store import StoreSessions
 from federation.store.models import FeedCursor, Site, SiteResource
 
 __all__ = ["ArchiveStore", "CursorRow", "StoredChange", "StoredResource"]
@@ -70,12 +67,7 @@ class CursorRow:
                    m.last_pull_at, m.caught_up_at)
 
 
-class ArchiveStore:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._reader = read_only(engine)
-        self._write_lock: AbstractContextManager[object] = (
-            threading.Lock() if engine.dialect.name == "sqlite" else nullcontext())
+class ArchiveStore(StoreSessions):
 
     # ------------------------------------------------------------------ cursors
 
@@ -198,18 +190,6 @@ class ArchiveStore:
                 return None
             return StoredResource(m.site_id, m.resource_type, m.resource_id, m.seq,
                                   m.patient_id, m.body or b"", m.received_at)
-
-    # ------------------------------------------------------------------ sessions
-
-    @contextmanager
-    def _write(self) -> Iterator[Session]:
-        with self._write_lock, _translated(self._engine), Session(self._engine) as s, s.begin():
-            yield s
-
-    @contextmanager
-    def _read(self) -> Iterator[Session]:
-        with _translated(self._engine), Session(self._reader) as s, s.begin():
-            yield s
 
 
 def _insert(s: Session, model: type) -> sqlite.Insert | postgresql.Insert:

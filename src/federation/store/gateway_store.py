@@ -72,7 +72,10 @@ _HEARTBEAT = (
 )
 
 
-class GatewayStore:
+class StoreSessions:
+    """Sessions on the gateway database: writes serialised per process on SQLite,
+    connection failures raised as :class:`Unavailable`."""
+
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._reader = read_only(engine)
@@ -83,6 +86,18 @@ class GatewayStore:
         self._write_lock: AbstractContextManager[object] = (
             threading.Lock() if engine.dialect.name == "sqlite" else nullcontext())
 
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with self._write_lock, _translated(self._engine), Session(self._engine) as s, s.begin():
+            yield s
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with _translated(self._engine), Session(self._reader) as s, s.begin():
+            yield s
+
+
+class GatewayStore(StoreSessions):
     @property
     def engine(self) -> Engine:
         return self._engine
@@ -376,18 +391,6 @@ class GatewayStore:
             if item is None:
                 raise NotFound(f"site '{site_id}' has no work item '{item_id}'")
             return WorkItemRow.of(item)
-
-    # --------------------------------------------------------------------- sessions
-
-    @contextmanager
-    def _write(self) -> Iterator[Session]:
-        with self._write_lock, _translated(self._engine), Session(self._engine) as s, s.begin():
-            yield s
-
-    @contextmanager
-    def _read(self) -> Iterator[Session]:
-        with _translated(self._engine), Session(self._reader) as s, s.begin():
-            yield s
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -24,6 +24,7 @@ from federation.nodes.adapters.base import (
     encounter_from_fields,
     patient_from_fields,
 )
+from federation.nodes.adapters.normalise import decode_export
 from federation.nodes.model import EncounterRecord, PatientQuery, PatientRecord
 
 __all__ = ["CSV_VALUES", "PATIENT_HEADERS", "VISIT_HEADERS", "CsvAdapter"]
@@ -194,13 +195,10 @@ class CsvAdapter(SourceAdapter):
 
 
 def _decode(path: Path) -> str:
-    data = path.read_bytes()
-    for encoding in ("utf-8-sig", "gb18030"):
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    raise SourceError(f"{path} is neither UTF-8 nor GB18030 text")
+    text = decode_export(path.read_bytes())
+    if text is None:
+        raise SourceError(f"{path} is neither UTF-8 nor GB18030 text")
+    return text
 
 
 def _read_table(path: Path, aliases: Mapping[str, tuple[str, ...]],

@@ -41,6 +41,7 @@ from hl7apy.parser import parse_message
 from federation.errors import InvalidInput, SourceError
 from federation.nodes.adapters.base import PreparedQuery, SourceAdapter
 from federation.nodes.adapters.normalise import (
+    decode_export,
     normalise_phone,
     normalise_resident_id,
     split_name,
@@ -457,15 +458,7 @@ class Hl7Adapter(SourceAdapter):
 
 def _decode(data: bytes) -> str | None:
     """UTF-8 (BOM tolerated) then GB18030 — or GB18030 first when MSH-18 declares it."""
-    order = ["utf-8-sig", "gb18030"]
-    if re.search(rb"\|GB ?18030", data[:2048]):
-        order.reverse()
-    for encoding in order:
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    return None
+    return decode_export(data, gb18030_first=bool(re.search(rb"\|GB ?18030", data[:2048])))
 
 
 def _split_messages(text: str) -> tuple[bool, list[list[str]]]:

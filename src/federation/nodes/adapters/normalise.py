@@ -257,3 +257,17 @@ def split_name(name: str) -> tuple[str | None, str | None]:
 
 def _is_cjk(char: str) -> bool:
     return "\u3400" <= char <= "\u9fff" or "\U00020000" <= char <= "\U0003134f"
+
+
+def decode_export(data: bytes, *, gb18030_first: bool = False) -> str | None:
+    """Text of a site export: UTF-8 (a BOM tolerated) or GB18030 (older Excel and HIS
+    interfaces); None when it is neither."""
+    order = ["utf-8-sig", "gb18030"]
+    if gb18030_first:
+        order.reverse()
+    for encoding in order:
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return None

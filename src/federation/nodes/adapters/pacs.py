@@ -22,7 +22,7 @@ from pathlib import Path
 
 from federation.errors import SourceError
 from federation.nodes.adapters.base import SourceAdapter
-from federation.nodes.adapters.normalise import value_shape
+from federation.nodes.adapters.normalise import decode_export, value_shape
 from federation.nodes.model import (
     ClinicalRecord,
     EncounterRecord,
@@ -156,13 +156,10 @@ class PacsStudyListAdapter(SourceAdapter):
 
 
 def _decode(path: Path) -> str:
-    data = path.read_bytes()
-    for encoding in ("utf-8-sig", "gb18030"):
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    raise SourceError(f"PACS study list {path.name} is neither UTF-8 nor GB18030 text")
+    text = decode_export(path.read_bytes())
+    if text is None:
+        raise SourceError(f"PACS study list {path.name} is neither UTF-8 nor GB18030 text")
+    return text
 
 
 def _date(text: str, what: str) -> dt.date:
