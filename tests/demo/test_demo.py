@@ -28,7 +28,7 @@ def test_demo_tour_reaches_all_six_sites_and_reruns(tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "Patients came back from all 6 sites" in first.stdout
     # the record tour: every source kind, a lab result from HL7 v2, the seed diagnosis
-    assert "One person's record came from every kind of source" in first.stdout
+    assert "Records from every kind of source came back through the archive" in first.stdout
     assert "arrived as an HL7 v2 ORU^R01" in first.stdout
     assert "ICD-10 C34" in first.stdout and "鳞状细胞癌" in first.stdout
     assert "纵隔淋巴结" in first.stdout and "laterality Left" in first.stdout

@@ -182,7 +182,7 @@ def test_a01_inpatient_stay_then_discharge_update(tmp_path: Path) -> None:
 
 def test_reloads_when_the_folder_changes(tmp_path: Path) -> None:
     write_hl7_file(tmp_path / "a.hl7", [oru("C1")])
-    with Hl7Adapter(tmp_path) as adapter:
+    with Hl7Adapter(tmp_path, recheck_seconds=0) as adapter:
         assert len(adapter.clinical("P0001")) == 4
         write_hl7_file(tmp_path / "b.hl7", [oru("C2", local_id="R2")])
         assert len(adapter.clinical("P0001")) == 8
@@ -345,3 +345,13 @@ def test_quarantine_log_has_no_patient_data(tmp_path: Path,
 
 def mangle_pid_truncated(message: str) -> str:
     return message[:message.index("\rPID") + 12]
+
+
+def test_the_folder_is_looked_at_once_per_recheck_interval(tmp_path: Path) -> None:
+    write_hl7_file(tmp_path / "a.hl7", [oru("C1")])
+    with Hl7Adapter(tmp_path, recheck_seconds=3600) as adapter:
+        write_hl7_file(tmp_path / "b.hl7", [oru("C2", local_id="R2")])
+        assert len(adapter.clinical("P0001")) == 4          # the snapshot is still trusted
+        stamp = adapter.source_stamp()                       # the node's scan loop asks
+        assert len(adapter.clinical("P0001")) == 8          # and the scan then sees it
+        assert adapter._load().stamp == stamp

@@ -144,7 +144,9 @@ async def run_record_tour(layout: DemoLayout, by_person: dict[str, list[tuple[st
             table.add_row(site_id, ", ".join(kinds),
                           ", ".join(f"{t} {n}" for t, n in sorted(counts.items())))
         console.print(table)
-        ok = person.kinds >= wanted_kinds
+        ok = True
+        for kind in sorted(wanted_kinds - person.kinds):  # a small consortium may lack one
+            ok &= await _show_kind_elsewhere(client, layout, ranked, kind, console)
         ok &= _show_hl7_lab(person, shown, console)
         seed = shown.get(person.seed_site or "", [])
         if not any(_is_seed(r) for r in seed):
@@ -159,6 +161,29 @@ async def run_record_tour(layout: DemoLayout, by_person: dict[str, list[tuple[st
         ok &= _show_seed(seed, console)
     ok &= _show_quality(layout, console)
     return ok
+
+
+#: what each kind of extra source contributes, to show when the chosen person lacks it
+_KIND_TYPES = {"pacs": "ImagingStudy", "hl7": "Observation"}
+
+
+async def _show_kind_elsewhere(client: GatewayClient, layout: DemoLayout,
+                               ranked: list[_Candidate], kind: str, console: Console) -> bool:
+    holder = next((c for c in ranked if kind in c.kinds), None)
+    rtype = _KIND_TYPES.get(kind)
+    if holder is None or rtype is None:
+        console.print(f"[red]no one's record comes from a {kind} source[/]")
+        return False
+    site = next(s.site_id for s in layout.manifest.sites if s.site_id in holder.records and (
+        kind == s.source_kind or kind in {e.kind for e in s.extra_sources}))
+    local = holder.records[site]
+    record = [json.loads(e.json) for e in await client.read_patient_record(
+        site, stable_id(site, "Patient", local))]
+    found = [r for r in record if r["resourceType"] == rtype]
+    detail = found[0].get("description", "") if found else ""
+    console.print(f"{holder.person_id}'s record at {site} adds the {kind} source: "
+                  f"{len(found)} {rtype} ({detail})")
+    return bool(found)
 
 
 def _show_hl7_lab(person: _Candidate, shown: dict[str, list[dict[str, Any]]],

@@ -119,7 +119,7 @@ async def run_tour(layout: DemoLayout, console: Console) -> bool:
     _, by_person = _truth(layout)
     if not await run_record_tour(layout, by_person, console):
         return False
-    console.print("\n[green]One person's record came from every kind of source.[/]")
+    console.print("\n[green]Records from every kind of source came back through the archive.[/]")
     return True
 
 

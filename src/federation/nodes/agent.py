@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 import grpc
@@ -32,6 +33,7 @@ from federation.settings import NodeSettings
 __all__ = ["RunningNode", "start_node", "serve_node"]
 
 log = logging.getLogger("federation.node")
+PROGRESS_NOTICE_SECONDS = 2.0
 
 
 @dataclass(slots=True)
@@ -102,7 +104,8 @@ async def _scan_loop(service: NodeService, feed: ChangeFeed, link: GatewayLink,
             stamp = await asyncio.to_thread(service.source_stamp)
             if stamp is None or stamp != last_stamp:
                 result = await asyncio.to_thread(
-                    feed.apply_scan, _until(halt, service.scan()), service.quarantined_ids)
+                    feed.apply_scan, _until(halt, service.scan()), service.quarantined_ids,
+                    _progress_notices(asyncio.get_running_loop(), link, feed.epoch))
                 last_stamp = stamp
                 if result.changed or result.deleted:
                     link.notify_changes(feed.epoch, result.head)
@@ -114,6 +117,21 @@ async def _scan_loop(service: NodeService, feed: ChangeFeed, link: GatewayLink,
             await asyncio.wait_for(stop.wait(), timeout=interval)
         except TimeoutError:
             pass
+
+
+def _progress_notices(loop: asyncio.AbstractEventLoop, link: GatewayLink,
+                      epoch: str, every: float = PROGRESS_NOTICE_SECONDS) -> Callable[[int], None]:
+    """From the scanning thread: tell the gateway about stored batches every few seconds,
+    so that a long first scan and the gateway's pull run side by side."""
+    last = time.monotonic()
+
+    def progress(head: int) -> None:
+        nonlocal last
+        if time.monotonic() - last >= every:
+            last = time.monotonic()
+            loop.call_soon_threadsafe(link.notify_changes, epoch, head)
+
+    return progress
 
 
 def _until(halt: threading.Event, items: Iterator[Envelope]) -> Iterator[Envelope]:

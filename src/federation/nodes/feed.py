@@ -145,7 +145,8 @@ class ChangeFeed:
     # ------------------------------------------------------------------ writing
 
     def apply_scan(self, resources: Iterable[Envelope],
-                   keep: Callable[[], Iterable[tuple[str, str]]] = tuple) -> ScanResult:
+                   keep: Callable[[], Iterable[tuple[str, str]]] = tuple,
+                   on_progress: Callable[[int], None] | None = None) -> ScanResult:
         """Record one complete scan of the source; see the module docstring.
 
         ``resources`` is consumed lazily (it is the source being read); if it raises,
@@ -174,6 +175,8 @@ class ChangeFeed:
                 pending.append((*key, head, digest, 0, env.json))
                 if len(pending) >= _BATCH:
                     self._write(conn, pending)
+                    if on_progress is not None:
+                        on_progress(head)
             kept = set(keep())
             gone = [k for k, (_, deleted) in known.items()
                     if not deleted and k not in seen and k not in kept]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -56,6 +57,9 @@ from federation.nodes.model import (
     PatientQuery,
     PatientRecord,
 )
+
+#: a snapshot is trusted this long before the folder is looked at again
+RECHECK_SECONDS = 1.0
 
 __all__ = ["SUPPORTED_EVENTS", "SUPPORTED_VERSIONS", "Hl7Adapter", "parse_ts", "unescape"]
 
@@ -178,6 +182,20 @@ class _Snapshot:
     control_ids: dict[str, str] = field(default_factory=dict)
     quarantine: list[tuple[str, str]] = field(default_factory=list)
     sequence: int = 0
+    #: per patient, built once the folder is read: visits oldest first, clinical records
+    visits_of: dict[str, list[EncounterRecord]] = field(default_factory=dict)
+    clinical_of: dict[str, list[ClinicalRecord]] = field(default_factory=dict)
+
+    def index(self) -> None:
+        for _, visit in self.visits.values():
+            self.visits_of.setdefault(visit.patient_local_id, []).append(visit)
+        for visits in self.visits_of.values():
+            visits.sort(key=lambda v: (v.start, v.local_id))
+        entries = sorted(((r, res) for _, r, res in self.reports.values()),
+                         key=lambda e: (e[0].issued, e[0].local_id))
+        for report, results in entries:
+            self.clinical_of.setdefault(report.patient_local_id, []).extend(
+                [report, *results])
 
 
 @dataclass(slots=True)
@@ -200,13 +218,15 @@ class Hl7Adapter(SourceAdapter):
     """An HL7 v2 drop folder (every ``*.hl7`` in name order) or one ``.hl7`` file,
     read whole and re-read when a file is added, removed or changed."""
 
-    def __init__(self, source: Path) -> None:
+    def __init__(self, source: Path, *, recheck_seconds: float = RECHECK_SECONDS) -> None:
         super().__init__()
+        self.recheck_seconds = recheck_seconds
         self.source = Path(source).resolve()
         if not self.source.exists():
             raise SourceError(f"HL7 drop folder {self.source} does not exist")
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
+        self._checked_at = float("-inf")
         self._load()
 
     # ----------------------------------------------------------------- loading
@@ -227,15 +247,22 @@ class Hl7Adapter(SourceAdapter):
         return tuple(stamps)
 
     def _load(self) -> _Snapshot:
-        """The parsed folder, re-read when the file set or any file's size/mtime changed."""
+        """The parsed folder, re-read when the file set or any file's size/mtime changed
+        (looked at no more than once every ``recheck_seconds``: a full scan asks for
+        every patient, and a busy LIS folder holds thousands of files)."""
         with self._lock:
+            now = time.monotonic()
+            if self._snapshot is not None and now - self._checked_at < self.recheck_seconds:
+                return self._snapshot
             stamp = self._stamp()
+            self._checked_at = now
             if self._snapshot is not None and self._snapshot.stamp == stamp:
                 return self._snapshot
             snap = _Snapshot(stamp)
             for name, _, _ in stamp:
                 self._read_file(snap, self.source if self.source.is_file()
                                 else self.source / name)
+            snap.index()
             self._snapshot = snap
             self.quarantine, self._quarantined = [], set()
             for key, reason in snap.quarantine:
@@ -425,22 +452,14 @@ class Hl7Adapter(SourceAdapter):
         return entry[1] if entry else None
 
     def encounters(self, patient_local_id: str) -> list[EncounterRecord]:
-        visits = [v for _, v in self._load().visits.values()
-                  if v.patient_local_id == patient_local_id]
-        return sorted(visits, key=lambda v: (v.start, v.local_id))
+        return list(self._load().visits_of.get(patient_local_id, ()))
 
     def clinical(self, patient_local_id: str) -> list[ClinicalRecord]:
         """The patient's lab reports by issue time, each followed by its results."""
-        entries = [(report, results) for _, report, results in self._load().reports.values()
-                   if report.patient_local_id == patient_local_id]
-        entries.sort(key=lambda e: (e[0].issued, e[0].local_id))
-        out: list[ClinicalRecord] = []
-        for report, results in entries:
-            out.append(report)
-            out.extend(results)
-        return out
+        return list(self._load().clinical_of.get(patient_local_id, ()))
 
     def source_stamp(self) -> object:
+        self._checked_at = float("-inf")  # a scan that follows must see what this saw
         return self._stamp()
 
     def count_patients(self) -> int:
