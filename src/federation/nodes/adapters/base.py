@@ -15,7 +15,7 @@ import logging
 import re
 import types
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -94,6 +94,19 @@ class PreparedQuery:
         if self.phone is not None and normalise_phone(rec.phone) != self.phone:
             return False
         return self.raw_identifier is None or self._identifier_matches(rec)
+
+    def first_matches(self, records: Iterable[PatientRecord | None]) -> list[PatientRecord]:
+        """The first ``query.limit`` records that match, in the given order (None, a row
+        that did not parse, is skipped); stops reading ``records`` once it has them."""
+        if self.query.limit <= 0:
+            return []
+        found = []
+        for rec in records:
+            if rec is not None and self.matches(rec):
+                found.append(rec)
+                if len(found) >= self.query.limit:
+                    break
+        return found
 
     def _identifier_matches(self, rec: PatientRecord) -> bool:
         if rec.local_id == self.raw_identifier:

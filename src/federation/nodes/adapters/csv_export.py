@@ -24,7 +24,7 @@ from federation.nodes.adapters.base import (
     encounter_from_fields,
     patient_from_fields,
 )
-from federation.nodes.adapters.normalise import decode_export
+from federation.nodes.adapters.normalise import read_export
 from federation.nodes.model import EncounterRecord, PatientQuery, PatientRecord
 
 __all__ = ["CSV_VALUES", "PATIENT_HEADERS", "VISIT_HEADERS", "CsvAdapter"]
@@ -164,16 +164,7 @@ class CsvAdapter(SourceAdapter):
     # ----------------------------------------------------------------- the interface
 
     def search_patients(self, query: PatientQuery) -> list[PatientRecord]:
-        if query.limit <= 0:
-            return []
-        prepared = PreparedQuery(query)
-        found = []
-        for rec in self._load().patients.values():
-            if prepared.matches(rec):
-                found.append(rec)
-                if len(found) >= query.limit:
-                    break
-        return found
+        return PreparedQuery(query).first_matches(self._load().patients.values())
 
     def get_patient(self, local_id: str) -> PatientRecord | None:
         return self._load().patients.get(local_id)
@@ -194,18 +185,11 @@ class CsvAdapter(SourceAdapter):
         self._snapshot = None
 
 
-def _decode(path: Path) -> str:
-    text = decode_export(path.read_bytes())
-    if text is None:
-        raise SourceError(f"{path} is neither UTF-8 nor GB18030 text")
-    return text
-
-
 def _read_table(path: Path, aliases: Mapping[str, tuple[str, ...]],
                 kind: str) -> Iterator[tuple[str, dict[str, str], str | None]]:
     """(row key 'file:line', {record field: cell}, problem) for each non-blank data row;
     the problem is set (and the cells withheld) when the row does not fit the header."""
-    reader = csv.reader(io.StringIO(_decode(path), newline=""))
+    reader = csv.reader(io.StringIO(read_export(path, str(path)), newline=""))
     header = next(reader, None)
     if header is None:
         return

@@ -436,16 +436,7 @@ class Hl7Adapter(SourceAdapter):
         return [snap.patients[k][1] for k in sorted(snap.patients)]
 
     def search_patients(self, query: PatientQuery) -> list[PatientRecord]:
-        if query.limit <= 0:
-            return []
-        prepared = PreparedQuery(query)
-        found = []
-        for rec in self._patients():
-            if prepared.matches(rec):
-                found.append(rec)
-                if len(found) >= query.limit:
-                    break
-        return found
+        return PreparedQuery(query).first_matches(self._patients())
 
     def get_patient(self, local_id: str) -> PatientRecord | None:
         entry = self._load().patients.get(local_id)

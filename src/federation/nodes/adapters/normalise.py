@@ -13,13 +13,16 @@ import datetime as dt
 import re
 import unicodedata
 from collections.abc import Iterable
+from pathlib import Path
 
 from stdnum.cn import ric
 
-from federation.errors import InvalidInput
+from federation.errors import InvalidInput, SourceError
 
 __all__ = [
     "COMPOUND_SURNAMES",
+    "decode_export",
+    "read_export",
     "TRADITIONAL_TO_SIMPLIFIED",
     "fold_name",
     "is_valid_resident_id",
@@ -271,3 +274,12 @@ def decode_export(data: bytes, *, gb18030_first: bool = False) -> str | None:
         except UnicodeDecodeError:
             continue
     return None
+
+
+def read_export(path: Path, label: str) -> str:
+    """A whole export file as text (see :func:`decode_export`); SourceError naming
+    ``label`` when it is neither encoding."""
+    text = decode_export(path.read_bytes())
+    if text is None:
+        raise SourceError(f"{label} is neither UTF-8 nor GB18030 text")
+    return text

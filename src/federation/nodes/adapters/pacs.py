@@ -22,7 +22,7 @@ from pathlib import Path
 
 from federation.errors import SourceError
 from federation.nodes.adapters.base import SourceAdapter
-from federation.nodes.adapters.normalise import decode_export, value_shape
+from federation.nodes.adapters.normalise import read_export, value_shape
 from federation.nodes.model import (
     ClinicalRecord,
     EncounterRecord,
@@ -95,7 +95,8 @@ class PacsStudyListAdapter(SourceAdapter):
             return snap
 
     def _read(self, snap: _Snapshot) -> None:
-        reader = csv.reader(io.StringIO(_decode(self.path), newline=""))
+        reader = csv.reader(io.StringIO(
+            read_export(self.path, f"PACS study list {self.path.name}"), newline=""))
         header = [h.strip() for h in next(reader, [])]
         missing = [h for h in ("PatientID", "StudyDate", "ModalitiesInStudy")
                    if h not in header]
@@ -153,13 +154,6 @@ class PacsStudyListAdapter(SourceAdapter):
 
     def close(self) -> None:
         self._snapshot = None
-
-
-def _decode(path: Path) -> str:
-    text = decode_export(path.read_bytes())
-    if text is None:
-        raise SourceError(f"PACS study list {path.name} is neither UTF-8 nor GB18030 text")
-    return text
 
 
 def _date(text: str, what: str) -> dt.date:

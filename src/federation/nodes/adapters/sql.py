@@ -289,20 +289,12 @@ class SqlAdapter(SourceAdapter):
     def search_patients(self, query: PatientQuery) -> list[PatientRecord]:
         if query.limit <= 0:
             return []
-        prepared = PreparedQuery(query)
         stmt = self._select(self._p, self.mapping.patients)
         for condition in self._pushdown(query):
             stmt = stmt.where(condition)
         stmt = stmt.order_by(self._p.c[self.mapping.patients.columns["local_id"]])
-        found: list[PatientRecord] = []
         with self._rows(stmt) as rows:
-            for row in rows:
-                rec = self._patient(row)
-                if rec is not None and prepared.matches(rec):
-                    found.append(rec)
-                    if len(found) >= query.limit:
-                        break
-        return found
+            return PreparedQuery(query).first_matches(self._patient(row) for row in rows)
 
     def _pushdown(self, query: PatientQuery) -> list[ColumnElement[bool]]:
         """Index-friendly pre-filters; Python matching has the last word.
