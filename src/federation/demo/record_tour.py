@@ -28,7 +28,7 @@ from federation.demo.workspace import DemoLayout
 from federation.gateway.quality_view import fetch_quality, print_quality
 from federation.nodes.adapters import open_adapter
 from federation.nodes.fhir_mapping import stable_id
-from federation.nodes.model import ImagingStudyRecord, LabResultRecord
+from federation.nodes.model import LabResultRecord
 from federation.security.tls import TlsMaterial
 from federation.terminology.systems import extension_url
 
@@ -76,16 +76,12 @@ def _rank_people(layout: DemoLayout, by_person: dict[str, list[tuple[str, str]]]
                 if local is None:
                     continue
                 for kind, adapter in sources:
-                    held = adapter.get_patient(local) is not None or adapter.clinical(local)
-                    if not held:
+                    clinical = adapter.clinical(local)
+                    if adapter.get_patient(local) is None and not clinical:
                         continue
                     person.kinds.add(kind)
-                    if kind == "hl7" and any(isinstance(r, LabResultRecord)
-                                             for r in adapter.clinical(local)):
+                    if kind == "hl7" and any(isinstance(r, LabResultRecord) for r in clinical):
                         person.hl7_site = spec.site_id
-                    if kind == "pacs" and not any(isinstance(r, ImagingStudyRecord)
-                                                  for r in adapter.clinical(local)):
-                        person.kinds.discard(kind)
                     if any(v.diagnosis_text == SEED_DIAGNOSIS for v in adapter.encounters(local)):
                         person.seed_site = spec.site_id
         finally:
