@@ -1,0 +1,72 @@
+"""Blocking: which records are worth comparing at all.
+
+Comparing every record with every other is quadratic, so records are compared only when
+they share a *blocking key*. Several keys, each built from different fields, make sure
+that no single missing or mistyped field hides a match; a key is never built from a blank
+field (a record without a phone has no phone key — blank phones are not all one block).
+
+=====  =====================================================================
+kind   key
+=====  =====================================================================
+id     resident ID (only IDs that passed the GB 11643 cross-checks)
+oi     other identifier (insurance card, social security number …)
+ph     phone
+nb     name letters (order-free) + birth date
+fb     family name letters + birth date (catches given-name typos, homophones)
+gb     given name letters + birth date (catches changed or swapped surnames)
+ny     name letters + birth year (catches birth-date typos)
+np     name letters + postcode
+dp     birth date + postcode
+=====  =====================================================================
+
+A key is hashed to a signed 64-bit integer (BLAKE2b), stable across processes, so the
+online index stores and looks up integers. Keys shared by very many records (a clinic's
+switchboard number given as every patient's phone) carry no information; callers cap the
+block size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from federation.identity.features import Features
+
+__all__ = ["KINDS", "block_keys", "key_hash"]
+
+KINDS = ("id", "oi", "ph", "nb", "fb", "gb", "ny", "np", "dp")
+
+
+def key_hash(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big",
+                          signed=True)
+
+
+def block_keys(f: Features) -> list[tuple[str, str]]:
+    """(kind, key) pairs of a record, none built from a blank field."""
+    keys: list[tuple[str, str]] = []
+    if f.national_id:
+        keys.append(("id", f.national_id))
+    if f.other_id:
+        keys.append(("oi", f.other_id))
+    if f.phone:
+        keys.append(("ph", f.phone))
+    born = f.birth_date.isoformat() if f.birth_date else None
+    if f.name_key and born:
+        keys.append(("nb", f"{f.name_key}|{born}"))
+    if born:
+        for family, given in f.splits:
+            if family:
+                keys.append(("fb", f"{family}|{born}"))
+            if given:
+                keys.append(("gb", f"{given}|{born}"))
+    if f.name_key and f.birth_date:
+        keys.append(("ny", f"{f.name_key}|{f.birth_date.year}"))
+    if f.name_key and f.postcode:
+        keys.append(("np", f"{f.name_key}|{f.postcode}"))
+    if born and f.postcode:
+        keys.append(("dp", f"{born}|{f.postcode}"))
+    return list(dict.fromkeys(keys))
+
+
+def hashed_keys(f: Features) -> list[tuple[str, int]]:
+    return [(kind, key_hash(f"{kind}:{key}")) for kind, key in block_keys(f)]
