@@ -8,19 +8,25 @@ node lost its feed and started over) overwrites whatever it meets; rows the new 
 never mentions are removed by :meth:`drop_other_epochs` once the site has caught up.
 
 SQLite and PostgreSQL both run the same ``INSERT … ON CONFLICT DO UPDATE … WHERE``.
+
+Every Patient in a batch is linked to a person by the EMPI in the same transaction
+(:mod:`federation.identity.index`): a stored Patient is always a linked one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import Engine, func, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, delete, select
 
 from federation.errors import UnknownSite
+from federation.identity.index import IdentityIndex
+from federation.identity.store import patient_fields
 from federation.store.gateway_store import StoreSessions
 from federation.store.models import FeedCursor, Site, SiteResource
 
@@ -68,6 +74,12 @@ class CursorRow:
 
 
 class ArchiveStore(StoreSessions):
+    """The replica; Patient changes are also linked by the EMPI (``identity``) in the
+    transaction that stores them."""
+
+    def __init__(self, engine: Engine, identity: IdentityIndex | None = None) -> None:
+        super().__init__(engine)
+        self.identity = identity if identity is not None else IdentityIndex()
 
     # ------------------------------------------------------------------ cursors
 
@@ -108,8 +120,26 @@ class ArchiveStore(StoreSessions):
                      "body": None if c.deleted else c.body, "received_at": now}
                     for c in changes])
                 written = max(result.rowcount, 0)
+                self._link_patients(s, site_id, changes)
             self._move_cursor(s, site_id, epoch, after, node_head, rejected, now, caught_up)
         return written
+
+    def _link_patients(self, s: Session, site_id: str, changes: Sequence[StoredChange]) -> None:
+        newest: dict[str, StoredChange] = {}
+        for c in changes:
+            if c.resource_type == "Patient":
+                newest[c.resource_id] = c
+        if not newest:
+            return
+        live = []
+        for c in newest.values():
+            if c.deleted or c.body is None:
+                self.identity.retire(s, site_id, c.resource_id)
+            else:
+                fields, local = patient_fields(json.loads(c.body))
+                live.append((c.resource_id, local, fields))
+        if live:
+            self.identity.link_many(s, site_id, live)
 
     @staticmethod
     def _move_cursor(s: Session, site_id: str, epoch: str, after: int, node_head: int,

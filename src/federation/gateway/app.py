@@ -24,6 +24,7 @@ from federation._proto.v1 import gateway_pb2, gateway_pb2_grpc
 from federation._runtime import wait_for_shutdown_signal
 from federation.archive.store import ArchiveStore
 from federation.archive.sync import FeedPuller
+from federation.identity.store import IdentityStore
 from federation.errors import Unavailable
 from federation.gateway.http_app import create_http_app
 from federation.gateway.inbox import Inbox
@@ -66,6 +67,7 @@ class RunningGateway:
     _http: _EmbeddedUvicorn
     clients: NodeClients
     archive: ArchiveStore
+    identity: IdentityStore
     puller: FeedPuller
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -113,7 +115,8 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     inbox = Inbox(store, poll_seconds=settings.inbox_poll_ms / 1000)
     clients = NodeClients(tls, settings.max_message_bytes)
     search = FederatedSearch(store, clients, default_deadline_ms=settings.search_deadline_ms)
-    archive = ArchiveStore(engine)
+    identity = IdentityStore(engine)
+    archive = ArchiveStore(engine, identity.index)
     puller = FeedPuller(store, archive, clients, interval_s=settings.sync_interval_ms / 1000,
                         validate=settings.sync_validate)
 
@@ -148,7 +151,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     running = RunningGateway(
         settings=settings, store=store, inbox=inbox, registry=registry, grpc_server=server,
         grpc_port=port, http_port=sock.getsockname()[1], health=health_servicer, _http=http,
-        clients=clients, archive=archive, puller=puller,
+        clients=clients, archive=archive, identity=identity, puller=puller,
     )
     sweep_every = max(0.05, min(1.0, settings.heartbeat_interval_ms / 4000))
     flush_every = max(0.02, min(0.5, settings.unreachable_after_ms / 8000))

@@ -11,6 +11,8 @@ kind   key
 id     resident ID (only IDs that passed the GB 11643 cross-checks)
 oi     other identifier (insurance card, social security number …)
 ph     phone
+nt     name letters + phone (adds no pairs beyond ``ph``; the pairs that share both are
+       nearly all one person, which is what weight estimation needs)
 nb     name letters (order-free) + birth date
 fb     family name letters + birth date (catches given-name typos, homophones)
 gb     given name letters + birth date (catches changed or swapped surnames)
@@ -20,7 +22,8 @@ dp     birth date + postcode
 =====  =====================================================================
 
 A key is hashed to a signed 64-bit integer (BLAKE2b), stable across processes, so the
-online index stores and looks up integers. Keys shared by very many records (a clinic's
+online index stores and looks up integers; its low 4 bits are the kind's index in
+:data:`KINDS`, so which kinds two records share can be read off their keys. Keys shared by very many records (a clinic's
 switchboard number given as every patient's phone) carry no information; callers cap the
 block size.
 """
@@ -28,17 +31,30 @@ block size.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 from federation.identity.features import Features
 
-__all__ = ["KINDS", "block_keys", "key_hash"]
+__all__ = ["KINDS", "block_keys", "hashed_keys", "key_hash", "kind_mask"]
 
-KINDS = ("id", "oi", "ph", "nb", "fb", "gb", "ny", "np", "dp")
+KINDS = ("id", "oi", "ph", "nt", "nb", "fb", "gb", "ny", "np", "dp")
 
 
-def key_hash(key: str) -> int:
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big",
-                          signed=True)
+_KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
+
+
+def key_hash(kind: str, key: str) -> int:
+    h = int.from_bytes(hashlib.blake2b(f"{kind}:{key}".encode(), digest_size=8).digest(),
+                       "big", signed=True)
+    return (h & ~0xF) | _KIND_INDEX[kind]
+
+
+def kind_mask(shared: Iterable[int]) -> int:
+    """Bit *i* set when the keys include one of kind ``KINDS[i]``."""
+    mask = 0
+    for h in shared:
+        mask |= 1 << (h & 0xF)
+    return mask
 
 
 def block_keys(f: Features) -> list[tuple[str, str]]:
@@ -50,6 +66,8 @@ def block_keys(f: Features) -> list[tuple[str, str]]:
         keys.append(("oi", f.other_id))
     if f.phone:
         keys.append(("ph", f.phone))
+        if f.name_key:
+            keys.append(("nt", f"{f.name_key}|{f.phone}"))
     born = f.birth_date.isoformat() if f.birth_date else None
     if f.name_key and born:
         keys.append(("nb", f"{f.name_key}|{born}"))
@@ -68,5 +86,5 @@ def block_keys(f: Features) -> list[tuple[str, str]]:
     return list(dict.fromkeys(keys))
 
 
-def hashed_keys(f: Features) -> list[tuple[str, int]]:
-    return [(kind, key_hash(f"{kind}:{key}")) for kind, key in block_keys(f)]
+def hashed_keys(f: Features) -> list[int]:
+    return [key_hash(kind, key) for kind, key in block_keys(f)]

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from federation.errors import InvalidInput
-from federation.identity.blocking import KINDS, hashed_keys
+from federation.identity.blocking import KINDS, hashed_keys, kind_mask
 from federation.identity.compare import FIELDS, compare
 from federation.identity.features import INPUT_COLUMNS, Features, extract
 from federation.identity.model import LINK, REVIEW, LinkageModel, Score, estimate, guards
@@ -47,7 +47,7 @@ __all__ = ["BulkResult", "RowProblem", "link_csv", "link_rows", "read_rows"]
 
 _CHUNK = 200_000
 _BASE = 6   # levels -1…4 shifted to 0…5
-_KINDS = len(KINDS)   # a pair's code: level pattern * _KINDS + the kind that found it
+_MASKS = 1 << len(KINDS)   # a pair's code: level pattern * _MASKS + the kinds it shares
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +178,7 @@ def link_rows(rows: Iterable[tuple[int, Mapping[str, str], str | None] | Mapping
     try:
         if model is None:
             sample = [f for f, ok in zip(features, linkable) if ok]
-            model = estimate(sample, {(KINDS[c % _KINDS], _decode(c // _KINDS)): n
+            model = estimate(sample, {(c % _MASKS, _decode(c // _MASKS)): n
                                       for c, n in patterns.items()},
                              rng=random.Random(20261122))
         person_of, review, linked = _cluster(features, linkable, model, pair_files, patterns)
@@ -218,19 +218,16 @@ _shared: dict[str, object] = {}
 
 def _candidate_pairs(features: Sequence[Features], linkable: Sequence[bool], max_block: int,
                      workers: int) -> tuple[list[Path], Counter[int], dict[str, object]]:
-    rec, hashes, kinds = [], [], []
-    kind_index = {k: n for n, k in enumerate(KINDS)}
+    rec, hashes = [], []
     for i, (f, ok) in enumerate(zip(features, linkable)):
         if ok:
-            for kind, h in hashed_keys(f):
+            for h in hashed_keys(f):
                 rec.append(i)
                 hashes.append(h)
-                kinds.append(kind_index[kind])
     rec_a = np.asarray(rec, dtype=np.int64)
     hash_a = np.asarray(hashes, dtype=np.int64)
     order = np.argsort(hash_a, kind="stable")
     rec_a, hash_a = rec_a[order], hash_a[order]
-    kind_a = np.asarray(kinds, dtype=np.int64)[order]
     if len(hash_a):
         starts = np.flatnonzero(np.r_[True, hash_a[1:] != hash_a[:-1]])
         sizes = np.diff(np.r_[starts, len(hash_a)])
@@ -246,8 +243,7 @@ def _candidate_pairs(features: Sequence[Features], linkable: Sequence[bool], max
         if h not in dropped:
             by_rec.setdefault(i, []).append(h)
     key_sets = {i: frozenset(hs) for i, hs in by_rec.items()}
-    _shared.update(features=features, rec=rec_a, hash=hash_a, kind=kind_a, groups=groups,
-                   keys=key_sets)
+    _shared.update(features=features, rec=rec_a, hash=hash_a, groups=groups, keys=key_sets)
     tmpdir = Path(tempfile.mkdtemp(prefix="empi-pairs-"))
     parts = [(w, workers, tmpdir / f"pairs-{w}.bin") for w in range(workers)]
     try:
@@ -273,22 +269,22 @@ def _pair_worker(part: tuple[int, int, Path]) -> Counter[int]:
     hashes: np.ndarray = _shared["hash"]  # type: ignore[assignment]
     groups: list[tuple[int, int]] = _shared["groups"]  # type: ignore[assignment]
     keys: dict[int, frozenset[int]] = _shared["keys"]  # type: ignore[assignment]
-    kinds: np.ndarray = _shared["kind"]  # type: ignore[assignment]
     patterns: Counter[int] = Counter()
     buf: list[tuple[int, int, int]] = []
     with path.open("wb") as out:
         for g in range(worker, len(groups), workers):
             start, size = groups[g]
-            h, kind = int(hashes[start]), int(kinds[start])
+            h = int(hashes[start])
             members = rec[start:start + size].tolist()
             for x in range(size):
                 i = members[x]
                 ki, fi = keys[i], features[i]
                 for y in range(x + 1, size):
                     j = members[y]
-                    if i == j or min(ki & keys[j]) != h:
+                    shared = ki & keys[j]
+                    if i == j or min(shared) != h:
                         continue
-                    code = _encode(compare(fi, features[j])) * _KINDS + kind
+                    code = _encode(compare(fi, features[j])) * _MASKS + kind_mask(shared)
                     patterns[code] += 1
                     buf.append((i, j, code) if i < j else (j, i, code))
             if len(buf) >= _CHUNK:
@@ -317,7 +313,7 @@ def _cluster(features: Sequence[Features], linkable: Sequence[bool], model: Link
     codes = np.fromiter(patterns.keys(), dtype=np.int64, count=len(patterns))
     table: dict[int, tuple[float, str, tuple[str, ...]]] = {}
     for code in patterns:
-        levels = _decode(code // _KINDS)
+        levels = _decode(code // _MASKS)
         weight = model.weight(levels)
         why = guards(levels)
         table[code] = (weight, model.decide(Score(levels, weight, why)), why)

@@ -42,6 +42,7 @@ from importlib import resources
 from pathlib import Path
 
 from federation.errors import ConfigError
+from federation.identity.blocking import KINDS
 from federation.identity.compare import COMPARISONS, FIELDS, NULL, compare
 from federation.identity.features import Features
 
@@ -245,6 +246,7 @@ BLOCKED_FIELDS: dict[str, frozenset[str]] = {
     "id": frozenset({"national_id", "birth_date", "sex"}),
     "oi": frozenset({"other_id"}),
     "ph": frozenset({"phone"}),
+    "nt": frozenset({"family", "given", "phone"}),
     "nb": frozenset({"family", "given", "birth_date"}),
     "fb": frozenset({"family", "birth_date"}),
     "gb": frozenset({"given", "birth_date"}),
@@ -297,13 +299,16 @@ def _start_m(levels: int) -> list[float]:
     return [rest] * (levels - 1) + [0.9]
 
 
-def estimate_m(patterns: Mapping[tuple[str, tuple[int, ...]], int],
+def estimate_m(patterns: Mapping[tuple[int, tuple[int, ...]], int],
                u: dict[str, list[float]]) -> dict[str, list[float]]:
-    """m per field: EM on each blocking kind's candidate pairs, leaving out the fields
-    that kind fixes, then averaged over the kinds, weighted by their expected matches."""
+    """m per field: EM on the candidate pairs of each blocking kind (every pair that
+    shares a key of that kind), leaving out the fields that kind fixes, then averaged
+    over the kinds, weighted by their expected matches."""
     by_kind: dict[str, list[tuple[tuple[int, ...], int]]] = {}
-    for (kind, levels), count in patterns.items():
-        by_kind.setdefault(kind, []).append((levels, count))
+    for (mask, levels), count in patterns.items():
+        for bit, kind in enumerate(KINDS):
+            if mask >> bit & 1:
+                by_kind.setdefault(kind, []).append((levels, count))
     kinds = [k for k in by_kind if k not in _NOT_FOR_TRAINING] or list(by_kind)
     if not kinds:
         raise ConfigError("cannot estimate match weights: blocking found no candidate pairs")
@@ -323,7 +328,7 @@ def estimate_m(patterns: Mapping[tuple[str, tuple[int, ...]], int],
                       else _start_m(len(c.levels))) for c in COMPARISONS}
 
 
-def estimate_prior(patterns: Mapping[tuple[str, tuple[int, ...]], int], m: dict[str, list[float]],
+def estimate_prior(patterns: Mapping[tuple[int, tuple[int, ...]], int], m: dict[str, list[float]],
                    u: dict[str, list[float]], records: int) -> float:
     """The chance two random records match, as the fixed point λ = E[matches] / all pairs
     (the candidate pairs hold nearly every match; the rest of all pairs hold ~none)."""
@@ -348,11 +353,11 @@ def estimate_prior(patterns: Mapping[tuple[str, tuple[int, ...]], int], m: dict[
 
 
 def estimate(records: Sequence[Features],
-             patterns: Mapping[tuple[str, tuple[int, ...]], int], *,
+             patterns: Mapping[tuple[int, tuple[int, ...]], int], *,
              upper: float = 8.0, lower: float = 0.0, u_pairs: int = 200_000,
              rng: random.Random | None = None) -> LinkageModel:
     """A model learnt from ``records`` and their blocked candidate pairs' level patterns
-    (keyed by the blocking kind that found the pair)."""
+    (keyed by the mask of blocking kinds the pair shares, see ``blocking.kind_mask``)."""
     u = estimate_u(records, pairs=u_pairs, rng=rng)
     m = estimate_m(patterns, u)
     prior = estimate_prior(patterns, m, u, len(records))

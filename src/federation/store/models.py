@@ -3,7 +3,8 @@
 Most tables hold the gateway's own state — the consortium registry, node liveness, the
 exchange log and the inbound work-item queue. ``site_resource`` and ``feed_cursor`` are
 the regional archive's replica of each site's FHIR resources, filled from the nodes'
-change feeds (:mod:`federation.archive`). ORM objects stay inside the store modules;
+change feeds (:mod:`federation.archive`). The ``identity_*`` tables are the master patient
+index (:mod:`federation.identity`). ORM objects stay inside the store modules;
 callers get the plain frozen dataclasses at the bottom of this module.
 
 Timestamps are ``timestamp with time zone`` on PostgreSQL. SQLite has no zone, so
@@ -37,6 +38,8 @@ __all__ = [
     "TIERS", "NODE_STATES", "REQUESTER_KINDS", "OUTCOMES", "WORK_KINDS",
     "UtcDateTime", "StoreModel", "metadata",
     "Site", "Node", "NodeEvent", "ExchangeLog", "WorkItem", "SiteResource", "FeedCursor",
+    "IdentityPerson", "IdentityRecord", "IdentityBlock", "IdentityEvent", "IdentityReview",
+    "IdentityNoMatch", "IdentityModel",
     "SiteRow", "NodeRow", "NodeEventRow", "ExchangeEntry", "WorkItemRow",
 ]
 
@@ -198,6 +201,118 @@ class FeedCursor(StoreModel, table=True):
     rejected: int = Field(default=0, sa_type=BigInteger)
     last_pull_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
     caught_up_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+
+
+# ---------------------------------------------------------------- master patient index
+
+
+class IdentityPerson(StoreModel, table=True):
+    """A person: what every linked site record belongs to (``federation.identity``)."""
+
+    __tablename__ = "identity_person"
+
+    person_id: str = Field(sa_type=String(40), primary_key=True)
+    created_at: dt.datetime = Field(sa_type=UtcDateTime)
+    #: set when an administrator merged this person into another; no records remain
+    merged_into: str | None = Field(default=None, sa_type=String(40), nullable=True)
+
+
+class IdentityRecord(StoreModel, table=True):
+    """One site's patient record as the EMPI sees it, and the person it belongs to."""
+
+    __tablename__ = "identity_record"
+    __table_args__ = (Index("ix_identity_record_person_id", "person_id"),)
+
+    site_id: str = Field(sa_type=String(64), primary_key=True)
+    record_id: str = Field(sa_type=String(64), primary_key=True)
+    #: the site's own patient number (MRN / 档案号), for PIXm answers
+    local_id: str | None = Field(default=None, sa_type=String(128), nullable=True)
+    person_id: str | None = Field(default=None, sa_type=String(40), nullable=True,
+                                  foreign_key="identity_person.person_id")
+    state: str = Field(sa_type=String(16))            # linked | blank | retired
+    #: a person decided this record's person (review, manual link, split): automatic
+    #: matching never moves it again
+    pinned: bool = Field(default=False, sa_type=Boolean)
+    features: str = Field(sa_type=Text)               # identity.features JSON
+    digest: str = Field(sa_type=String(64))
+    updated_at: dt.datetime = Field(sa_type=UtcDateTime)
+
+
+class IdentityBlock(StoreModel, table=True):
+    """Blocking keys (hashed) → records: the online index's only lookup path."""
+
+    __tablename__ = "identity_block"
+    __table_args__ = (Index("ix_identity_block_site_id_record_id", "site_id", "record_id"),)
+
+    key: int = Field(sa_type=BigInteger, primary_key=True)
+    site_id: str = Field(sa_type=String(64), primary_key=True)
+    record_id: str = Field(sa_type=String(64), primary_key=True)
+
+
+class IdentityEvent(StoreModel, table=True):
+    """The history of every record's person: append-only."""
+
+    __tablename__ = "identity_event"
+    __table_args__ = (Index("ix_identity_event_site_id_record_id", "site_id", "record_id"),
+                      Index("ix_identity_event_person_id", "person_id"))
+
+    id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
+    at: dt.datetime = Field(sa_type=UtcDateTime)
+    action: str = Field(sa_type=String(24))
+    site_id: str | None = Field(default=None, sa_type=String(64), nullable=True)
+    record_id: str | None = Field(default=None, sa_type=String(64), nullable=True)
+    person_id: str | None = Field(default=None, sa_type=String(40), nullable=True)
+    previous_person_id: str | None = Field(default=None, sa_type=String(40), nullable=True)
+    weight: float | None = Field(default=None, nullable=True)
+    actor: str = Field(sa_type=String(128))
+    detail: str = Field(default="{}", sa_type=Text)
+
+
+class IdentityReview(StoreModel, table=True):
+    """A pair the model could not decide: a record and the person it may belong to."""
+
+    __tablename__ = "identity_review"
+    __table_args__ = (Index("ix_identity_review_status", "status"),
+                      Index("ix_identity_review_site_id_record_id", "site_id", "record_id"))
+
+    id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
+    site_id: str = Field(sa_type=String(64))
+    record_id: str = Field(sa_type=String(64))
+    candidate_person_id: str = Field(sa_type=String(40))
+    candidate_site_id: str = Field(sa_type=String(64))
+    candidate_record_id: str = Field(sa_type=String(64))
+    weight: float
+    reason: str = Field(sa_type=String(64))
+    detail: str = Field(default="{}", sa_type=Text)
+    status: str = Field(sa_type=String(16))           # open | accepted | rejected | closed
+    created_at: dt.datetime = Field(sa_type=UtcDateTime)
+    decided_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+    decided_by: str | None = Field(default=None, sa_type=String(128), nullable=True)
+
+
+class IdentityNoMatch(StoreModel, table=True):
+    """'Not the same person', as a reviewer said it: never undone by automatic matching."""
+
+    __tablename__ = "identity_no_match"
+
+    a_site_id: str = Field(sa_type=String(64), primary_key=True)
+    a_record_id: str = Field(sa_type=String(64), primary_key=True)
+    b_site_id: str = Field(sa_type=String(64), primary_key=True)
+    b_record_id: str = Field(sa_type=String(64), primary_key=True)
+    at: dt.datetime = Field(sa_type=UtcDateTime)
+    actor: str = Field(sa_type=String(128))
+
+
+class IdentityModel(StoreModel, table=True):
+    """Linkage models the EMPI has used; the newest active one scores."""
+
+    __tablename__ = "identity_model"
+
+    version: int | None = Field(default=None, sa_type=BigId, primary_key=True)
+    created_at: dt.datetime = Field(sa_type=UtcDateTime)
+    params: str = Field(sa_type=Text)
+    note: str = Field(default="", sa_type=Text)
+    actor: str = Field(sa_type=String(128))
 
 
 # ---------------------------------------------------------------- rows handed to callers
