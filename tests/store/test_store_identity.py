@@ -230,7 +230,8 @@ def test_concurrent_arrivals_of_one_person_make_one_person(sites: GatewayStore, 
         errors: list[BaseException] = []
 
         def go(store: IdentityStore, site: str, fields: dict = fields, n: int = n,
-               barrier: threading.Barrier = barrier) -> None:
+               barrier: threading.Barrier = barrier,
+               errors: list[BaseException] = errors) -> None:
             try:
                 barrier.wait()
                 store.link(site, f"r{n}", fields)

@@ -13,7 +13,8 @@ The flow (``federation identity link INPUT.csv --out OUTPUT.csv``):
 3. the compared pairs stream, in chunks, to temporary files as (i, j, level pattern) —
    the candidate pairs are never all in memory. Two worker processes share the work;
 4. the model is estimated from the data (u from value frequencies and random pairs, m
-   and the prior by EM over the level patterns), unless one is given;
+   and the prior by EM over the level patterns), unless one is given or the input has
+   fewer than :data:`MIN_TRAINING_RECORDS` records (then the packaged default is used);
 5. the pairs stream back: weights come from a table per pattern; pairs at or above the
    upper threshold without a guard are linked greedily, strongest first, never joining
    two clusters that hold different valid resident IDs; the rest above the lower
@@ -43,9 +44,11 @@ from federation.identity.compare import FIELDS, compare
 from federation.identity.features import INPUT_COLUMNS, Features, extract
 from federation.identity.model import LINK, REVIEW, LinkageModel, Score, estimate, guards
 
-__all__ = ["BulkResult", "RowProblem", "link_csv", "link_rows", "read_rows"]
+__all__ = ["BulkResult", "RowProblem", "link_csv", "link_features", "link_rows", "read_rows"]
 
 _CHUNK = 200_000
+#: below this many linkable records the packaged default model is used, not one estimated
+MIN_TRAINING_RECORDS = 1000
 _BASE = 6   # levels -1…4 shifted to 0…5
 _MASKS = 1 << len(KINDS)   # a pair's code: level pattern * _MASKS + the kinds it shares
 
@@ -149,7 +152,6 @@ def link_rows(rows: Iterable[tuple[int, Mapping[str, str], str | None] | Mapping
               max_block: int = 1000) -> BulkResult:
     """Link records (``read_rows`` triples or plain dicts) into persons."""
     started = time.perf_counter()
-    record_ids: list[str] = []
     features: list[Features] = []
     linkable: list[bool] = []
     problems: list[RowProblem] = []
@@ -166,18 +168,33 @@ def link_rows(rows: Iterable[tuple[int, Mapping[str, str], str | None] | Mapping
             counts[p.code] += 1
         if problem:
             problems.append(RowProblem(line, f.record_id, problem))
-        record_ids.append(f.record_id)
         features.append(f)
         ok = problem is None and not f.blank
         counts["blank"] += (problem is None and f.blank)
         linkable.append(ok)
+    return _link(features, linkable, problems, counts, model=model, workers=workers,
+                 max_block=max_block, started=started)
+
+
+def link_features(features: Sequence[Features], *, model: LinkageModel | None = None,
+                  workers: int | None = None, max_block: int = 1000) -> BulkResult:
+    """Link already extracted records (``federation identity tune`` re-links the store's)."""
+    return _link(features, [not f.blank for f in features], [], Counter(), model=model,
+                 workers=workers, max_block=max_block, started=time.perf_counter())
+
+
+def _link(features: Sequence[Features], linkable: list[bool], problems: list[RowProblem],
+          counts: Counter[str], *, model: LinkageModel | None, workers: int | None,
+          max_block: int, started: float) -> BulkResult:
     t_read = time.perf_counter()
     pair_files, patterns, block_stats = _candidate_pairs(features, linkable, max_block,
                                                          workers or min(2, os.cpu_count() or 1))
     t_pairs = time.perf_counter()
     try:
+        sample = [f for f, ok in zip(features, linkable) if ok]
+        if model is None and (len(sample) < MIN_TRAINING_RECORDS or not patterns):
+            model = LinkageModel.default()      # too little data to learn weights from
         if model is None:
-            sample = [f for f, ok in zip(features, linkable) if ok]
             model = estimate(sample, {(c % _MASKS, _decode(c // _MASKS)): n
                                       for c, n in patterns.items()},
                              rng=random.Random(20261122))
@@ -185,6 +202,8 @@ def link_rows(rows: Iterable[tuple[int, Mapping[str, str], str | None] | Mapping
     finally:
         for p in pair_files:
             p.unlink(missing_ok=True)
+        if pair_files:
+            pair_files[0].parent.rmdir()
     done = time.perf_counter()
     stats: dict[str, object] = {
         "records": len(features), "linkable": sum(linkable),
@@ -193,7 +212,8 @@ def link_rows(rows: Iterable[tuple[int, Mapping[str, str], str | None] | Mapping
         "field_problems": dict(counts), **block_stats,
         "seconds": {"read": round(t_read - started, 2), "pairs": round(t_pairs - t_read, 2),
                     "train_and_cluster": round(done - t_pairs, 2)}}
-    return BulkResult(record_ids, person_of, model, review, problems, stats)
+    return BulkResult([f.record_id for f in features], person_of, model, review, problems,
+                      stats)
 
 
 def _encode(levels: Sequence[int]) -> int:

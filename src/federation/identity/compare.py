@@ -11,7 +11,7 @@ field         levels (highest first)
 ============  ==============================================================================
 family        3 same characters · 2 same sound (张/章, pinyin records) · 1 Jaro–Winkler ≥ 0.88
 given         4 same characters · 3 same sound · 2 Jaro–Winkler ≥ 0.92 · 1 ≥ 0.80; two
-              Chinese names: 2 one character apart with a near-homophone, else 0
+              Chinese names: 2 one character apart by a dialect confusion, else 0
 birth_date    3 same day · 2 one typo (≤ 2 days, day/month swapped, one digit) · 1 same year
 sex           1 same
 national_id   1 same (only IDs that passed the GB 11643 cross-checks take part)
@@ -87,17 +87,29 @@ def _given(a: str | None, b: str | None, a_script: str | None, b_script: str | N
 
 
 def _given_chinese(a: str, b: str) -> int:
-    """Two Chinese given names that do not sound the same: one character apart with a
-    near-homophone (zhen/zheng, lin/ling — dialects blur them) is a likely slip (2);
-    any other difference is a different name (0). Twins are often named 明波 and 明雪:
-    a shared character is no evidence of one person."""
+    """Two Chinese given names that do not sound the same: one character apart by a
+    dialect confusion (z/zh, c/ch, s/sh, n/l, -n/-ng: 陈珍/陈铮) is a likely slip (2);
+    any other difference is a different name (0). Twins are often named 明波 and 明雪,
+    or 可悦 and 可宇: a shared character is no evidence of one person."""
     sa, sb = _syllables(a), _syllables(b)
     if len(sa) != len(sb):
         return 0
     diff = [(x, y) for x, y in zip(sa, sb) if x != y]
-    if len(diff) == 1 and JaroWinkler.similarity(*diff[0]) >= 0.85:
+    if len(diff) == 1 and _dialect(diff[0][0]) == _dialect(diff[0][1]):
         return 2
     return 0
+
+
+def _dialect(syllable: str) -> str:
+    """A syllable with the distinctions many dialects blur folded away."""
+    s = syllable
+    if s[:2] in ("zh", "ch", "sh"):
+        s = s[0] + s[2:]
+    if s.startswith("l"):
+        s = "n" + s[1:]
+    if s.endswith("ng"):
+        s = s[:-1]
+    return s
 
 
 @lru_cache(maxsize=65536)
