@@ -1,0 +1,143 @@
+"""Online EMPI link latency with a large index already loaded (SQLite and PostgreSQL).
+
+    python bench/empi_online.py --persons 1000000 --probes 1000 --backend both
+
+1. N synthetic people (``synth.people``) are loaded straight into the identity tables —
+   one record, one person and its blocking keys each (bulk inserts; COPY on PostgreSQL);
+2. ``--probes`` arrivals are linked one by one through ``IdentityStore.link`` — each its
+   own transaction, as the archive does: half are another site's noisy record of a loaded
+   person (``synth.noise``), half are new people;
+3. prints p50 / p90 / p99 / max latency per backend and whether each probe was linked to
+   the right person.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from federation.identity.blocking import hashed_keys
+from federation.identity.features import extract
+from federation.identity.index import RecordRef, _digest
+from federation.identity.store import IdentityStore
+from federation.store import GatewayStore, make_engine, upgrade
+from federation.synth.noise import NoiseLog, NoiseRates, apply_noise
+from federation.synth.people import make_population
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.pg_util import throwaway_database  # noqa: E402
+
+SITES = (("city-1", "city"), ("county-a", "county"), ("township-a1", "township"))
+
+
+def _fields(app) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    return {"name": app.name, "sex": app.sex, "birth_date": app.birth_date.isoformat(),
+            "national_id": app.resident_id, "phone": app.phone, "address": app.address}
+
+
+def load(url: str, people, seed: int) -> float:  # type: ignore[no-untyped-def]
+    engine = make_engine(url)
+    upgrade(engine)
+    store = GatewayStore(engine)
+    for site, tier in SITES:
+        store.upsert_site(site, site, tier)
+    rng, log = random.Random(f"{seed}:load"), NoiseLog()
+    now = dt.datetime.now(dt.UTC)
+    started = time.perf_counter()
+    persons, records, blocks = [], [], []
+    for n, p in enumerate(people):
+        app = apply_noise(rng, p, "county-a", "county", NoiseRates(), log)
+        f = extract({**_fields(app), "site": "county-a", "record_id": p.person_id})
+        pid = f"P{n:09d}"
+        persons.append((pid, now))
+        records.append(("county-a", p.person_id, None, pid, "linked", False,
+                        json.dumps(f.as_json(), ensure_ascii=False), _digest(f), now))
+        blocks.extend((k, "county-a", p.person_id) for k in dict.fromkeys(hashed_keys(f)))
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        if engine.dialect.name == "postgresql":
+            with cur.copy("COPY identity_person (person_id, created_at) FROM STDIN") as cp:
+                for row in persons:
+                    cp.write_row(row)
+            with cur.copy("COPY identity_record (site_id, record_id, local_id, person_id, "
+                          "state, pinned, features, digest, updated_at) FROM STDIN") as cp:
+                for row in records:
+                    cp.write_row(row)
+            with cur.copy("COPY identity_block (key, site_id, record_id) FROM STDIN") as cp:
+                for row in blocks:
+                    cp.write_row(row)
+            cur.execute("ANALYZE")
+        else:
+            cur.executemany("INSERT INTO identity_person (person_id, created_at) VALUES (?, ?)",
+                            [(a, b.isoformat(sep=" ")) for a, b in persons])
+            cur.executemany("INSERT INTO identity_record VALUES (?,?,?,?,?,?,?,?,?)",
+                            [(*r[:8], r[8].isoformat(sep=" ")) for r in records])
+            cur.executemany("INSERT INTO identity_block VALUES (?,?,?)", blocks)
+            cur.execute("ANALYZE")
+        raw.commit()
+    finally:
+        raw.close()
+        engine.dispose()
+    return time.perf_counter() - started
+
+
+def probe(url: str, people, probes: int, seed: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    engine = make_engine(url)
+    store = IdentityStore(engine)
+    rng, log = random.Random(f"{seed}:probe"), NoiseLog()
+    fresh = make_population(random.Random(f"{seed}:fresh"), probes)
+    latencies, right = [], 0
+    for n in range(probes):
+        if n % 2 == 0:
+            p = people[rng.randrange(len(people))]
+            expect = store.person_of(RecordRef("county-a", p.person_id))
+        else:
+            p, expect = fresh.people[n // 2], None
+        app = apply_noise(rng, p, "city-1", "city", NoiseRates(), log)
+        t = time.perf_counter()
+        out = store.link("city-1", f"probe-{n}", _fields(app))
+        latencies.append((time.perf_counter() - t) * 1000)
+        right += (out.person_id == expect) if expect else (out.outcome in ("new", "review"))
+    engine.dispose()
+    q = statistics.quantiles(latencies, n=100)
+    return {"probes": probes, "p50_ms": round(q[49], 2), "p90_ms": round(q[89], 2),
+            "p99_ms": round(q[98], 2), "max_ms": round(max(latencies), 2),
+            "correct": right}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--persons", type=int, default=1_000_000)
+    ap.add_argument("--probes", type=int, default=1000)
+    ap.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+    t = time.perf_counter()
+    people = make_population(random.Random(f"{args.seed}:people"), args.persons).people
+    print(f"generated {len(people):,} people in {time.perf_counter() - t:.0f} s", flush=True)
+    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    for backend in backends:
+        if backend == "sqlite":
+            folder = tempfile.mkdtemp(prefix="empi-online-")
+            url = f"sqlite:///{os.path.join(folder, 'gateway.db')}"
+            loaded = load(url, people, args.seed)
+            result = probe(url, people, args.probes, args.seed)
+        else:
+            with throwaway_database() as url:
+                loaded = load(url, people, args.seed)
+                result = probe(url, people, args.probes, args.seed)
+        print(json.dumps({"backend": backend, "persons": len(people),
+                          "load_s": round(loaded, 1), **result}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
