@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from federation.client import GatewayClient
+from federation.demo.identity_tour import show_identity
 from federation.demo.workspace import DemoLayout
 from federation.gateway.quality_view import fetch_quality, print_quality
 from federation.nodes.adapters import open_adapter
@@ -140,7 +141,7 @@ async def run_record_tour(layout: DemoLayout, by_person: dict[str, list[tuple[st
             table.add_row(site_id, ", ".join(kinds),
                           ", ".join(f"{t} {n}" for t, n in sorted(counts.items())))
         console.print(table)
-        ok = True
+        ok = show_identity(layout, person.person_id, person.records, console)
         for kind in sorted(wanted_kinds - person.kinds):  # a small consortium may lack one
             ok &= await _show_kind_elsewhere(client, layout, ranked, kind, console)
         ok &= _show_hl7_lab(person, shown, console)

@@ -24,7 +24,6 @@ from federation._proto.v1 import gateway_pb2, gateway_pb2_grpc
 from federation._runtime import wait_for_shutdown_signal
 from federation.archive.store import ArchiveStore
 from federation.archive.sync import FeedPuller
-from federation.identity.store import IdentityStore
 from federation.errors import Unavailable
 from federation.gateway.http_app import create_http_app
 from federation.gateway.inbox import Inbox
@@ -33,6 +32,8 @@ from federation.gateway.quality import SiteQuality
 from federation.gateway.registry import NodeRegistry
 from federation.gateway.search import FederatedSearch
 from federation.gateway.servicer import GATEWAY_POLICY, GatewayServicer
+from federation.identity.http_api import create_identity_api
+from federation.identity.store import IdentityStore
 from federation.rpc.channels import server_options
 from federation.rpc.guard import CallGuard
 from federation.security.identity import RevocationList
@@ -144,7 +145,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     serving = {"up": True}
     quality = SiteQuality(store, clients, deadline_ms=settings.search_deadline_ms)
     app = create_http_app(store, registry, quality, grpc_serving=lambda: serving["up"],
-                          archive=archive)
+                          archive=archive, identity_api=create_identity_api(identity))
     sock = _bind(settings.http_listen)
     http = _EmbeddedUvicorn(uvicorn.Config(app, log_level="warning", lifespan="off",
                                            access_log=False))

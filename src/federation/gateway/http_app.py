@@ -30,7 +30,7 @@ HTTP_REQUESTER = Requester(kind="gateway", id="http-api")
 
 def create_http_app(
     store: GatewayStore, registry: NodeRegistry, quality: SiteQuality, *, grpc_serving: Any,
-    archive: ArchiveStore | None = None,
+    archive: ArchiveStore | None = None, identity_api: Any = None,
 ) -> FastAPI:
     """``grpc_serving`` is a zero-argument callable telling whether the gRPC server is up."""
     app = FastAPI(title="Federation gateway", version="0.1.0", docs_url="/docs")
@@ -39,6 +39,9 @@ def create_http_app(
     async def _federation_error(_: Request, exc: errors.FederationError) -> JSONResponse:
         status, body = operation_outcome(exc)
         return JSONResponse(body, status_code=status, media_type="application/fhir+json")
+
+    if identity_api is not None:
+        app.include_router(identity_api)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
