@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "ACT_CODE_SYSTEM",
+    "EMPI_PERSON_SYSTEM",
     "IDENTIFIER_TYPE_SYSTEM",
     "RESIDENT_ID_SYSTEM",
     "SITE_ID_SYSTEM",
@@ -28,6 +29,10 @@ ACT_CODE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 
 #: HL7 v2 table 0203 identifier types (MR = medical record number, NI = national id).
 IDENTIFIER_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-0203"
+
+#: the EMPI's person id (one per real person across every site), as the master patient
+#: index assigns it: PIXm ``targetIdentifier``, PDQm result identifiers, ``Person.id``
+EMPI_PERSON_SYSTEM = "urn:federation:empi:person"
 
 SITE_URN_PREFIX = "urn:federation:site:"
 

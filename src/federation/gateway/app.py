@@ -127,7 +127,8 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     )
     gateway_pb2_grpc.add_GatewayServicer_to_server(
         GatewayServicer(registry, inbox, search, heartbeat_ms=settings.heartbeat_interval_ms,
-                        puller=puller, archive=(store, archive)), server)
+                        puller=puller, archive=(store, archive), identity=identity),
+        server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -145,7 +146,8 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     serving = {"up": True}
     quality = SiteQuality(store, clients, deadline_ms=settings.search_deadline_ms)
     app = create_http_app(store, registry, quality, grpc_serving=lambda: serving["up"],
-                          archive=archive, identity_api=create_identity_api(identity))
+                          archive=archive, identity_api=create_identity_api(identity),
+                          identity=identity)
     sock = _bind(settings.http_listen)
     http = _EmbeddedUvicorn(uvicorn.Config(app, log_level="warning", lifespan="off",
                                            access_log=False))

@@ -20,6 +20,8 @@ from federation.gateway.fanout import Requester
 from federation.gateway.outcomes import operation_outcome
 from federation.gateway.quality import SiteQuality
 from federation.gateway.registry import NodeRegistry
+from federation.identity.http import create_identity_router
+from federation.identity.store import IdentityStore
 from federation.store import GatewayStore, NodeRow, SiteRow
 from federation.terminology.http import create_terminology_router
 
@@ -31,8 +33,10 @@ HTTP_REQUESTER = Requester(kind="gateway", id="http-api")
 def create_http_app(
     store: GatewayStore, registry: NodeRegistry, quality: SiteQuality, *, grpc_serving: Any,
     archive: ArchiveStore | None = None, identity_api: Any = None,
+    identity: IdentityStore | None = None,
 ) -> FastAPI:
-    """``grpc_serving`` is a zero-argument callable telling whether the gRPC server is up."""
+    """``grpc_serving`` is a zero-argument callable telling whether the gRPC server is up;
+    with ``identity`` the EMPI's FHIR routes (PIXm, PDQm, Person) are served too."""
     app = FastAPI(title="Federation gateway", version="0.1.0", docs_url="/docs")
 
     @app.exception_handler(errors.FederationError)
@@ -78,6 +82,9 @@ def create_http_app(
         return body
 
     app.include_router(create_terminology_router())  # FHIR $translate, Condition/$normalize
+    if identity is not None:  # FHIR Patient/$ihe-pix, Patient?…, Person/{id}
+        app.include_router(create_identity_router(identity, archive, store=store,
+                                                  requester=HTTP_REQUESTER))
 
     @app.get("/api/quality")
     async def all_quality(refresh: bool = False) -> dict[str, Any]:

@@ -7,6 +7,7 @@ into gRPC statuses, so methods here simply raise.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -15,11 +16,19 @@ from federation._proto.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from federation.archive.read import read_patient_record
 from federation.archive.store import ArchiveStore
 from federation.archive.sync import FeedPuller
-from federation.errors import Unavailable
+from federation.errors import InvalidInput, Unavailable
 from federation.gateway.fanout import Requester
 from federation.gateway.inbox import Inbox
 from federation.gateway.registry import NodeRegistry, utcnow
 from federation.gateway.search import FederatedSearch
+from federation.identity.lookup import (
+    DEFAULT_LIMIT,
+    find_patients,
+    logged,
+    record_ref,
+    resolve,
+)
+from federation.identity.store import IdentityStore
 from federation.rpc.guard import current_peer
 from federation.rpc.wire import TIER_TO_PROTO, envelope_to_proto, query_from_proto, timestamp
 from federation.store import GatewayStore
@@ -28,6 +37,7 @@ __all__ = ["GatewayServicer", "GATEWAY_POLICY"]
 
 _NODE = frozenset({"node"})
 _PEOPLE = frozenset({"operator"})
+_NODE_OR_PEOPLE = _NODE | _PEOPLE
 _PREFIX = "/federation.v1.Gateway/"
 
 #: which certificate roles may call which method (default deny for anything missing)
@@ -39,7 +49,13 @@ GATEWAY_POLICY: dict[str, frozenset[str]] = {
     _PREFIX + "SearchPatients": _PEOPLE,
     _PREFIX + "NotifyChanges": _NODE,
     _PREFIX + "ReadPatientRecord": _PEOPLE,
+    _PREFIX + "ResolvePatient": _NODE_OR_PEOPLE,
+    _PREFIX + "FindPatients": _NODE_OR_PEOPLE,
 }
+
+#: PdqQuery fields → EMPI input columns
+_PDQ_FIELDS = ("name", "family_name", "given_name", "sex", "birth_date", "national_id",
+               "phone", "address", "postcode")
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
@@ -47,7 +63,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, registry: NodeRegistry, inbox: Inbox, search: FederatedSearch, *, heartbeat_ms: int,
         puller: FeedPuller | None = None,
         archive: tuple[GatewayStore, ArchiveStore] | None = None,
+        identity: IdentityStore | None = None,
     ) -> None:
+        self._identity = identity
         self._puller = puller
         self._archive = archive
         self._registry = registry
@@ -110,6 +128,42 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             yield common_pb2.FhirResource(resource_type=row.resource_type, id=row.resource_id,
                                           site_id=row.site_id, json=row.body,
                                           version_id=str(row.seq))
+
+    def _require_identity(self) -> tuple[IdentityStore, GatewayStore | None]:
+        if self._identity is None:
+            raise Unavailable("this gateway keeps no master patient index")
+        return self._identity, (self._archive[0] if self._archive else None)
+
+    async def ResolvePatient(self, request: gateway_pb2.PixQuery,
+                             context: grpc.aio.ServicerContext) -> gateway_pb2.PixAnswer:
+        identity, store = self._require_identity()
+        peer = current_peer.get()
+        requester = Requester(peer.role, peer.name, peer.site_id)
+        async with logged(store, requester, "Gateway/ResolvePatient") as note:
+            if not request.system or not request.value:
+                raise InvalidInput("ResolvePatient needs both system and value")
+            result = await asyncio.to_thread(resolve, identity, request.system, request.value,
+                                             sites=list(request.target_sites) or None)
+            note.patient_ref = record_ref(result.source.site_id, result.source.record_id)
+            note.records = len(result.records)
+            return gateway_pb2.PixAnswer(person_id=result.person_id, records=[
+                gateway_pb2.SiteRecord(site_id=r.site_id, record_id=r.record_id,
+                                       local_id=r.local_id or "") for r in result.records])
+
+    async def FindPatients(self, request: gateway_pb2.PdqQuery,
+                           context: grpc.aio.ServicerContext) -> gateway_pb2.PdqAnswer:
+        identity, store = self._require_identity()
+        peer = current_peer.get()
+        requester = Requester(peer.role, peer.name, peer.site_id)
+        async with logged(store, requester, "Gateway/FindPatients") as note:
+            query = {f: getattr(request, f) for f in _PDQ_FIELDS if getattr(request, f)}
+            matches = await asyncio.to_thread(find_patients, identity, query,
+                                              limit=request.limit or DEFAULT_LIMIT)
+            note.records = len(matches)
+            return gateway_pb2.PdqAnswer(matches=[
+                gateway_pb2.PdqMatch(site_id=m.site_id, record_id=m.record_id,
+                                     local_id=m.local_id or "", person_id=m.person_id or "",
+                                     probability=m.probability) for m in matches])
 
     async def AckWorkItem(self, request: gateway_pb2.AckWorkItemRequest, context: grpc.aio.ServicerContext):
         row = await self._inbox.ack(current_peer.get().site_id or "", request.item_id)

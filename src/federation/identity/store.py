@@ -160,6 +160,11 @@ class IdentityStore(StoreSessions):
 
     # ------------------------------------------------------------------ PIX / PDQ / person
 
+    def site_ids(self) -> set[str]:
+        """The consortium's member sites (identifier systems name them)."""
+        with self._read() as s:
+            return set(s.execute(select(Site.site_id)).scalars().all())
+
     def person_of(self, ref: RecordRef) -> str | None:
         with self._read() as s:
             row = s.get(IdentityRecord, (ref.site_id, ref.record_id))
@@ -205,8 +210,10 @@ class IdentityStore(StoreSessions):
             candidates = self.index.candidates(s, model, probe)
             if probe.name_key and not probe.birth_date:
                 candidates = [c for c in candidates if c.score.levels[1] >= 3]
-            wanted = [c for c in candidates if c.score.weight >= model.lower or (
-                probe.national_id and c.score.levels[4] == 1)]
+            # an identifier or phone asked for exactly is a hit whatever the weight
+            wanted = [c for c in candidates if c.score.weight >= model.lower
+                      or (probe.national_id and c.score.levels[4] == 1)
+                      or (probe.phone and c.score.levels[6] == 2)]
             wanted.sort(key=lambda c: -c.score.weight)
             out = []
             for c in wanted[:limit]:
@@ -274,4 +281,7 @@ def _site_system(system: str) -> tuple[str, str]:
                            f"{local_patient_id_system('<site>')} or urn:federation:site:<site>")
     rest = system[len(prefix):]
     site_id, _, kind = rest.partition(":")
+    if not site_id or kind not in ("", "patient-id"):
+        raise InvalidInput(f"identifier system '{system}' names no patient identifier; use "
+                           f"{local_patient_id_system('<site>')} or urn:federation:site:<site>")
     return site_id, kind or "fhir-id"

@@ -27,41 +27,53 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from federation._proto.v1 import common_pb2 as federation_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64\x65ration/v1/gateway.proto\x12\rfederation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1a\x66\x65\x64\x65ration/v1/common.proto\"W\n\x18ReadPatientRecordRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x12\n\npatient_id\x18\x02 \x01(\t\x12\x16\n\x0epurpose_of_use\x18\x03 \x01(\t\",\n\rChangesNotice\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x0c\n\x04head\x18\x02 \x01(\x04\"*\n\x10\x43hangesNoticeAck\x12\x16\n\x0epull_scheduled\x18\x01 \x01(\x08\"S\n\x0fRegisterRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x18\n\x10software_version\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x03 \x03(\t\"\xad\x01\n\x10RegisterResponse\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12!\n\x04tier\x18\x02 \x01(\x0e\x32\x13.federation.v1.Tier\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\x12\x15\n\rregistrations\x18\x04 \x01(\r\x12/\n\x0bserver_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x10HeartbeatRequest\x12\x10\n\x08sequence\x18\x01 \x01(\x04J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04R\rpatient_countR\x13quarantined_records\"w\n\x11HeartbeatResponse\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\r\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nreregister\x18\x03 \x01(\x08\",\n\x12StreamInboxRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x04\"\xa4\x01\n\x08WorkItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x13\n\x0bsource_site\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x0f\n\x07payload\x18\x06 \x01(\x0c\x12+\n\x07\x63reated\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"%\n\x12\x41\x63kWorkItemRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\"C\n\x13\x41\x63kWorkItemResponse\x12,\n\x08\x61\x63ked_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x83\x01\n\x16\x46\x65\x64\x65ratedSearchRequest\x12*\n\x05query\x18\x01 \x01(\x0b\x32\x1b.federation.v1.PatientQuery\x12\x10\n\x08site_ids\x18\x02 \x03(\t\x12\x16\n\x0epurpose_of_use\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x04 \x01(\r\"s\n\nSiteResult\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12-\n\x08patients\x18\x02 \x03(\x0b\x32\x1b.federation.v1.FhirResource\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12\x12\n\nelapsed_ms\x18\x04 \x01(\x01\"\x83\x01\n\x17\x46\x65\x64\x65ratedSearchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.federation.v1.SiteResult\x12$\n\x06issues\x18\x02 \x03(\x0b\x32\x14.federation.v1.Issue\x12\x16\n\x0e\x63orrelation_id\x18\x03 \x01(\t2\xd7\x04\n\x07Gateway\x12K\n\x08Register\x12\x1e.federation.v1.RegisterRequest\x1a\x1f.federation.v1.RegisterResponse\x12N\n\tHeartbeat\x12\x1f.federation.v1.HeartbeatRequest\x1a .federation.v1.HeartbeatResponse\x12K\n\x0bStreamInbox\x12!.federation.v1.StreamInboxRequest\x1a\x17.federation.v1.WorkItem0\x01\x12T\n\x0b\x41\x63kWorkItem\x12!.federation.v1.AckWorkItemRequest\x1a\".federation.v1.AckWorkItemResponse\x12_\n\x0eSearchPatients\x12%.federation.v1.FederatedSearchRequest\x1a&.federation.v1.FederatedSearchResponse\x12N\n\rNotifyChanges\x12\x1c.federation.v1.ChangesNotice\x1a\x1f.federation.v1.ChangesNoticeAck\x12[\n\x11ReadPatientRecord\x12\'.federation.v1.ReadPatientRecordRequest\x1a\x1b.federation.v1.FhirResource0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64\x65ration/v1/gateway.proto\x12\rfederation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1a\x66\x65\x64\x65ration/v1/common.proto\"?\n\x08PixQuery\x12\x0e\n\x06system\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x14\n\x0ctarget_sites\x18\x03 \x03(\t\"B\n\nSiteRecord\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12\x10\n\x08local_id\x18\x03 \x01(\t\"J\n\tPixAnswer\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12*\n\x07records\x18\x02 \x03(\x0b\x32\x19.federation.v1.SiteRecord\"\xb8\x01\n\x08PdqQuery\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x66\x61mily_name\x18\x02 \x01(\t\x12\x12\n\ngiven_name\x18\x03 \x01(\t\x12\x0b\n\x03sex\x18\x04 \x01(\t\x12\x12\n\nbirth_date\x18\x05 \x01(\t\x12\x13\n\x0bnational_id\x18\x06 \x01(\t\x12\r\n\x05phone\x18\x07 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x08 \x01(\t\x12\x10\n\x08postcode\x18\t \x01(\t\x12\r\n\x05limit\x18\n \x01(\r\"h\n\x08PdqMatch\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12\x10\n\x08local_id\x18\x03 \x01(\t\x12\x11\n\tperson_id\x18\x04 \x01(\t\x12\x13\n\x0bprobability\x18\x05 \x01(\x01\"5\n\tPdqAnswer\x12(\n\x07matches\x18\x01 \x03(\x0b\x32\x17.federation.v1.PdqMatch\"W\n\x18ReadPatientRecordRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x12\n\npatient_id\x18\x02 \x01(\t\x12\x16\n\x0epurpose_of_use\x18\x03 \x01(\t\",\n\rChangesNotice\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x0c\n\x04head\x18\x02 \x01(\x04\"*\n\x10\x43hangesNoticeAck\x12\x16\n\x0epull_scheduled\x18\x01 \x01(\x08\"S\n\x0fRegisterRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x18\n\x10software_version\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x03 \x03(\t\"\xad\x01\n\x10RegisterResponse\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12!\n\x04tier\x18\x02 \x01(\x0e\x32\x13.federation.v1.Tier\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\x12\x15\n\rregistrations\x18\x04 \x01(\r\x12/\n\x0bserver_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x10HeartbeatRequest\x12\x10\n\x08sequence\x18\x01 \x01(\x04J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04R\rpatient_countR\x13quarantined_records\"w\n\x11HeartbeatResponse\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\r\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nreregister\x18\x03 \x01(\x08\",\n\x12StreamInboxRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x04\"\xa4\x01\n\x08WorkItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x13\n\x0bsource_site\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x0f\n\x07payload\x18\x06 \x01(\x0c\x12+\n\x07\x63reated\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"%\n\x12\x41\x63kWorkItemRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\"C\n\x13\x41\x63kWorkItemResponse\x12,\n\x08\x61\x63ked_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x83\x01\n\x16\x46\x65\x64\x65ratedSearchRequest\x12*\n\x05query\x18\x01 \x01(\x0b\x32\x1b.federation.v1.PatientQuery\x12\x10\n\x08site_ids\x18\x02 \x03(\t\x12\x16\n\x0epurpose_of_use\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x04 \x01(\r\"s\n\nSiteResult\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12-\n\x08patients\x18\x02 \x03(\x0b\x32\x1b.federation.v1.FhirResource\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12\x12\n\nelapsed_ms\x18\x04 \x01(\x01\"\x83\x01\n\x17\x46\x65\x64\x65ratedSearchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.federation.v1.SiteResult\x12$\n\x06issues\x18\x02 \x03(\x0b\x32\x14.federation.v1.Issue\x12\x16\n\x0e\x63orrelation_id\x18\x03 \x01(\t2\xdf\x05\n\x07Gateway\x12K\n\x08Register\x12\x1e.federation.v1.RegisterRequest\x1a\x1f.federation.v1.RegisterResponse\x12N\n\tHeartbeat\x12\x1f.federation.v1.HeartbeatRequest\x1a .federation.v1.HeartbeatResponse\x12K\n\x0bStreamInbox\x12!.federation.v1.StreamInboxRequest\x1a\x17.federation.v1.WorkItem0\x01\x12T\n\x0b\x41\x63kWorkItem\x12!.federation.v1.AckWorkItemRequest\x1a\".federation.v1.AckWorkItemResponse\x12_\n\x0eSearchPatients\x12%.federation.v1.FederatedSearchRequest\x1a&.federation.v1.FederatedSearchResponse\x12N\n\rNotifyChanges\x12\x1c.federation.v1.ChangesNotice\x1a\x1f.federation.v1.ChangesNoticeAck\x12[\n\x11ReadPatientRecord\x12\'.federation.v1.ReadPatientRecordRequest\x1a\x1b.federation.v1.FhirResource0\x01\x12\x43\n\x0eResolvePatient\x12\x17.federation.v1.PixQuery\x1a\x18.federation.v1.PixAnswer\x12\x41\n\x0c\x46indPatients\x12\x17.federation.v1.PdqQuery\x1a\x18.federation.v1.PdqAnswerb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'federation.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_READPATIENTRECORDREQUEST']._serialized_start=107
-  _globals['_READPATIENTRECORDREQUEST']._serialized_end=194
-  _globals['_CHANGESNOTICE']._serialized_start=196
-  _globals['_CHANGESNOTICE']._serialized_end=240
-  _globals['_CHANGESNOTICEACK']._serialized_start=242
-  _globals['_CHANGESNOTICEACK']._serialized_end=284
-  _globals['_REGISTERREQUEST']._serialized_start=286
-  _globals['_REGISTERREQUEST']._serialized_end=369
-  _globals['_REGISTERRESPONSE']._serialized_start=372
-  _globals['_REGISTERRESPONSE']._serialized_end=545
-  _globals['_HEARTBEATREQUEST']._serialized_start=547
-  _globals['_HEARTBEATREQUEST']._serialized_end=631
-  _globals['_HEARTBEATRESPONSE']._serialized_start=633
-  _globals['_HEARTBEATRESPONSE']._serialized_end=752
-  _globals['_STREAMINBOXREQUEST']._serialized_start=754
-  _globals['_STREAMINBOXREQUEST']._serialized_end=798
-  _globals['_WORKITEM']._serialized_start=801
-  _globals['_WORKITEM']._serialized_end=965
-  _globals['_ACKWORKITEMREQUEST']._serialized_start=967
-  _globals['_ACKWORKITEMREQUEST']._serialized_end=1004
-  _globals['_ACKWORKITEMRESPONSE']._serialized_start=1006
-  _globals['_ACKWORKITEMRESPONSE']._serialized_end=1073
-  _globals['_FEDERATEDSEARCHREQUEST']._serialized_start=1076
-  _globals['_FEDERATEDSEARCHREQUEST']._serialized_end=1207
-  _globals['_SITERESULT']._serialized_start=1209
-  _globals['_SITERESULT']._serialized_end=1324
-  _globals['_FEDERATEDSEARCHRESPONSE']._serialized_start=1327
-  _globals['_FEDERATEDSEARCHRESPONSE']._serialized_end=1458
-  _globals['_GATEWAY']._serialized_start=1461
-  _globals['_GATEWAY']._serialized_end=2060
+  _globals['_PIXQUERY']._serialized_start=107
+  _globals['_PIXQUERY']._serialized_end=170
+  _globals['_SITERECORD']._serialized_start=172
+  _globals['_SITERECORD']._serialized_end=238
+  _globals['_PIXANSWER']._serialized_start=240
+  _globals['_PIXANSWER']._serialized_end=314
+  _globals['_PDQQUERY']._serialized_start=317
+  _globals['_PDQQUERY']._serialized_end=501
+  _globals['_PDQMATCH']._serialized_start=503
+  _globals['_PDQMATCH']._serialized_end=607
+  _globals['_PDQANSWER']._serialized_start=609
+  _globals['_PDQANSWER']._serialized_end=662
+  _globals['_READPATIENTRECORDREQUEST']._serialized_start=664
+  _globals['_READPATIENTRECORDREQUEST']._serialized_end=751
+  _globals['_CHANGESNOTICE']._serialized_start=753
+  _globals['_CHANGESNOTICE']._serialized_end=797
+  _globals['_CHANGESNOTICEACK']._serialized_start=799
+  _globals['_CHANGESNOTICEACK']._serialized_end=841
+  _globals['_REGISTERREQUEST']._serialized_start=843
+  _globals['_REGISTERREQUEST']._serialized_end=926
+  _globals['_REGISTERRESPONSE']._serialized_start=929
+  _globals['_REGISTERRESPONSE']._serialized_end=1102
+  _globals['_HEARTBEATREQUEST']._serialized_start=1104
+  _globals['_HEARTBEATREQUEST']._serialized_end=1188
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1190
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1309
+  _globals['_STREAMINBOXREQUEST']._serialized_start=1311
+  _globals['_STREAMINBOXREQUEST']._serialized_end=1355
+  _globals['_WORKITEM']._serialized_start=1358
+  _globals['_WORKITEM']._serialized_end=1522
+  _globals['_ACKWORKITEMREQUEST']._serialized_start=1524
+  _globals['_ACKWORKITEMREQUEST']._serialized_end=1561
+  _globals['_ACKWORKITEMRESPONSE']._serialized_start=1563
+  _globals['_ACKWORKITEMRESPONSE']._serialized_end=1630
+  _globals['_FEDERATEDSEARCHREQUEST']._serialized_start=1633
+  _globals['_FEDERATEDSEARCHREQUEST']._serialized_end=1764
+  _globals['_SITERESULT']._serialized_start=1766
+  _globals['_SITERESULT']._serialized_end=1881
+  _globals['_FEDERATEDSEARCHRESPONSE']._serialized_start=1884
+  _globals['_FEDERATEDSEARCHRESPONSE']._serialized_end=2015
+  _globals['_GATEWAY']._serialized_start=2018
+  _globals['_GATEWAY']._serialized_end=2753
 # @@protoc_insertion_point(module_scope)

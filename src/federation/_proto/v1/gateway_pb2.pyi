@@ -11,6 +11,78 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PixQuery(_message.Message):
+    __slots__ = ("system", "value", "target_sites")
+    SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SITES_FIELD_NUMBER: _ClassVar[int]
+    system: str
+    value: str
+    target_sites: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, system: _Optional[str] = ..., value: _Optional[str] = ..., target_sites: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SiteRecord(_message.Message):
+    __slots__ = ("site_id", "record_id", "local_id")
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_ID_FIELD_NUMBER: _ClassVar[int]
+    site_id: str
+    record_id: str
+    local_id: str
+    def __init__(self, site_id: _Optional[str] = ..., record_id: _Optional[str] = ..., local_id: _Optional[str] = ...) -> None: ...
+
+class PixAnswer(_message.Message):
+    __slots__ = ("person_id", "records")
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    person_id: str
+    records: _containers.RepeatedCompositeFieldContainer[SiteRecord]
+    def __init__(self, person_id: _Optional[str] = ..., records: _Optional[_Iterable[_Union[SiteRecord, _Mapping]]] = ...) -> None: ...
+
+class PdqQuery(_message.Message):
+    __slots__ = ("name", "family_name", "given_name", "sex", "birth_date", "national_id", "phone", "address", "postcode", "limit")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_NAME_FIELD_NUMBER: _ClassVar[int]
+    GIVEN_NAME_FIELD_NUMBER: _ClassVar[int]
+    SEX_FIELD_NUMBER: _ClassVar[int]
+    BIRTH_DATE_FIELD_NUMBER: _ClassVar[int]
+    NATIONAL_ID_FIELD_NUMBER: _ClassVar[int]
+    PHONE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    POSTCODE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    family_name: str
+    given_name: str
+    sex: str
+    birth_date: str
+    national_id: str
+    phone: str
+    address: str
+    postcode: str
+    limit: int
+    def __init__(self, name: _Optional[str] = ..., family_name: _Optional[str] = ..., given_name: _Optional[str] = ..., sex: _Optional[str] = ..., birth_date: _Optional[str] = ..., national_id: _Optional[str] = ..., phone: _Optional[str] = ..., address: _Optional[str] = ..., postcode: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class PdqMatch(_message.Message):
+    __slots__ = ("site_id", "record_id", "local_id", "person_id", "probability")
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_ID_FIELD_NUMBER: _ClassVar[int]
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    site_id: str
+    record_id: str
+    local_id: str
+    person_id: str
+    probability: float
+    def __init__(self, site_id: _Optional[str] = ..., record_id: _Optional[str] = ..., local_id: _Optional[str] = ..., person_id: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
+
+class PdqAnswer(_message.Message):
+    __slots__ = ("matches",)
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    matches: _containers.RepeatedCompositeFieldContainer[PdqMatch]
+    def __init__(self, matches: _Optional[_Iterable[_Union[PdqMatch, _Mapping]]] = ...) -> None: ...
+
 class ReadPatientRecordRequest(_message.Message):
     __slots__ = ("site_id", "patient_id", "purpose_of_use")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]

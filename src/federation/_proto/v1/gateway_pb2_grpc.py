@@ -71,6 +71,16 @@ class GatewayStub:
                 request_serializer=federation_dot_v1_dot_gateway__pb2.ReadPatientRecordRequest.SerializeToString,
                 response_deserializer=federation_dot_v1_dot_common__pb2.FhirResource.FromString,
                 _registered_method=True)
+        self.ResolvePatient = channel.unary_unary(
+                '/federation.v1.Gateway/ResolvePatient',
+                request_serializer=federation_dot_v1_dot_gateway__pb2.PixQuery.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_gateway__pb2.PixAnswer.FromString,
+                _registered_method=True)
+        self.FindPatients = channel.unary_unary(
+                '/federation.v1.Gateway/FindPatients',
+                request_serializer=federation_dot_v1_dot_gateway__pb2.PdqQuery.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_gateway__pb2.PdqAnswer.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -127,6 +137,22 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolvePatient(self, request, context):
+        """PIX (as IHE PIXm): every other site record of the person one identifier names, and
+        the EMPI person id. Nodes and operators; every call is logged (patient hashes only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindPatients(self, request, context):
+        """PDQ (as IHE PDQm): the site records whose demographics match, best first, each with
+        its EMPI person id. Needs a resident ID, a phone, or a name with a birth date.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +190,16 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.ReadPatientRecord,
                     request_deserializer=federation_dot_v1_dot_gateway__pb2.ReadPatientRecordRequest.FromString,
                     response_serializer=federation_dot_v1_dot_common__pb2.FhirResource.SerializeToString,
+            ),
+            'ResolvePatient': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolvePatient,
+                    request_deserializer=federation_dot_v1_dot_gateway__pb2.PixQuery.FromString,
+                    response_serializer=federation_dot_v1_dot_gateway__pb2.PixAnswer.SerializeToString,
+            ),
+            'FindPatients': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindPatients,
+                    request_deserializer=federation_dot_v1_dot_gateway__pb2.PdqQuery.FromString,
+                    response_serializer=federation_dot_v1_dot_gateway__pb2.PdqAnswer.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +391,60 @@ class Gateway:
             '/federation.v1.Gateway/ReadPatientRecord',
             federation_dot_v1_dot_gateway__pb2.ReadPatientRecordRequest.SerializeToString,
             federation_dot_v1_dot_common__pb2.FhirResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolvePatient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.Gateway/ResolvePatient',
+            federation_dot_v1_dot_gateway__pb2.PixQuery.SerializeToString,
+            federation_dot_v1_dot_gateway__pb2.PixAnswer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindPatients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.Gateway/FindPatients',
+            federation_dot_v1_dot_gateway__pb2.PdqQuery.SerializeToString,
+            federation_dot_v1_dot_gateway__pb2.PdqAnswer.FromString,
             options,
             channel_credentials,
             insecure,
