@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -178,20 +177,10 @@ def split(record: str, config: Path | None, actor: str) -> None:
 @friendly
 def show(person_id: str, config: Path | None) -> None:
     """A person: records per site, golden demographics (masked), history."""
-    view = _store(config).person(person_id)
-    golden = dict(view.golden)
-    for key in ("national_id", "phone"):
-        value = (golden.get(key) or {}).get("value")  # type: ignore[union-attr]
-        if value:
-            golden[key] = {**golden[key], "value": _mask(str(value))}  # type: ignore[dict-item]
-    click.echo(json.dumps({"person_id": view.person_id, "merged_into": view.merged_into,
-                           "records": view.records, "golden": golden,
-                           "history": view.history}, ensure_ascii=False, indent=2,
-                          default=str))
+    from federation.identity.http_api import masked_person
 
-
-def _mask(value: str) -> str:
-    return value[:3] + "*" * max(len(value) - 7, 0) + value[-4:] if len(value) > 7 else "***"
+    click.echo(json.dumps(masked_person(_store(config).person(person_id)),
+                          ensure_ascii=False, indent=2, default=str))
 
 
 @identity.command("tune")
@@ -237,7 +226,3 @@ def _problems(counts: Any) -> None:
         if shown:
             click.echo(f"field problems: {shown}", err=True)
 
-
-def main() -> None:  # pragma: no cover - convenience for `python -m`
-    identity(prog_name="federation identity")
-    sys.exit(0)

@@ -38,6 +38,7 @@ from pypinyin import Style, lazy_pinyin
 from rapidfuzz.distance import JaroWinkler, Levenshtein
 
 from federation.identity.features import Features
+from federation.nodes.adapters.normalise import is_cjk
 
 __all__ = ["COMPARISONS", "FIELDS", "NULL", "Comparison", "compare"]
 
@@ -80,7 +81,7 @@ def _given(a: str | None, b: str | None, a_script: str | None, b_script: str | N
         return NULL
     if a == b:
         return 4 if a_script == b_script else 3
-    if a_script and b_script and _is_cjk(a_script[0]) and _is_cjk(b_script[0]):
+    if a_script and b_script and is_cjk(a_script[0]) and is_cjk(b_script[0]):
         return _given_chinese(a_script, b_script)
     sim = JaroWinkler.similarity(a, b)
     return 2 if sim >= 0.92 else 1 if sim >= 0.80 else 0
@@ -116,9 +117,6 @@ def _dialect(syllable: str) -> str:
 def _syllables(text: str) -> tuple[str, ...]:
     return tuple(lazy_pinyin(text, style=Style.NORMAL, errors="ignore"))
 
-
-def _is_cjk(char: str) -> bool:
-    return "\u3400" <= char <= "\u9fff" or "\U00020000" <= char <= "\U0003134f"
 
 
 def _names(a: Features, b: Features) -> tuple[int, int]:
@@ -196,13 +194,9 @@ def _postcode(a: str | None, b: str | None) -> int:
     return 1 if a[:3] == b[:3] else 0
 
 
-def _sex(a: str | None, b: str | None) -> int:
-    return _exact(a, b)
-
-
 _REST: tuple[Callable[[Features, Features], int], ...] = (
     lambda a, b: _birth(a.birth_date, b.birth_date),
-    lambda a, b: _sex(a.sex, b.sex),
+    lambda a, b: _exact(a.sex, b.sex),
     lambda a, b: _exact(a.national_id, b.national_id),
     lambda a, b: _edit(a.other_id, b.other_id),
     lambda a, b: _phone(a.phone, b.phone),

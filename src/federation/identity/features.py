@@ -40,10 +40,11 @@ from stdnum.cn import ric
 
 from federation.errors import InvalidInput
 from federation.nodes.adapters.normalise import (
-    COMPOUND_SURNAMES,
+    is_cjk,
     normalise_phone,
     parse_date,
     resident_id_key,
+    split_name,
 )
 
 __all__ = ["INPUT_COLUMNS", "Features", "Problem", "extract"]
@@ -176,10 +177,6 @@ def extract(row: Mapping[str, object], *, today: dt.date | None = None) -> Featu
 
 # ------------------------------------------------------------------------------ names
 
-def _is_cjk(char: str) -> bool:
-    return "\u3400" <= char <= "\u9fff" or "\U00020000" <= char <= "\U0003134f"
-
-
 @lru_cache(maxsize=65536)
 def _simplified(text: str) -> str:
     folded = unicodedata.normalize("NFKC", text).translate(_DOTS)
@@ -202,7 +199,7 @@ def _part(value: object) -> tuple[str | None, str | None]:
     text = _clean(value)
     if text is None:
         return None, None
-    if any(_is_cjk(c) for c in text):
+    if any(is_cjk(c) for c in text):
         simple = _simplified(text)
         return simple, _pinyin(simple) or None
     tokens = _latin(text)
@@ -217,12 +214,11 @@ def _names(row: Mapping[str, object], problems: list[Problem]
     whole = _clean(row.get("name"))
     name: str | None = None
     splits: tuple[tuple[str | None, str | None], ...] = ()
-    if whole is not None and any(_is_cjk(c) for c in whole):
+    if whole is not None and any(is_cjk(c) for c in whole):
         name = _simplified(whole)
-        if family is None and given is None and "·" not in name:
-            cut = 2 if len(name) >= 3 and name[:2] in COMPOUND_SURNAMES else 1
-            family, given = name[:cut], (name[cut:] or None)
-            family_py = _pinyin(family) or None
+        if family is None and given is None:
+            family, given = split_name(name)
+            family_py = _pinyin(family) if family else None
             given_py = _pinyin(given) if given else None
         forms = {_pinyin(name)} if "·" in name else set()
     elif whole is not None:
@@ -243,7 +239,7 @@ def _names(row: Mapping[str, object], problems: list[Problem]
         parts = [p for p in (family_py, given_py) if p]
         forms |= {"".join(parts), "".join(reversed(parts))}
         if name is None:
-            name = (family or "") + (given or "") if (family and _is_cjk(family[0])) else \
+            name = (family or "") + (given or "") if (family and is_cjk(family[0])) else \
                 " ".join(p for p in (family, given) if p)
     if whole is not None and not forms:
         problems.append(Problem("name-unreadable", "name has no letters or characters"))
@@ -305,7 +301,7 @@ def _address(value: object) -> tuple[str | None, frozenset[str]]:
     text = _clean(value)
     if text is None:
         return None, frozenset()
-    if any(_is_cjk(c) for c in text):
+    if any(is_cjk(c) for c in text):
         simple = _ADDRESS_PUNCT.sub("", _simplified(text))
         tokens = _ADDRESS_TOKEN.findall(simple)
         rest = simple[sum(len(t) for t in tokens):]

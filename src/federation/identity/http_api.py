@@ -12,7 +12,7 @@ from fastapi import APIRouter
 from federation.identity.index import RecordRef
 from federation.identity.store import IdentityStore
 
-__all__ = ["create_identity_api", "mask"]
+__all__ = ["create_identity_api", "mask", "masked_person"]
 
 
 def mask(value: str) -> str:
@@ -20,7 +20,8 @@ def mask(value: str) -> str:
     return value[:3] + "*" * max(len(value) - 7, 0) + value[-4:] if len(value) > 7 else "***"
 
 
-def _masked(view: Any) -> dict[str, Any]:
+def masked_person(view: Any) -> dict[str, Any]:
+    """A PersonView as JSON, with the golden resident ID and phone masked."""
     body = dataclasses.asdict(view)
     for key in ("national_id", "phone"):
         entry = body["golden"].get(key) or {}
@@ -34,7 +35,7 @@ def create_identity_api(identity: IdentityStore) -> APIRouter:
 
     @router.get("/persons/{person_id}")
     async def person(person_id: str) -> dict[str, Any]:
-        return _masked(await asyncio.to_thread(identity.person, person_id))
+        return masked_person(await asyncio.to_thread(identity.person, person_id))
 
     @router.get("/records/{site_id}/{record_id}/person")
     async def person_of_record(site_id: str, record_id: str) -> dict[str, Any]:
@@ -43,7 +44,7 @@ def create_identity_api(identity: IdentityStore) -> APIRouter:
         pid = await asyncio.to_thread(identity.person_of, RecordRef(site_id, record_id))
         if pid is None:
             raise NotFound(f"record {site_id}/{record_id} is not linked to a person")
-        return _masked(await asyncio.to_thread(identity.person, pid))
+        return masked_person(await asyncio.to_thread(identity.person, pid))
 
     @router.get("/counts")
     async def counts() -> dict[str, int]:

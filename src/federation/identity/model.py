@@ -46,7 +46,7 @@ from federation.identity.blocking import KINDS
 from federation.identity.compare import COMPARISONS, FIELDS, NULL, compare
 from federation.identity.features import Features
 
-__all__ = ["BLOCKED_FIELDS", "Contribution", "Decision", "LinkageModel", "Score", "estimate",
+__all__ = ["BLOCKED_FIELDS", "Contribution", "LinkageModel", "Score", "estimate",
            "level_counts"]
 
 LINK, REVIEW, NEW = "link", "review", "new"
@@ -75,12 +75,6 @@ class Score:
     @property
     def probability(self) -> float:
         return 1.0 / (1.0 + 2.0 ** -max(min(self.weight, 60.0), -60.0))
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    outcome: str          # link | review | new
-    score: Score
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlmodel import Session, col
 
-from federation.errors import InvalidInput, NotFound
+from federation.errors import InvalidInput, NotFound, UnknownSite
 from federation.fhir_systems import RESIDENT_ID_SYSTEM, local_patient_id_system
 from federation.identity.blocking import key_hash
 from federation.identity.features import Features, extract
@@ -262,8 +262,6 @@ def _item(r: IdentityReview) -> ReviewItem:
 
 def _require_site(s: Session, site_id: str) -> None:
     if s.get(Site, site_id) is None:
-        from federation.errors import UnknownSite
-
         raise UnknownSite(f"site '{site_id}' is not a member of the consortium")
 
 

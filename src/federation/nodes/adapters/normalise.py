@@ -25,6 +25,7 @@ __all__ = [
     "read_export",
     "TRADITIONAL_TO_SIMPLIFIED",
     "fold_name",
+    "is_cjk",
     "is_valid_resident_id",
     "legacy_resident_id",
     "normalise_phone",
@@ -249,7 +250,7 @@ def split_name(name: str) -> tuple[str | None, str | None]:
     surname's characters is taken to have that surname — the usual registry convention.
     """
     text = "".join(unicodedata.normalize("NFKC", name).split())
-    if not text or "·" in text.translate(_DOT_TABLE) or not all(_is_cjk(c) for c in text):
+    if not text or "·" in text.translate(_DOT_TABLE) or not all(is_cjk(c) for c in text):
         return None, None
     if len(text) == 1:
         return text, None
@@ -258,7 +259,8 @@ def split_name(name: str) -> tuple[str | None, str | None]:
     return text[0], text[1:]
 
 
-def _is_cjk(char: str) -> bool:
+def is_cjk(char: str) -> bool:
+    """A CJK unified ideograph (basic block, extension A, extensions B and later)."""
     return "\u3400" <= char <= "\u9fff" or "\U00020000" <= char <= "\U0003134f"
 
 
