@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from federation._proto.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from federation.archive.read import read_patient_record
+from federation.archive.read import patient_ref, read_patient_record
 from federation.archive.store import ArchiveStore
 from federation.archive.sync import FeedPuller
 from federation.errors import InvalidInput, Unavailable
@@ -25,7 +25,6 @@ from federation.identity.lookup import (
     DEFAULT_LIMIT,
     find_patients,
     logged,
-    record_ref,
     resolve,
 )
 from federation.identity.store import IdentityStore
@@ -144,7 +143,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 raise InvalidInput("ResolvePatient needs both system and value")
             result = await asyncio.to_thread(resolve, identity, request.system, request.value,
                                              sites=list(request.target_sites) or None)
-            note.patient_ref = record_ref(result.source.site_id, result.source.record_id)
+            note.patient_ref = patient_ref(result.source.site_id, result.source.record_id)
             note.records = len(result.records)
             return gateway_pb2.PixAnswer(person_id=result.person_id, records=[
                 gateway_pb2.SiteRecord(site_id=r.site_id, record_id=r.record_id,

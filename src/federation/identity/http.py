@@ -29,6 +29,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from federation.archive.read import patient_ref
 from federation.archive.store import ArchiveStore
 from federation.errors import FederationError, InvalidInput
 from federation.fhir_systems import (
@@ -47,7 +48,6 @@ from federation.identity.lookup import (
     find_patients,
     logged,
     person_ref,
-    record_ref,
     resolve,
     site_of_system,
     split_token,
@@ -136,7 +136,7 @@ def create_identity_router(identity: IdentityStore, archive: ArchiveStore | None
                               f"{site_urn('<site>')} or {EMPI_PERSON_SYSTEM}")
             result = await asyncio.to_thread(resolve, identity, system, value,
                                              sites=sites or None)
-            note.patient_ref = record_ref(result.source.site_id, result.source.record_id)
+            note.patient_ref = patient_ref(result.source.site_id, result.source.record_id)
             records = result.records if (sites or not targets) else []
             note.records = len(records)
             parameter: list[dict[str, Any]] = []

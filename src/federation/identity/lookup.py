@@ -22,13 +22,11 @@ from federation.errors import FederationError, InvalidInput, NotFound
 from federation.fhir_systems import (
     EMPI_PERSON_SYSTEM,
     RESIDENT_ID_SYSTEM,
-    SITE_URN_PREFIX,
-    local_patient_id_system,
-    site_urn,
 )
 from federation.gateway.fanout import Requester
 from federation.identity.index import RecordRef
-from federation.identity.store import IdentityStore
+from federation.identity.store import SYSTEMS_HINT as _SYSTEMS_HINT
+from federation.identity.store import IdentityStore, site_of_system
 from federation.store import ExchangeEntry, GatewayStore
 
 __all__ = [
@@ -40,7 +38,6 @@ __all__ = [
     "find_patients",
     "logged",
     "person_ref",
-    "record_ref",
     "resolve",
     "site_of_system",
     "split_token",
@@ -48,8 +45,6 @@ __all__ = [
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
-_SYSTEMS_HINT = (f"{RESIDENT_ID_SYSTEM}, {local_patient_id_system('<site>')} "
-                 f"(the site's own patient number) or {site_urn('<site>')} (its FHIR Patient id)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +70,6 @@ class PdqMatch:
     probability: float
 
 
-def record_ref(site_id: str, record_id: str) -> str:
-    """What the exchange log keeps of a site patient: a hash (as ReadPatientRecord)."""
-    return hashlib.sha256(f"{site_id}/Patient/{record_id}".encode()).hexdigest()[:32]
-
-
 def person_ref(person_id: str) -> str:
     """What the exchange log keeps of an EMPI person: a hash."""
     return hashlib.sha256(f"empi/Person/{person_id}".encode()).hexdigest()[:32]
@@ -92,19 +82,6 @@ def split_token(text: str, parameter: str) -> tuple[str, str]:
         raise InvalidInput(f"{parameter} must be <system>|<value> with both parts, where "
                            f"system is {_SYSTEMS_HINT}")
     return system.strip(), value.strip()
-
-
-def site_of_system(system: str) -> tuple[str, str] | None:
-    """(site, 'patient-id' | 'fhir-id') of a site-scoped patient identifier system, None
-    when ``system`` is not site-scoped; InvalidInput for another site-scoped system
-    (encounter ids, diagnosis codes …)."""
-    if not system.startswith(SITE_URN_PREFIX):
-        return None
-    site_id, _, kind = system[len(SITE_URN_PREFIX):].partition(":")
-    if not site_id or kind not in ("", "patient-id"):
-        raise InvalidInput(f"identifier system '{system}' does not identify patients; "
-                           f"use {_SYSTEMS_HINT}")
-    return site_id, kind or "fhir-id"
 
 
 def _check_source_system(identity: IdentityStore, system: str) -> tuple[str, str] | None:

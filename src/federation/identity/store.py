@@ -17,7 +17,12 @@ from sqlalchemy import func, or_, select
 from sqlmodel import Session, col
 
 from federation.errors import InvalidInput, NotFound, UnknownSite
-from federation.fhir_systems import RESIDENT_ID_SYSTEM, local_patient_id_system
+from federation.fhir_systems import (
+    RESIDENT_ID_SYSTEM,
+    SITE_URN_PREFIX,
+    local_patient_id_system,
+    site_urn,
+)
 from federation.identity.blocking import key_hash
 from federation.identity.features import Features, extract
 from federation.identity.index import IdentityIndex, LinkOutcome, RecordRef, golden
@@ -179,7 +184,11 @@ class IdentityStore(StoreSessions):
                 refs = s.execute(select(IdentityBlock.site_id, IdentityBlock.record_id).where(
                     col(IdentityBlock.key) == key_hash("id", _resident_key(value)))).all()
             else:
-                site_id, kind = _site_system(system)
+                site = site_of_system(system)
+                if site is None:
+                    raise InvalidInput(f"unknown identifier system '{system}'; use "
+                                       f"{SYSTEMS_HINT}")
+                site_id, kind = site
                 column = (IdentityRecord.local_id if kind == "patient-id"
                           else IdentityRecord.record_id)
                 refs = s.execute(select(IdentityRecord.site_id, IdentityRecord.record_id).where(
@@ -272,14 +281,18 @@ def _resident_key(value: str) -> str:
     return f.national_id
 
 
-def _site_system(system: str) -> tuple[str, str]:
-    prefix = "urn:federation:site:"
-    if not system.startswith(prefix):
-        raise InvalidInput(f"unknown identifier system; use {RESIDENT_ID_SYSTEM}, "
-                           f"{local_patient_id_system('<site>')} or urn:federation:site:<site>")
-    rest = system[len(prefix):]
-    site_id, _, kind = rest.partition(":")
+SYSTEMS_HINT = (f"{RESIDENT_ID_SYSTEM}, {local_patient_id_system('<site>')} "
+                f"(the site's own patient number) or {site_urn('<site>')} (its FHIR Patient id)")
+
+
+def site_of_system(system: str) -> tuple[str, str] | None:
+    """(site, 'patient-id' | 'fhir-id') of a site-scoped patient identifier system, None
+    when ``system`` is not site-scoped; InvalidInput for another site-scoped system
+    (encounter ids, diagnosis codes …)."""
+    if not system.startswith(SITE_URN_PREFIX):
+        return None
+    site_id, _, kind = system[len(SITE_URN_PREFIX):].partition(":")
     if not site_id or kind not in ("", "patient-id"):
-        raise InvalidInput(f"identifier system '{system}' names no patient identifier; use "
-                           f"{local_patient_id_system('<site>')} or urn:federation:site:<site>")
+        raise InvalidInput(f"identifier system '{system}' does not identify patients; "
+                           f"use {SYSTEMS_HINT}")
     return site_id, kind or "fhir-id"
