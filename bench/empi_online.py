@@ -9,6 +9,11 @@
    person (``synth.noise``), half are new people;
 3. prints p50 / p90 / p99 / max latency per backend and whether each probe was linked to
    the right person.
+
+Loading a million people takes minutes, and latency should be measured on a quiet
+machine: ``--sqlite-path FILE`` and ``--postgres-url URL`` keep the loaded index (a
+database that already holds ``--persons`` people is not loaded again), so the probes can
+be re-run alone later. Without them each run uses a throwaway database.
 """
 
 from __future__ import annotations
@@ -90,6 +95,28 @@ def load(url: str, people, seed: int) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - started
 
 
+def _loaded(url: str) -> int:
+    from sqlalchemy import inspect, text
+    engine = make_engine(url)
+    try:
+        if "identity_person" not in inspect(engine).get_table_names():
+            return 0
+        with engine.connect() as c:
+            return int(c.execute(text("SELECT count(*) FROM identity_person")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def _load_once(url: str, people, seed: int) -> float | None:  # type: ignore[no-untyped-def]
+    have = _loaded(url)
+    if have == len(people):
+        print(f"{url.split('@')[-1]}: {have:,} people already loaded", flush=True)
+        return None
+    if have:
+        raise SystemExit(f"{url} holds {have:,} people, not {len(people):,}; use another")
+    return load(url, people, seed)
+
+
 def probe(url: str, people, probes: int, seed: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
     engine = make_engine(url)
     store = IdentityStore(engine)
@@ -120,6 +147,9 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=1000)
     ap.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--sqlite-path", type=Path, help="keep the SQLite index in this file")
+    ap.add_argument("--postgres-url", help="keep the PostgreSQL index in this database")
+    ap.add_argument("--load-only", action="store_true", help="load, do not probe")
     args = ap.parse_args()
     t = time.perf_counter()
     people = make_population(random.Random(f"{args.seed}:people"), args.persons).people
@@ -127,17 +157,22 @@ def main() -> None:
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     for backend in backends:
         if backend == "sqlite":
-            folder = tempfile.mkdtemp(prefix="empi-online-")
-            url = f"sqlite:///{os.path.join(folder, 'gateway.db')}"
-            loaded = load(url, people, args.seed)
-            result = probe(url, people, args.probes, args.seed)
+            path = args.sqlite_path or Path(tempfile.mkdtemp(prefix="empi-online-")) / "gw.db"
+            result = _run(f"sqlite:///{path}", people, args)
+        elif args.postgres_url:
+            result = _run(args.postgres_url, people, args)
         else:
             with throwaway_database() as url:
-                loaded = load(url, people, args.seed)
-                result = probe(url, people, args.probes, args.seed)
-        print(json.dumps({"backend": backend, "persons": len(people),
-                          "load_s": round(loaded, 1), **result}), flush=True)
+                result = _run(url, people, args)
+        print(json.dumps({"backend": backend, "persons": len(people), **result}), flush=True)
 
+
+def _run(url: str, people, args: argparse.Namespace) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    loaded = _load_once(url, people, args.seed)
+    out: dict[str, object] = {"load_s": None if loaded is None else round(loaded, 1)}
+    if not args.load_only:
+        out.update(probe(url, people, args.probes, args.seed))
+    return out
 
 if __name__ == "__main__":
     main()

@@ -10,6 +10,8 @@ kind   key
 =====  =====================================================================
 id     resident ID (only IDs that passed the GB 11643 cross-checks)
 oi     other identifier (insurance card, social security number …)
+od     the other identifier whole and with one character left out, for each position:
+       two identifiers one typo apart (changed, dropped or swapped characters) share one
 ph     phone
 nt     name letters + phone (adds no pairs beyond ``ph``; the pairs that share both are
        nearly all one person, which is what weight estimation needs)
@@ -37,7 +39,7 @@ from federation.identity.features import Features
 
 __all__ = ["KINDS", "block_keys", "hashed_keys", "key_hash", "kind_mask"]
 
-KINDS = ("id", "oi", "ph", "nt", "nb", "fb", "gb", "ny", "np", "dp")
+KINDS = ("id", "oi", "ph", "nt", "nb", "fb", "gb", "ny", "np", "dp", "od")
 
 
 _KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
@@ -64,6 +66,9 @@ def block_keys(f: Features) -> list[tuple[str, str]]:
         keys.append(("id", f.national_id))
     if f.other_id:
         keys.append(("oi", f.other_id))
+        if len(f.other_id) >= 5:      # shorter ones would make every code a neighbour
+            keys += [("od", f.other_id[:i] + f.other_id[i + 1:])
+                     for i in range(len(f.other_id) + 1)]
     if f.phone:
         keys.append(("ph", f.phone))
         if f.name_key:

@@ -42,7 +42,7 @@ from federation.errors import InvalidInput
 from federation.identity.blocking import KINDS, hashed_keys, kind_mask
 from federation.identity.compare import FIELDS, compare
 from federation.identity.features import INPUT_COLUMNS, Features, extract
-from federation.identity.model import LINK, REVIEW, LinkageModel, Score, estimate, guards
+from federation.identity.model import LINK, REVIEW, LinkageModel, estimate
 
 __all__ = ["BulkResult", "RowProblem", "link_csv", "link_features", "link_rows", "read_rows"]
 
@@ -334,9 +334,8 @@ def _cluster(features: Sequence[Features], linkable: Sequence[bool], model: Link
     table: dict[int, tuple[float, str, tuple[str, ...]]] = {}
     for code in patterns:
         levels = _decode(code // _MASKS)
-        weight = model.weight(levels)
-        why = guards(levels)
-        table[code] = (weight, model.decide(Score(levels, weight, why)), why)
+        score = model.score_levels(levels)
+        table[code] = (score.weight, model.decide(score), score.guards)
     link_codes = np.array([c for c in codes.tolist() if table[c][1] == LINK], dtype=np.int64)
     review_codes = np.array([c for c in codes.tolist() if table[c][1] == REVIEW],
                             dtype=np.int64)

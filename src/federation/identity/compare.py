@@ -15,7 +15,8 @@ given         4 same characters · 3 same sound · 2 Jaro–Winkler ≥ 0.92 · 
 birth_date    3 same day · 2 one typo (≤ 2 days, day/month swapped, one digit) · 1 same year
 sex           1 same
 national_id   1 same (only IDs that passed the GB 11643 cross-checks take part)
-other_id      2 same · 1 one edit apart
+other_id      2 same · 1 one edit apart (an edit: a character changed, added, dropped or
+              two neighbours swapped — optimal string alignment)
 phone         2 same · 1 one edit apart or same last 8 digits
 address       3 same tokens · 2 one contains the other, or ≤ 2 typos with the same numbers
               · 1 ≥ 40 % of the shorter one's tokens shared (same street, other house)
@@ -23,7 +24,8 @@ postcode      2 same · 1 same first 3 characters
 ============  ==============================================================================
 
 Names are compared under the best alignment of the two records' family/given splits, so
-'Wei Zhang' meets 张伟 whichever order the vendor wrote.
+'Wei Zhang' meets 张伟 whichever order the vendor wrote, and a name written into the
+wrong columns ('joselyn' / 'dakin') meets the one written right.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from pypinyin import Style, lazy_pinyin
-from rapidfuzz.distance import JaroWinkler, Levenshtein
+from rapidfuzz.distance import OSA, JaroWinkler, Levenshtein
 
 from federation.identity.features import Features
 from federation.nodes.adapters.normalise import is_cjk
@@ -119,6 +121,22 @@ def _syllables(text: str) -> tuple[str, ...]:
 
 
 
+def _alignments(f: Features, *, swapped: bool
+                ) -> tuple[tuple[str | None, str | None, str | None, str | None], ...]:
+    """(family letters, given letters, family script, given script) for each order the
+    record's name may be in. A split the site made is tried as written and, with
+    ``swapped``, the other way round: clerks put the given name in the family column
+    often enough (FEBRL's 'joselyn dakin' for 'dakin joselyn'). A guessed split of a
+    Latin name already has both orders among its splits."""
+    if len(f.splits) != 1:
+        return tuple((fa, ga, fa, ga) for fa, ga in f.splits)
+    (fa, ga), = f.splits
+    written = (fa, ga, f.family, f.given)
+    if not (swapped and fa and ga):
+        return (written,)
+    return written, (ga, fa, f.given, f.family)
+
+
 def _names(a: Features, b: Features) -> tuple[int, int]:
     if not a.splits or not b.splits:
         if not a.name_forms or not b.name_forms:
@@ -127,14 +145,14 @@ def _names(a: Features, b: Features) -> tuple[int, int]:
             return NULL, 4 if a.name == b.name else 3
         sim = max(JaroWinkler.similarity(x, y) for x in a.name_forms for y in b.name_forms)
         return NULL, 2 if sim >= 0.92 else 1 if sim >= 0.80 else 0
-    a_known, b_known = len(a.splits) == 1, len(b.splits) == 1
-    best = (NULL - 1, NULL - 1)
-    for fa, ga in a.splits:
-        for fb, gb in b.splits:
-            levels = (_family(fa, fb, a.family if a_known else fa, b.family if b_known else fb),
-                      _given(ga, gb, a.given if a_known else ga, b.given if b_known else gb))
-            if sum(levels) > sum(best):
-                best = levels
+    best, rank = (NULL, NULL), -10
+    for fa, ga, sfa, sga in _alignments(a, swapped=True):    # swapping one side is enough
+        for fb, gb, sfb, sgb in _alignments(b, swapped=False):
+            levels = (_family(fa, fb, sfa, sfb), _given(ga, gb, sga, sgb))
+            # the family level counts double: 'ZHANG Jiejing' and 'ZHANG Zhitao' share a
+            # surname, and must not pass for two people who share the given name 'zhang'
+            if 2 * levels[0] + levels[1] > rank:
+                best, rank = levels, 2 * levels[0] + levels[1]
     return best
 
 
@@ -160,7 +178,7 @@ def _edit(a: str | None, b: str | None) -> int:
         return NULL
     if a == b:
         return 2
-    return 1 if Levenshtein.distance(a, b, score_cutoff=1) <= 1 else 0
+    return 1 if OSA.distance(a, b, score_cutoff=1) <= 1 else 0
 
 
 def _phone(a: str | None, b: str | None) -> int:
@@ -168,7 +186,7 @@ def _phone(a: str | None, b: str | None) -> int:
         return NULL
     if a == b:
         return 2
-    return 1 if (a[-8:] == b[-8:] or Levenshtein.distance(a, b, score_cutoff=1) <= 1) else 0
+    return 1 if (a[-8:] == b[-8:] or OSA.distance(a, b, score_cutoff=1) <= 1) else 0
 
 
 def _address(a: Features, b: Features) -> int:

@@ -13,20 +13,33 @@ bits of evidence that field gives. Nothing is hand-set:
   fixed — the procedure Splink and the record-linkage literature recommend.
 
 Decisions (:meth:`LinkageModel.decide`): weight ≥ ``upper`` → link; ≥ ``lower`` →
-review; else a new person. Three documented guards cap an automatic link at *review*
-whatever the weight, because they are the cases where the fields' independence
-assumption fails (households, twins, namesakes):
+review; else a new person. Guards cap an automatic link at *review* whatever the
+weight, because they are the cases where the fields' independence assumption fails
+(households, twins, namesakes):
 
 * ``id-conflict`` — both records carry valid, different resident IDs;
 * ``given-name-conflict`` — both have a given name and the names are unrelated
-  (twins share everything else);
-* ``uncorroborated`` — nothing beyond name, birth date and sex agrees: no ID, other ID,
-  phone, address or postcode in common (same-name-same-birthday strangers).
+  (twins share everything else), and no personal identifier agrees: a verified resident
+  ID or the same other identifier (insurance card, social security number) is the
+  person's own — a twin's differs — so then the weight decides (a renamed person, a
+  nickname, a clerk's slip);
+* ``uncorroborated`` — nothing beyond name, birth date and sex agrees *as evidence*: no
+  ID, other ID, phone, address or postcode agreement worth :data:`CORROBORATING_BITS`
+  (same-name-same-birthday strangers in one town share its postcode).
 
 Two combinations decide outright, ``different-person`` — a new person, not a review
 item: unrelated given names *and* unrelated birth dates (household members share a
 phone and an address, which alone would outweigh the names); and different resident IDs
-together with either of the other guards (twins, namesakes with their own IDs).
+together with either of the other guards (twins, namesakes with their own IDs). Neither
+applies when a personal identifier agrees.
+
+The last two guards are **learnt**, like the weights (:func:`learn_guards`): each is on
+when the data show the dependence it guards against — candidate pairs of the guarded
+shape whose verified resident IDs prove them to be *different* people (twins: same
+surname and birth date, unrelated given names; namesakes: same name and birth date,
+nothing else shared). Data without such evidence (no twins among those with IDs, or no
+IDs at all, as in the FEBRL sets) leave them off and the weights decide. ``id-conflict``
+is always on. A model without a ``guards`` entry (older files) has all three on.
 """
 
 from __future__ import annotations
@@ -46,12 +59,15 @@ from federation.identity.blocking import KINDS
 from federation.identity.compare import COMPARISONS, FIELDS, NULL, compare
 from federation.identity.features import Features
 
-__all__ = ["BLOCKED_FIELDS", "Contribution", "LinkageModel", "Score", "estimate",
-           "level_counts"]
+__all__ = ["ALL_GUARDS", "BLOCKED_FIELDS", "CORROBORATING_BITS", "Contribution", "LinkageModel", "Score", "estimate",
+           "guards", "learn_guards", "level_counts"]
 
 LINK, REVIEW, NEW = "link", "review", "new"
 _FLOOR = 1e-7
 _I = {name: i for i, name in enumerate(FIELDS)}
+ALL_GUARDS = frozenset({"id-conflict", "given-name-conflict", "uncorroborated"})
+#: pairs of proven different people in the guarded shape that switch a learnt guard on
+GUARD_EVIDENCE = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +99,11 @@ class LinkageModel:
     m: dict[str, list[float]]
     u: dict[str, list[float]]
     prior: float
-    upper: float = 8.0
+    upper: float = 6.0
     lower: float = 0.0
     trained_on: dict[str, object] = field(default_factory=dict)
+    #: the guards in force (see the module docstring; learnt by :func:`learn_guards`)
+    guards_on: frozenset[str] = ALL_GUARDS
     _bits: tuple[tuple[float, ...], ...] = field(init=False, repr=False, default=())
 
     def __post_init__(self) -> None:
@@ -94,6 +112,9 @@ class LinkageModel:
                 if len(table.get(c.field, ())) != len(c.levels):
                     raise ConfigError(f"linkage model: {name} of '{c.field}' must have "
                                       f"{len(c.levels)} levels")
+        unknown = set(self.guards_on) - ALL_GUARDS
+        if unknown:
+            raise ConfigError(f"linkage model: unknown guards {sorted(unknown)}")
         if not 0.0 < self.prior < 1.0 or self.lower > self.upper:
             raise ConfigError("linkage model: prior must be in (0, 1) and lower ≤ upper")
         self._bits = tuple(tuple(math.log2(max(m, _FLOOR) / max(u, _FLOOR))
@@ -111,8 +132,13 @@ class LinkageModel:
         return self.prior_bits + sum(bits[i][lv] for i, lv in enumerate(levels) if lv != NULL)
 
     def score(self, a: Features, b: Features) -> Score:
-        levels = compare(a, b)
-        return Score(levels, self.weight(levels), guards(levels))
+        return self.score_levels(compare(a, b))
+
+    def score_levels(self, levels: Sequence[int]) -> Score:
+        return Score(tuple(levels), self.weight(levels), self.guards(levels))
+
+    def guards(self, levels: Sequence[int]) -> tuple[str, ...]:
+        return guards(levels, self._bits, self.guards_on)
 
     def decide(self, score: Score) -> str:
         if "different-person" in score.guards:
@@ -137,7 +163,7 @@ class LinkageModel:
                 "m": {f: [round(x, 8) for x in self.m[f]] for f in FIELDS},
                 "u": {f: [float(f"{x:.6g}") for x in self.u[f]] for f in FIELDS},
                 "levels": {c.field: list(c.levels) for c in COMPARISONS},
-                "trained_on": self.trained_on}
+                "guards": sorted(self.guards_on), "trained_on": self.trained_on}
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> LinkageModel:
@@ -146,7 +172,8 @@ class LinkageModel:
                        u={k: list(map(float, v)) for k, v in data["u"].items()},  # type: ignore[attr-defined]
                        prior=float(data["prior"]), upper=float(data["upper"]),  # type: ignore[arg-type]
                        lower=float(data["lower"]),  # type: ignore[arg-type]
-                       trained_on=dict(data.get("trained_on") or {}))  # type: ignore[call-overload]
+                       trained_on=dict(data.get("trained_on") or {}),  # type: ignore[call-overload]
+                       guards_on=frozenset(map(str, data.get("guards", ALL_GUARDS))))  # type: ignore[call-overload]
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"linkage model is malformed ({type(exc).__name__}: {exc})"
                               ) from None
@@ -166,21 +193,74 @@ class LinkageModel:
         return cls.from_json(json.loads(text.read_text(encoding="utf-8")))
 
 
-def guards(levels: Sequence[int]) -> tuple[str, ...]:
+def guards(levels: Sequence[int], bits: Sequence[Sequence[float]],
+           enabled: frozenset[str] = ALL_GUARDS) -> tuple[str, ...]:
+    """The guards a pair's level pattern trips, of those ``enabled`` (module docstring);
+    ``bits`` is the model's weight table, which says what corroborates."""
+    same_id = levels[_I["national_id"]] == 1 or levels[_I["other_id"]] == 2
     out = []
-    if levels[_I["national_id"]] == 0:
+    if levels[_I["national_id"]] == 0 and "id-conflict" in enabled:
         out.append("id-conflict")
-    if levels[_I["given"]] == 0:
+    if levels[_I["given"]] == 0 and not same_id and "given-name-conflict" in enabled:
         out.append("given-name-conflict")
-    if not (levels[_I["national_id"]] >= 1 or levels[_I["other_id"]] >= 1
-            or levels[_I["phone"]] >= 1 or levels[_I["address"]] >= 2
-            or levels[_I["postcode"]] >= 2):
+    if not _corroborated(levels, bits) and "uncorroborated" in enabled:
         out.append("uncorroborated")
-    if levels[_I["national_id"]] != 1 and (
+    if not same_id and (
             ("given-name-conflict" in out and levels[_I["birth_date"]] == 0)
             or ("id-conflict" in out and len(out) > 1)):
         return ("different-person", *out)
     return tuple(out)
+
+
+#: fields beyond name, birth date and sex that can corroborate a match
+_CORROBORATING = tuple(_I[f] for f in ("national_id", "other_id", "phone", "address",
+                                       "postcode"))
+#: a field corroborates when its level is worth this many bits: agreeing that way is at
+#: least 16 times likelier for one person than for two random records. A town's postcode
+#: that half the records share, or a phone one digit off (a relative's), is not enough.
+CORROBORATING_BITS = 4.0
+
+
+def _corroborated(levels: Sequence[int], bits: Sequence[Sequence[float]]) -> bool:
+    return any(levels[i] > 0 and bits[i][levels[i]] >= CORROBORATING_BITS
+               for i in _CORROBORATING)
+
+
+def _twin_shape(levels: Sequence[int]) -> bool:
+    """Same surname and birth date, unrelated given names."""
+    return (levels[_I["family"]] >= 2 and levels[_I["birth_date"]] == 3
+            and levels[_I["given"]] == 0)
+
+
+def _namesake_shape(levels: Sequence[int], bits: Sequence[Sequence[float]]) -> bool:
+    """Same name and birth date, nothing else shared (the resident ID left aside)."""
+    rest = list(levels)
+    rest[_I["national_id"]] = NULL
+    return (levels[_I["family"]] >= 2 and levels[_I["given"]] >= 3
+            and levels[_I["birth_date"]] == 3 and not _corroborated(rest, bits))
+
+
+def learn_guards(patterns: Mapping[tuple[int, tuple[int, ...]], int],
+                 bits: Sequence[Sequence[float]]
+                 ) -> tuple[frozenset[str], dict[str, dict[str, int]]]:
+    """Which learnt guards the data call for, and the evidence: per guard, how many
+    candidate pairs of its shape have different verified resident IDs (proven different
+    people) and how many the same. A guard is on with at least :data:`GUARD_EVIDENCE`
+    pairs of different people."""
+    evidence = {"given-name-conflict": {"different_ids": 0, "same_id": 0},
+                "uncorroborated": {"different_ids": 0, "same_id": 0}}
+    shapes = (("given-name-conflict", _twin_shape),
+              ("uncorroborated", lambda lv: _namesake_shape(lv, bits)))
+    for (_kinds, levels), count in patterns.items():
+        nid = levels[_I["national_id"]]
+        if nid == NULL:
+            continue
+        for name, shape in shapes:
+            if shape(levels):
+                evidence[name]["different_ids" if nid == 0 else "same_id"] += count
+    on = {"id-conflict"} | {g for g, e in evidence.items()
+                            if e["different_ids"] >= GUARD_EVIDENCE}
+    return frozenset(on), evidence
 
 
 # ---------------------------------------------------------------------- estimation
@@ -247,6 +327,7 @@ BLOCKED_FIELDS: dict[str, frozenset[str]] = {
     "ny": frozenset({"family", "given", "birth_date"}),
     "np": frozenset({"family", "given", "postcode"}),
     "dp": frozenset({"birth_date", "postcode"}),
+    "od": frozenset({"other_id"}),
 }
 #: kinds whose pairs are unlike the matches EM should find: a shared phone is mostly a
 #: household (same address, different people), which EM would take for a match class
@@ -348,13 +429,16 @@ def estimate_prior(patterns: Mapping[tuple[int, tuple[int, ...]], int], m: dict[
 
 def estimate(records: Sequence[Features],
              patterns: Mapping[tuple[int, tuple[int, ...]], int], *,
-             upper: float = 8.0, lower: float = 0.0, u_pairs: int = 200_000,
+             upper: float = 6.0, lower: float = 0.0, u_pairs: int = 200_000,
              rng: random.Random | None = None) -> LinkageModel:
     """A model learnt from ``records`` and their blocked candidate pairs' level patterns
     (keyed by the mask of blocking kinds the pair shares, see ``blocking.kind_mask``)."""
     u = estimate_u(records, pairs=u_pairs, rng=rng)
     m = estimate_m(patterns, u)
     prior = estimate_prior(patterns, m, u, len(records))
-    return LinkageModel(m=m, u=u, prior=prior, upper=upper, lower=lower, trained_on={
+    model = LinkageModel(m=m, u=u, prior=prior, upper=upper, lower=lower, trained_on={
         "records": len(records), "candidate_pairs": sum(patterns.values()),
         "random_pairs": u_pairs, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+    model.guards_on, evidence = learn_guards(patterns, model._bits)
+    model.trained_on["guard_evidence"] = evidence
+    return model
