@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, or_, select, text, tuple_, update
+from sqlalchemy import delete, func, insert, or_, select, text, tuple_, update
 from sqlmodel import Session, col
 
 from federation.errors import Conflict, InvalidInput, NotFound
@@ -98,15 +98,26 @@ class IdentityIndex:
     def __init__(self, model: LinkageModel | None = None, *, max_block: int = MAX_BLOCK) -> None:
         self._model = model
         self.max_block = max_block
+        #: the newest stored model, parsed once per version (another replica may store
+        #: a newer one at any time, so the version is read in every transaction)
+        self._cached: tuple[int, LinkageModel] | None = None
 
     # ------------------------------------------------------------------ model
 
     def model(self, s: Session) -> LinkageModel:
         if self._model is not None:
             return self._model
-        row = s.exec(select(IdentityModel).order_by(col(IdentityModel.version).desc())
-                     .limit(1)).scalars().first()
-        return LinkageModel.from_json(json.loads(row.params)) if row else LinkageModel.default()
+        version = s.execute(select(func.max(IdentityModel.version))).scalar_one()
+        if version is None:
+            return LinkageModel.default()
+        cached = self._cached
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        params = s.execute(select(IdentityModel.params).where(
+            col(IdentityModel.version) == version)).scalar_one()
+        model = LinkageModel.from_json(json.loads(params))
+        self._cached = (int(version), model)
+        return model
 
     @staticmethod
     def save_model(s: Session, model: LinkageModel, *, actor: str, note: str = "") -> int:
@@ -252,13 +263,11 @@ class IdentityIndex:
         keys = list(keys if keys is not None else hashed_keys(f))
         if not keys:
             return []
-        sizes = s.execute(select(IdentityBlock.key, func.count()).where(
-            col(IdentityBlock.key).in_(keys)).group_by(IdentityBlock.key)).all()
-        usable = [k for k, n in sizes if n <= self.max_block]
-        if not usable:
-            return []
+        # one round trip: the members of every block not larger than max_block
+        small = (select(IdentityBlock.key).where(col(IdentityBlock.key).in_(keys))
+                 .group_by(IdentityBlock.key).having(func.count() <= self.max_block))
         refs = s.execute(select(IdentityBlock.site_id, IdentityBlock.record_id).where(
-            col(IdentityBlock.key).in_(usable)).distinct()).all()
+            col(IdentityBlock.key).in_(small)).distinct()).all()
         refs = [r for r in refs if (r[0], r[1]) != (f.site, f.record_id)]
         if not refs:
             return []
@@ -312,9 +321,11 @@ class IdentityIndex:
 
     @staticmethod
     def _add_blocks(s: Session, ref: RecordRef, keys: Sequence[int]) -> None:
-        for key in dict.fromkeys(keys):
-            s.add(IdentityBlock(key=key, site_id=ref.site_id, record_id=ref.record_id))
-        s.flush()
+        if not keys:
+            return
+        s.execute(insert(IdentityBlock), [
+            {"key": key, "site_id": ref.site_id, "record_id": ref.record_id}
+            for key in dict.fromkeys(keys)])
 
     @staticmethod
     def _event(s: Session, action: str, ref: RecordRef | None, person_id: str | None,
