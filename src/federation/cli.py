@@ -323,10 +323,12 @@ def demo(workdir: Path, tour_only: bool, people: int) -> None:
 
 def _register_groups() -> None:
     from federation.identity.cli import identity
+    from federation.security.token_cli import token
     from federation.terminology.cli import terminology
 
     cli.add_command(identity)
     cli.add_command(terminology)
+    cli.add_command(token)
 
 
 _register_groups()

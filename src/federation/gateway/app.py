@@ -37,6 +37,7 @@ from federation.identity.store import IdentityStore
 from federation.rpc.channels import server_options
 from federation.rpc.guard import CallGuard
 from federation.security.identity import RevocationList
+from federation.security.tokens import AccessTokens, TrustAnchor
 from federation.security.tls import TlsMaterial, require_current, server_credentials
 from federation.settings import GatewaySettings
 from federation.store import GatewayStore, make_engine, upgrade
@@ -111,6 +112,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     tls = TlsMaterial.load(settings.tls.cert, settings.tls.key, settings.tls.ca)
     require_current(tls, settings.tls.cert)
     revocations = RevocationList(settings.tls.crl, tls.ca_pem) if settings.tls.crl else None
+    trust = TrustAnchor(tls.ca_pem, revocations.is_revoked if revocations else None)
     registry = NodeRegistry(store, unreachable_after=dt.timedelta(
         milliseconds=settings.unreachable_after_ms))
     inbox = Inbox(store, poll_seconds=settings.inbox_poll_ms / 1000)
@@ -147,7 +149,8 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     quality = SiteQuality(store, clients, deadline_ms=settings.search_deadline_ms)
     app = create_http_app(store, registry, quality, grpc_serving=lambda: serving["up"],
                           archive=archive, identity_api=create_identity_api(identity),
-                          identity=identity)
+                          identity=identity, auth=(AccessTokens(tls.key_pem, tls.cert_pem, trust),
+                                                   trust))
     sock = _bind(settings.http_listen)
     http = _EmbeddedUvicorn(uvicorn.Config(app, log_level="warning", lifespan="off",
                                            access_log=False))

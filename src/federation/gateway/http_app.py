@@ -16,12 +16,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from federation import errors
 from federation.archive.store import ArchiveStore
+from federation.gateway.auth_api import create_auth_router
 from federation.gateway.fanout import Requester
 from federation.gateway.outcomes import operation_outcome
 from federation.gateway.quality import SiteQuality
 from federation.gateway.registry import NodeRegistry
 from federation.identity.http import create_identity_router
 from federation.identity.store import IdentityStore
+from federation.security.tokens import AccessTokens, TrustAnchor
 from federation.store import GatewayStore, NodeRow, SiteRow
 from federation.terminology.http import create_terminology_router
 
@@ -34,6 +36,7 @@ def create_http_app(
     store: GatewayStore, registry: NodeRegistry, quality: SiteQuality, *, grpc_serving: Any,
     archive: ArchiveStore | None = None, identity_api: Any = None,
     identity: IdentityStore | None = None,
+    auth: tuple[AccessTokens, TrustAnchor] | None = None,
 ) -> FastAPI:
     """``grpc_serving`` is a zero-argument callable telling whether the gRPC server is up;
     with ``identity`` the EMPI's FHIR routes (PIXm, PDQm, Person) are served too."""
@@ -42,10 +45,14 @@ def create_http_app(
     @app.exception_handler(errors.FederationError)
     async def _federation_error(_: Request, exc: errors.FederationError) -> JSONResponse:
         status, body = operation_outcome(exc)
-        return JSONResponse(body, status_code=status, media_type="application/fhir+json")
+        headers = {"WWW-Authenticate": 'Bearer realm="federation"'} if status == 401 else None
+        return JSONResponse(body, status_code=status, media_type="application/fhir+json",
+                            headers=headers)
 
     if identity_api is not None:
         app.include_router(identity_api)
+    if auth is not None:
+        app.include_router(create_auth_router(store, *auth))
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
-from sqlalchemy import Engine, bindparam, case, func, or_, update
+from sqlalchemy import Engine, bindparam, case, delete, func, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, col, select
@@ -49,6 +49,7 @@ from federation.store.models import (
     NodeRow,
     Site,
     SiteRow,
+    UsedAssertion,
     WorkItem,
     WorkItemRow,
 )
@@ -318,6 +319,22 @@ class GatewayStore(StoreSessions):
         with self._read() as s:
             rows = s.exec(select(ExchangeLog.outcome, func.count()).group_by(ExchangeLog.outcome))
             return {outcome: 0 for outcome in OUTCOMES} | {o: n for o, n in rows}
+
+    # -------------------------------------------------------------------- assertions
+
+    def consume_assertion(self, jti: str, site_id: str, expires_at: dt.datetime,
+                          now: dt.datetime) -> None:
+        """Record a staff assertion's one use (RFC 7523 §3); :class:`Conflict` when its
+        ``jti`` was used before — by this replica or any other on the same database."""
+        with self._write() as s:
+            s.execute(delete(UsedAssertion).where(
+                col(UsedAssertion.expires_at) < _utc("now", now)))
+            inserted = s.execute(_insert(s, UsedAssertion).values(
+                jti=jti[:64], site_id=site_id, expires_at=_utc("expires_at", expires_at))
+                .on_conflict_do_nothing(index_elements=["jti"]))
+            if inserted.rowcount != 1:
+                raise Conflict("this staff assertion was already used; a site signs a new "
+                               "one for every sign-in", code="assertion-replayed")
 
     # -------------------------------------------------------------------- work items
 

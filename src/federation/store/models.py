@@ -152,6 +152,17 @@ class ExchangeLog(StoreModel, table=True):
     duration_ms: float = Field(default=0.0)
 
 
+class UsedAssertion(StoreModel, table=True):
+    """Staff assertions already exchanged for an access token (RFC 7523 §3: a ``jti``
+    is good once). Rows past ``expires_at`` are purged: the assertion is dead anyway."""
+
+    __tablename__ = "used_assertion"
+
+    jti: str = Field(sa_type=String(64), primary_key=True)
+    site_id: str = Field(sa_type=String(64))
+    expires_at: dt.datetime = Field(sa_type=UtcDateTime, index=True)
+
+
 class WorkItem(StoreModel, table=True):
     __tablename__ = "work_item"
     # pending_for(): WHERE site_id = ? AND seq > ? ORDER BY seq

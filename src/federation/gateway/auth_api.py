@@ -1,0 +1,110 @@
+"""Sign-in on the gateway's HTTP API: the token endpoint and the bearer check.
+
+``POST /auth/token`` is the OAuth 2.0 token endpoint for the JWT bearer grant (RFC 7523
+§2.1, as SMART Backend Services uses it): the form carries ``grant_type`` =
+``urn:ietf:params:oauth:grant-type:jwt-bearer`` and ``assertion`` = a staff assertion
+signed by the person's site (:mod:`federation.security.tokens`). Its answers follow RFC
+6749 §5.1/§5.2 (``access_token`` … or ``error`` + ``error_description``), not FHIR, because
+OAuth clients expect that shape. Every attempt, granted or refused, is an exchange-log row
+(ids only).
+
+:class:`BearerAuth` is the FastAPI dependency every protected route declares: it reads
+``Authorization: Bearer …`` and returns the :class:`~federation.security.tokens.StaffClaims`,
+or answers 401 with ``WWW-Authenticate: Bearer`` (RFC 6750 §3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from federation import errors
+from federation.security.tokens import (
+    JWT_BEARER_GRANT,
+    AccessTokens,
+    StaffClaims,
+    TrustAnchor,
+    verify_staff_assertion,
+)
+from federation.store import ExchangeEntry, GatewayStore
+
+__all__ = ["BearerAuth", "create_auth_router"]
+
+_MAX_FORM_BYTES = 16 * 1024
+
+
+class BearerAuth:
+    """``Depends(BearerAuth(tokens))``: the caller's claims from a gateway access token."""
+
+    def __init__(self, tokens: AccessTokens) -> None:
+        self._tokens = tokens
+
+    async def __call__(self, request: Request) -> StaffClaims:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise errors.AuthenticationError(
+                "sign in first: send 'Authorization: Bearer <access token>' (get one at "
+                "POST /auth/token with your site's staff assertion)")
+        return self._tokens.verify(token.strip())
+
+
+def create_auth_router(store: GatewayStore, tokens: AccessTokens,
+                       trust: TrustAnchor) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/auth/token", tags=["auth"])
+    async def token(request: Request) -> JSONResponse:
+        started = dt.datetime.now(dt.UTC)
+        body = await request.body()
+        if len(body) > _MAX_FORM_BYTES:
+            return _oauth_error(400, "invalid_request", "the request is too large")
+        if not request.headers.get("content-type", "").startswith(
+                "application/x-www-form-urlencoded"):
+            return _oauth_error(400, "invalid_request", "send the form as "
+                                "application/x-www-form-urlencoded (RFC 6749 §4.1.3)")
+        form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+        grant = (form.get("grant_type") or [None])[0]
+        assertion = (form.get("assertion") or [None])[0]
+        if grant != JWT_BEARER_GRANT:
+            return _oauth_error(400, "unsupported_grant_type",
+                                f"grant_type must be {JWT_BEARER_GRANT}")
+        if not isinstance(assertion, str) or not assertion:
+            return _oauth_error(400, "invalid_request", "the form has no assertion")
+        try:
+            claims = verify_staff_assertion(assertion, trust)
+            await asyncio.to_thread(store.consume_assertion, claims.token_id, claims.site_id,
+                                    claims.expires_at, started)
+        except errors.FederationError as exc:
+            await asyncio.to_thread(_log, store, started, None, "refused", exc.code)
+            return _oauth_error(400, "invalid_grant", exc.message)
+        access, lifetime = tokens.issue(claims)
+        await asyncio.to_thread(_log, store, started, claims, "ok", "OK")
+        return JSONResponse({"access_token": access, "token_type": "Bearer",
+                             "expires_in": lifetime, "scope": " ".join(sorted(claims.scopes)),
+                             "site": claims.site_id, "purpose_of_use": claims.purpose},
+                            headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    return router
+
+
+def _oauth_error(status: int, error: str, description: str) -> JSONResponse:
+    return JSONResponse({"error": error, "error_description": description},
+                        status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def _log(store: GatewayStore, started: dt.datetime, claims: StaffClaims | None,
+         outcome: str, status: str) -> None:
+    store.log_exchange(ExchangeEntry(
+        at=started, correlation_id=uuid.uuid4().hex, requester_kind="user",
+        requester_id=claims.user_id if claims else "(unverified)",
+        requester_site=claims.site_id if claims else None, target_site=None,
+        operation="POST /auth/token", purpose=claims.purpose if claims else None,
+        patient_ref=None, outcome=outcome, status_code=status,
+        detail=("break-glass" if claims and claims.break_glass else ""),
+        duration_ms=(dt.datetime.now(dt.UTC) - started).total_seconds() * 1000))

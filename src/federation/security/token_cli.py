@@ -1,0 +1,82 @@
+"""``federation token …``: a site signs in one of its staff on the gateway's HTTP API.
+
+Registered by the main CLI with ``cli.add_command(token)``. A site's own login system
+would call the same two steps (:mod:`federation.security.tokens`); this command is for
+tools, scripts and the demo.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import click
+
+from federation._cli_util import friendly
+from federation.errors import AuthenticationError, InvalidInput, Unavailable
+from federation.security.tokens import (
+    JWT_BEARER_GRANT,
+    PURPOSES,
+    STAFF_ROLES,
+    sign_staff_assertion,
+)
+
+__all__ = ["token"]
+
+
+@click.group()
+def token() -> None:
+    """Sign-in tokens for people at a site (their site vouches for them)."""
+
+
+def _pem(folder: Path) -> tuple[bytes, bytes]:
+    name = folder.name
+    try:
+        return (folder / f"{name}.key").read_bytes(), (folder / f"{name}.crt").read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read the node certificate in {folder}: {exc.strerror}; "
+                           f"pass the folder `federation ca issue --site … --out` wrote"
+                           ) from None
+
+
+@token.command("get")
+@click.option("--node-cert", "folder", type=click.Path(path_type=Path, file_okay=False),
+              required=True, help="The site's node certificate folder (…/county-a).")
+@click.option("--user", required=True, help="The person's id in the site's own system.")
+@click.option("--role", "roles", multiple=True, required=True,
+              type=click.Choice(STAFF_ROLES), help="Staff role (repeat for several).")
+@click.option("--scope", "scopes", multiple=True, default=("user/*.read",),
+              show_default=True, help="SMART scope, e.g. user/ServiceRequest.write.")
+@click.option("--purpose", type=click.Choice(sorted(PURPOSES)), default="TREAT",
+              show_default=True, help="Purpose of use (HL7 v3 ActReason).")
+@click.option("--reason", default=None, help="Why (required for break-glass ETREAT).")
+@click.option("--gateway-url", default="http://127.0.0.1:8080", show_default=True)
+@click.option("--assertion-only", is_flag=True,
+              help="Print the signed staff assertion instead of exchanging it.")
+@friendly
+def get(folder: Path, user: str, roles: tuple[str, ...], scopes: tuple[str, ...],
+        purpose: str, reason: str | None, gateway_url: str, assertion_only: bool) -> None:
+    """Print an access token for USER (JSON: access_token, expires_in, scope)."""
+    key, cert = _pem(folder)
+    assertion = sign_staff_assertion(key, cert, user_id=user, roles=roles, scopes=scopes,
+                                     purpose=purpose, reason=reason)
+    if assertion_only:
+        click.echo(assertion)
+        return
+    form = urllib.parse.urlencode({"grant_type": JWT_BEARER_GRANT, "assertion": assertion})
+    request = urllib.request.Request(
+        f"{gateway_url.rstrip('/')}/auth/token", data=form.encode(), method="POST",
+        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            body = json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        refused = json.loads(exc.read() or b"{}")
+        raise AuthenticationError(f"the gateway refused the sign-in: "
+                                  f"{refused.get('error_description') or exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise Unavailable(f"cannot reach the gateway at {gateway_url}: {exc}") from None
+    click.echo(json.dumps(body, indent=2))

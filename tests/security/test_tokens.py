@@ -1,0 +1,201 @@
+"""Staff assertions and access tokens: what a site may vouch for, and every way a token
+is refused (expired, replayed, foreign, tampered, another site's, wrong signer)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+
+import httpx
+import pytest
+
+from federation.errors import AuthenticationError, InvalidInput, PermissionDenied
+from federation.security.tokens import (
+    JWT_BEARER_GRANT,
+    AccessTokens,
+    TrustAnchor,
+    sign_staff_assertion,
+    verify_staff_assertion,
+)
+from tests.conftest import Pki
+
+DOCTOR = {"user_id": "wang.li", "roles": ["doctor"],
+          "scopes": ["user/Patient.read", "user/ServiceRequest.write"], "purpose": "TREAT"}
+
+
+def _files(pki: Pki, name: str) -> tuple[bytes, bytes]:
+    t = pki.tls(name)
+    return t.key.read_bytes(), t.cert.read_bytes()
+
+
+def _trust(pki: Pki) -> TrustAnchor:
+    return TrustAnchor(pki.tls("gateway").ca.read_bytes())
+
+
+def _assert(pki: Pki, site: str = "county-a", **over) -> str:
+    key, cert = _files(pki, site)
+    return sign_staff_assertion(key, cert, **(DOCTOR | over))
+
+
+def _tamper(token: str, **claims) -> str:
+    head, body, sig = token.split(".")
+    data = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    data.update(claims)
+    new = base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+    return f"{head}.{new}.{sig}"
+
+
+def test_a_node_vouches_for_its_own_staff(pki: Pki) -> None:
+    claims = verify_staff_assertion(_assert(pki), _trust(pki))
+    assert (claims.user_id, claims.site_id, claims.purpose) == ("wang.li", "county-a", "TREAT")
+    assert claims.allows("Patient", "read") and claims.allows("ServiceRequest", "write")
+    assert not claims.allows("Patient", "write")
+    with pytest.raises(PermissionDenied, match="user/Patient.write"):
+        claims.require("Patient", "write")
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("expired", "expired"),
+    ("tampered", "signature"),
+    ("other-site", "only vouch for its own staff"),
+    ("foreign-ca", "did not issue"),
+    ("expired-cert", "not valid now"),
+    ("operator-cert", "node certificate"),
+    ("too-long", "at most"),
+    ("break-glass-no-reason", "reason"),
+    ("no-roles", "staff roles"),
+    ("bad-scope", "malformed"),
+])
+def test_assertions_are_refused(pki: Pki, case: str, message: str) -> None:
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    key, cert = _files(pki, "county-a")
+    if case == "expired":
+        token = _assert(pki, now=past)
+    elif case == "tampered":
+        token = _tamper(_assert(pki), roles=["regional-admin"])
+    elif case == "other-site":
+        token = _resign(pki, _assert(pki), site="city-1")   # validly signed by county-a
+    elif case == "foreign-ca":
+        token = _assert(pki, site="foreign")
+    elif case == "expired-cert":
+        token = _assert(pki, site="expired")
+    elif case == "operator-cert":
+        # an operator certificate cannot even sign one; forge the header's x5c instead
+        okey, ocert = _files(pki, "tester")
+        with pytest.raises(InvalidInput):
+            sign_staff_assertion(okey, ocert, **DOCTOR)
+        token = _swap_x5c(_assert(pki), ocert)
+    elif case == "too-long":
+        token = sign_staff_assertion(key, cert, lifetime=3600, **DOCTOR)
+    elif case == "break-glass-no-reason":
+        token = _assert(pki, purpose="ETREAT")
+    elif case == "no-roles":
+        token = _assert(pki, roles=[])
+    else:
+        token = _assert(pki, scopes=["Patient.read"])
+    with pytest.raises((AuthenticationError, PermissionDenied), match=message):
+        verify_staff_assertion(token, _trust(pki))
+
+
+def _resign(pki: Pki, token: str, **claims) -> str:
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    head, body, _sig = token.split(".")
+    header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    data = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))) | claims
+    key = serialization.load_pem_private_key(_files(pki, "county-a")[0], password=None)
+    return jwt.encode(data, key, algorithm="ES256", headers={"x5c": header["x5c"]})
+
+
+def _swap_x5c(token: str, cert_pem: bytes) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    head, body, sig = token.split(".")
+    header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+    header["x5c"] = [base64.b64encode(der).decode()]
+    new = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
+    return f"{new}.{body}.{sig}"
+
+
+def test_revoked_node_certificate_cannot_vouch(private_pki: Pki) -> None:
+    token = _assert(private_pki, site="county-b")
+    serial = next(r.serial for r in private_pki.ca.list_issued()
+                  if r.kind == "node" and r.name == "county-b" and r.tier == "county")
+    private_pki.ca.revoke(serial, reason="key_compromise")
+    revoked = {serial}
+    trust = TrustAnchor(private_pki.tls("gateway").ca.read_bytes(),
+                        lambda s: s if s in revoked else None)
+    with pytest.raises(AuthenticationError, match="revoked"):
+        verify_staff_assertion(token, trust)
+
+
+def test_access_tokens_are_signed_by_the_gateway_only(pki: Pki) -> None:
+    trust = _trust(pki)
+    gkey, gcert = _files(pki, "gateway")
+    tokens = AccessTokens(gkey, gcert, trust)
+    claims = verify_staff_assertion(_assert(pki), trust)
+    token, lifetime = tokens.issue(claims)
+    again = tokens.verify(token)
+    assert (again.user_id, again.site_id, again.scopes) == ("wang.li", "county-a", claims.scopes)
+    assert lifetime <= 900
+    # a site's assertion is not an access token, and a node key cannot mint one
+    with pytest.raises(AuthenticationError, match="issued by the gateway only"):
+        tokens.verify(_assert(pki))
+    nkey, ncert = _files(pki, "county-a")
+    with pytest.raises(InvalidInput):
+        AccessTokens(nkey, ncert, trust)
+    with pytest.raises(AuthenticationError, match="expired"):
+        tokens.verify(tokens.issue(claims, now=dt.datetime.now(dt.UTC)
+                                   - dt.timedelta(hours=2))[0])
+
+
+async def test_sign_in_over_http(gateway, pki: Pki) -> None:
+    base = f"http://127.0.0.1:{gateway.http_port}"
+    async with httpx.AsyncClient(base_url=base) as http:
+        assertion = _assert(pki)
+        form = {"grant_type": JWT_BEARER_GRANT, "assertion": assertion}
+        ok = await http.post("/auth/token", data=form)
+        assert ok.status_code == 200, ok.text
+        body = ok.json()
+        assert body["token_type"] == "Bearer" and body["expires_in"] <= 900
+        assert ok.headers["cache-control"] == "no-store"
+        claims = AccessTokens(*_files(pki, "gateway"), _trust(pki)).verify(body["access_token"])
+        assert claims.user_id == "wang.li"
+        # the same assertion twice: refused (one-time jti, checked in the store)
+        replay = await http.post("/auth/token", data=form)
+        assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+        assert "already used" in replay.json()["error_description"]
+        wrong = await http.post("/auth/token", data={"grant_type": "password",
+                                                     "assertion": assertion})
+        assert wrong.json()["error"] == "unsupported_grant_type"
+        foreign = await http.post("/auth/token", data={"grant_type": JWT_BEARER_GRANT,
+                                                       "assertion": _assert(pki, site="foreign")})
+        assert foreign.status_code == 400 and "did not issue" in foreign.text
+        as_json = await http.post("/auth/token", json=form)
+        assert as_json.status_code == 400 and as_json.json()["error"] == "invalid_request"
+    rows = gateway.store.list_exchanges(limit=10)
+    signins = [r for r in rows if r.operation == "POST /auth/token"]
+    assert [r.outcome for r in signins].count("ok") == 1
+    assert [r.outcome for r in signins].count("refused") == 2
+    assert all("wang" not in r.detail for r in signins)
+
+
+async def test_token_cli_signs_in_a_person(gateway, pki: Pki) -> None:
+    import asyncio
+
+    from click.testing import CliRunner
+
+    from federation.cli import cli
+    args = ["token", "get", "--node-cert", str(pki.root / "county-a"), "--user", "zhao.min",
+            "--role", "nurse", "--scope", "user/Patient.read",
+            "--gateway-url", f"http://127.0.0.1:{gateway.http_port}"]
+    result = await asyncio.to_thread(CliRunner().invoke, cli, args)
+    assert result.exit_code == 0, result.output
+    token = json.loads(result.output)["access_token"]
+    claims = AccessTokens(*_files(pki, "gateway"), _trust(pki)).verify(token)
+    assert (claims.user_id, claims.roles) == ("zhao.min", {"nurse"})
+    refused = await asyncio.to_thread(CliRunner().invoke, cli, args[:-2] + [
+        "--purpose", "ETREAT", "--gateway-url", f"http://127.0.0.1:{gateway.http_port}"])
+    assert refused.exit_code == 2 and "reason" in refused.output
