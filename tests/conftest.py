@@ -126,3 +126,45 @@ async def start_nodes(pki: Pki, consortium: ConsortiumManifest, tmp_path: Path
     yield start
     for node in started:
         await node.stop(0.1)
+
+
+# ---------------------------------------------------------------------------- sign-in
+
+def staff_token(gateway: RunningGateway, pki: Pki, *, site: str = "county-a",
+                user: str = "wang.li", roles: tuple[str, ...] = ("doctor",),
+                scopes: tuple[str, ...] = ("user/*.*",), purpose: str = "TREAT",
+                reason: str | None = None) -> str:
+    """An access token for a site's staff member, obtained the real way: the site's node
+    certificate signs the assertion, the gateway's /auth/token exchanges it."""
+    import httpx
+
+    from federation.security.tokens import JWT_BEARER_GRANT, sign_staff_assertion
+    t = pki.tls(site)
+    assertion = sign_staff_assertion(t.key.read_bytes(), t.cert.read_bytes(), user_id=user,
+                                     roles=roles, scopes=scopes, purpose=purpose,
+                                     reason=reason)
+    answer = httpx.post(f"http://127.0.0.1:{gateway.http_port}/auth/token", timeout=10,
+                        data={"grant_type": JWT_BEARER_GRANT, "assertion": assertion})
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["access_token"])
+
+
+def admin_token(gateway: RunningGateway, *, user: str = "admin",
+                roles: tuple[str, ...] = ("regional-admin",), purpose: str = "HOPERAT",
+                scopes: tuple[str, ...] = ("user/*.*",)) -> str:
+    """A consortium account's access token (password grant; the account is created)."""
+    import httpx
+
+    from federation.security.accounts import hash_password
+    password = "correct horse battery staple"
+    gateway.store.put_account(user, roles, hash_password(password), dt.datetime.now(dt.UTC))
+    answer = httpx.post(f"http://127.0.0.1:{gateway.http_port}/auth/token", timeout=10,
+                        data={"grant_type": "password", "username": user,
+                              "password": password, "purpose_of_use": purpose,
+                              "scope": " ".join(scopes)})
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["access_token"])
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

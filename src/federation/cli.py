@@ -211,13 +211,18 @@ def site_list(config: Path | None) -> None:
 @click.option("--show", type=int, default=10, show_default=True,
               help="Quarantined records to list per site.")
 @click.option("--json", "as_json", is_flag=True, help="Print the gateway's JSON as is.")
+@click.option("--token-file", type=click.File("r"), required=True,
+              help="A file holding a site or regional administrator's access token "
+                   "(`federation token get … > FILE`, or '-' for standard input).")
 @friendly
 def site_quality(gateway_url: str, site_id: str | None, refresh: bool, show: int,
-                 as_json: bool) -> None:
+                 as_json: bool, token_file: Any) -> None:
     """Per-site data quality: mapped records, quarantined records and why."""
     from federation.gateway.quality_view import fetch_quality, print_quality
+    from federation.security.token_cli import read_token
 
-    report = fetch_quality(gateway_url, site_id=site_id, refresh=refresh)
+    report = fetch_quality(gateway_url, token=read_token(token_file), site_id=site_id,
+                           refresh=refresh)
     if as_json:
         click.echo(json.dumps(report, ensure_ascii=False, indent=2))
     else:
@@ -323,12 +328,13 @@ def demo(workdir: Path, tour_only: bool, people: int) -> None:
 
 def _register_groups() -> None:
     from federation.identity.cli import identity
-    from federation.security.token_cli import token
+    from federation.security.token_cli import account, token
     from federation.terminology.cli import terminology
 
     cli.add_command(identity)
     cli.add_command(terminology)
     cli.add_command(token)
+    cli.add_command(account)
 
 
 _register_groups()

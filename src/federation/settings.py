@@ -253,6 +253,16 @@ def _sites(data: Mapping[str, Any]) -> tuple[SiteEntry, ...]:
     return tuple(entries)
 
 
+def _sqlite_beside(url: str, base: Path) -> str:
+    """A relative SQLite file (``sqlite:///gateway.db``) is beside the config file, like
+    every other relative path in it — not in whatever directory the process started."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and url[len(prefix):] and not url[len(prefix):].startswith(
+            ("/", ":memory:")) and "://" not in url[len(prefix):]:
+        return prefix + (base / url[len(prefix):]).as_posix()
+    return url
+
+
 def load_gateway_settings(
     path: Path | None = None, env: Mapping[str, str] | None = None
 ) -> GatewaySettings:
@@ -261,7 +271,8 @@ def load_gateway_settings(
     r = _Reader(data, os.environ if env is None else env, base)
     interval = r.int("heartbeat_interval_ms", 5000, minimum=50)
     return GatewaySettings(
-        database_url=r.str("database_url", f"sqlite:///{(base / 'gateway.db').as_posix()}"),
+        database_url=_sqlite_beside(
+            r.str("database_url", f"sqlite:///{(base / 'gateway.db').as_posix()}"), base),
         grpc_listen=r.hostport("grpc_listen", "127.0.0.1:50051"),
         http_listen=r.hostport("http_listen", "127.0.0.1:8080"),
         tls=r.tls(),

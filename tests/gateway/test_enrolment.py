@@ -12,6 +12,7 @@ import pytest
 from federation._proto.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from federation.rpc.channels import secure_channel
 from federation.security.ca import GATEWAY_SERVER_NAME
+from tests.conftest import bearer, staff_token
 
 
 def _stub(pki, name: str, port: int, max_bytes: int = 16 << 20):
@@ -148,10 +149,12 @@ async def test_oversize_message_is_refused_and_changes_nothing(pki, consortium, 
 async def test_http_consortium_view_and_health(gateway, pki):
     await _register(pki, "city-1", gateway.grpc_port)
     base = f"http://127.0.0.1:{gateway.http_port}"
+    token = await asyncio.to_thread(staff_token, gateway, pki, roles=("nurse",))
 
     def get(path: str):
         try:
-            with urllib.request.urlopen(base + path, timeout=5) as r:
+            req = urllib.request.Request(base + path, headers=bearer(token))
+            with urllib.request.urlopen(req, timeout=5) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
@@ -201,13 +204,15 @@ async def test_client_side_error_explains_a_refused_handshake(gateway, pki):
             await c.search(PatientQuery(gender="male"), timeout=5)
 
 
-async def test_gateway_serves_fhir_translate_and_normalize(gateway):
+async def test_gateway_serves_fhir_translate_and_normalize(gateway, pki):
     base = f"http://127.0.0.1:{gateway.http_port}/fhir"
+    token = await asyncio.to_thread(staff_token, gateway, pki)
 
     def call(path: str, body: dict | None = None):
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(base + path, data=data,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              **bearer(token)})
         try:
             with urllib.request.urlopen(req, timeout=5) as r:
                 return r.status, json.loads(r.read())

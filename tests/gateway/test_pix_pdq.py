@@ -21,6 +21,7 @@ from federation.fhir_systems import (
 )
 from federation.rpc.channels import secure_channel
 from federation.security.ca import GATEWAY_SERVER_NAME
+from tests.conftest import bearer, staff_token
 
 WEI_ID = "110101198005120014"
 NA_ID = "310104199203030029"
@@ -68,9 +69,11 @@ def _ref(site: str, record: str):
 
 
 @pytest.fixture
-async def http(gateway):
+async def http(gateway, pki):
+    """A county doctor signed in for treatment."""
+    token = await asyncio.to_thread(staff_token, gateway, pki)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}",
-                                 timeout=10) as client:
+                                 timeout=10, headers=bearer(token)) as client:
         yield client
 
 
@@ -278,7 +281,9 @@ async def test_every_http_lookup_is_logged_without_patient_data(gateway, seeded,
     assert ops[:4] == [("FHIR/Person/read", "ok"), ("FHIR/Patient?search", "ok"),
                        ("FHIR/Patient/$ihe-pix", "error"), ("FHIR/Patient/$ihe-pix", "ok")]
     assert log[1].records == 3 and log[3].records == 3
-    assert all(e.requester_kind == "gateway" for e in log[:4])
+    # each row names the signed-in doctor, their site and purpose
+    assert {(e.requester_kind, e.requester_id, e.requester_site, e.purpose)
+            for e in log[:4]} == {("user", "wang.li", "county-a", "TREAT")}
     text = json.dumps([[e.patient_ref, e.detail] for e in log[:4]], ensure_ascii=False)
     for secret in (WEI_ID, NA_ID[:-1], "张伟", "13800138000", "A0001", seeded["wei"]):
         assert secret not in text

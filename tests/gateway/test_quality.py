@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from federation.cli import cli
 from federation.nodes.agent import start_node
-from tests.conftest import node_settings
+from tests.conftest import bearer, node_settings, staff_token
 
 
 def _broken_township(consortium, tmp_path):
@@ -37,8 +37,9 @@ def _broken_township(consortium, tmp_path):
     return folder
 
 
-def _get(url: str):
-    with urllib.request.urlopen(url, timeout=30) as r:
+def _get(url: str, token: str):
+    with urllib.request.urlopen(urllib.request.Request(url, headers=bearer(token)),
+                                timeout=30) as r:
         return json.load(r)
 
 
@@ -53,7 +54,9 @@ async def test_quality_report_lists_quarantined_records_with_reasons(
     try:
         await asyncio.wait_for(node.link.status.connected_event.wait(), 10)
         base = f"http://127.0.0.1:{gateway.http_port}"
-        report = await asyncio.to_thread(_get, base + "/api/quality")
+        token = await asyncio.to_thread(staff_token, gateway, pki, site="township-a1",
+                                        roles=("site-admin",), purpose="HOPERAT")
+        report = await asyncio.to_thread(_get, base + "/api/quality", token)
         sites = {s["site_id"]: s for s in report["sites"]}
         assert set(sites) == {"township-a1", "county-a"}
         bad = sites["township-a1"]
@@ -73,13 +76,14 @@ async def test_quality_report_lists_quarantined_records_with_reasons(
 
         result = await asyncio.to_thread(
             CliRunner().invoke, cli,
-            ["sites", "quality", "--gateway-url", base, "--site", "township-a1"])
+            ["sites", "quality", "--gateway-url", base, "--site", "township-a1",
+             "--token-file", "-"], input=token)
         assert result.exit_code == 0, result.output
         assert "township-a1" in result.output and "SM99001" in result.output
 
         missing = await asyncio.to_thread(
             CliRunner().invoke, cli, ["sites", "quality", "--gateway-url", base,
-                                      "--site", "nowhere"])
+                                      "--site", "nowhere", "--token-file", "-"], input=token)
         assert missing.exit_code == 2 and "nowhere" in missing.output
     finally:
         await node.stop(0.1)

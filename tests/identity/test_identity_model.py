@@ -13,7 +13,6 @@ from federation.identity.bulk import link_rows
 from federation.identity.compare import FIELDS, NULL, compare
 from federation.identity.features import extract
 from federation.identity.model import ALL_GUARDS, LinkageModel, learn_guards
-from federation.synth.people import resident_id
 
 FAMILY, GIVEN = FIELDS.index("family"), FIELDS.index("given")
 OTHER_ID = FIELDS.index("other_id")

@@ -65,6 +65,7 @@ def test_a_node_vouches_for_its_own_staff(pki: Pki) -> None:
     ("too-long", "at most"),
     ("break-glass-no-reason", "reason"),
     ("no-roles", "staff roles"),
+    ("consortium-role", "consortium account"),
     ("bad-scope", "malformed"),
 ])
 def test_assertions_are_refused(pki: Pki, case: str, message: str) -> None:
@@ -92,6 +93,8 @@ def test_assertions_are_refused(pki: Pki, case: str, message: str) -> None:
         token = _assert(pki, purpose="ETREAT")
     elif case == "no-roles":
         token = _assert(pki, roles=[])
+    elif case == "consortium-role":
+        token = _assert(pki, roles=["regional-admin"])
     else:
         token = _assert(pki, scopes=["Patient.read"])
     with pytest.raises((AuthenticationError, PermissionDenied), match=message):
@@ -167,7 +170,7 @@ async def test_sign_in_over_http(gateway, pki: Pki) -> None:
         replay = await http.post("/auth/token", data=form)
         assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
         assert "already used" in replay.json()["error_description"]
-        wrong = await http.post("/auth/token", data={"grant_type": "password",
+        wrong = await http.post("/auth/token", data={"grant_type": "client_credentials",
                                                      "assertion": assertion})
         assert wrong.json()["error"] == "unsupported_grant_type"
         foreign = await http.post("/auth/token", data={"grant_type": JWT_BEARER_GRANT,
@@ -199,3 +202,53 @@ async def test_token_cli_signs_in_a_person(gateway, pki: Pki) -> None:
     refused = await asyncio.to_thread(CliRunner().invoke, cli, args[:-2] + [
         "--purpose", "ETREAT", "--gateway-url", f"http://127.0.0.1:{gateway.http_port}"])
     assert refused.exit_code == 2 and "reason" in refused.output
+
+
+async def test_consortium_accounts_sign_in_with_a_password(gateway) -> None:
+    from federation.security.accounts import hash_password
+
+    stored = hash_password("a long enough password")
+    assert stored.startswith("$argon2id$") and "a long enough" not in stored
+    gateway.store.put_account("auditor1", ["auditor"], stored, dt.datetime.now(dt.UTC))
+    base = f"http://127.0.0.1:{gateway.http_port}"
+    form = {"grant_type": "password", "username": "auditor1",
+            "password": "a long enough password", "purpose_of_use": "HCOMPL"}
+    async with httpx.AsyncClient(base_url=base) as http:
+        ok = await http.post("/auth/token", data=form)
+        assert ok.status_code == 200, ok.text
+        wrong = await http.post("/auth/token", data=form | {"password": "guess guess guess"})
+        nobody = await http.post("/auth/token", data=form | {"username": "nobody"})
+        # the same words for a wrong password and an unknown user: no account enumeration
+        assert wrong.json() == nobody.json()
+        assert wrong.json()["error_description"] == "wrong user name or password"
+        gateway.store.disable_account("auditor1")
+        disabled = await http.post("/auth/token", data=form)
+        assert disabled.status_code == 400
+    with pytest.raises(InvalidInput, match="12 characters"):
+        hash_password("short")
+
+
+def test_account_cli_keeps_only_a_hash(tmp_path) -> None:
+    from click.testing import CliRunner
+    from sqlalchemy import text
+
+    from federation.cli import cli
+    from federation.store import make_engine
+    config = tmp_path / "gateway.toml"
+    config.write_text('database_url = "sqlite:///gw.db"\n[tls]\ncert = "x"\nkey = "x"\n'
+                      'ca = "x"\n')
+    run = CliRunner().invoke
+    added = run(cli, ["account", "add", "li.admin", "--role", "regional-admin",
+                      "--config", str(config)], input="secret secret 42\nsecret secret 42\n")
+    assert added.exit_code == 0, added.output
+    short = run(cli, ["account", "add", "x.admin", "--role", "auditor", "--config", str(config),
+                      "--password", "short"])
+    assert short.exit_code == 2 and "12 characters" in short.output
+    listed = run(cli, ["account", "list", "--config", str(config)])
+    assert "li.admin" in listed.output and "regional-admin" in listed.output
+    engine = make_engine(f"sqlite:///{tmp_path}/gw.db")
+    with engine.connect() as c:
+        stored = c.execute(text("SELECT password_hash FROM gateway_account")).scalar_one()
+    assert stored.startswith("$argon2id$") and "secret" not in stored
+    gone = run(cli, ["account", "disable", "nobody", "--config", str(config)])
+    assert gone.exit_code == 2 and "no consortium account" in gone.output

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import urllib.error
-import urllib.request
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from federation.demo.signin import get_json
 from federation.demo.workspace import DemoLayout
 from federation.nodes.fhir_mapping import stable_id
 
 __all__ = ["show_identity"]
-
-
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return json.load(r)
 
 
 def show_identity(layout: DemoLayout, person_id: str, records: dict[str, str],
@@ -29,7 +23,9 @@ def show_identity(layout: DemoLayout, person_id: str, records: dict[str, str],
     site, local = sorted(records.items())[0]
     record_id = stable_id(site, "Patient", local)
     try:
-        view = _get(f"{layout.http_url}/api/identity/records/{site}/{record_id}/person")
+        # a doctor at that site, signed in for treatment, asks who this patient is
+        view: Any = get_json(layout, f"/api/identity/records/{site}/{record_id}/person",
+                             site=site, role="doctor", purpose="TREAT")
     except urllib.error.HTTPError as exc:
         console.print(f"[red]the EMPI has no person for {site}/{record_id}: HTTP {exc.code}[/]")
         return False

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ from rich.table import Table
 
 from federation.client import GatewayClient
 from federation.demo.identity_tour import show_identity
+from federation.demo.signin import bearer_headers, get_json
 from federation.demo.workspace import DemoLayout
 from federation.gateway.quality_view import fetch_quality, print_quality
 from federation.nodes.adapters import open_adapter
@@ -97,8 +97,8 @@ def _wait_for_sync(layout: DemoLayout, console: Console) -> bool:
     deadline = time.monotonic() + SYNC_TIMEOUT_S
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{layout.http_url}/api/archive/sync", timeout=5) as r:
-            status = {s["site_id"]: s for s in json.load(r)["sites"]}
+        sync: Any = get_json(layout, "/api/archive/sync", timeout=5)
+        status = {s["site_id"]: s for s in sync["sites"]}
         if set(status) >= sites and all(
                 s["caught_up_at"] and s["behind"] == 0 for s in status.values()):
             total = sum(sum(s["resources"].values()) for s in status.values())
@@ -248,6 +248,7 @@ def _show_seed(record: list[dict[str, Any]], console: Console) -> bool:
 
 def _show_quality(layout: DemoLayout, console: Console) -> bool:
     console.rule("[bold]Data quality: what each site's node quarantined, and why")
-    report = fetch_quality(layout.http_url)
+    token = bearer_headers(layout)["Authorization"].removeprefix("Bearer ")
+    report = fetch_quality(layout.http_url, token=token)
     print_quality(report, show=5, console=console)
     return any(site["quarantined_total"] for site in report["sites"])

@@ -8,7 +8,6 @@ the nodes and the gateway in order. Their logs go to ``<workdir>/logs``.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from federation.demo.signin import get_json
 from federation.demo.tour import run_tour
 from federation.demo.workspace import DemoLayout, prepare_workspace
 from federation.errors import Unavailable
@@ -92,10 +92,9 @@ class Supervisor:
                 proc.wait()
 
 
-def consortium_state(http_url: str) -> list[dict[str, Any]]:
+def consortium_state(layout: DemoLayout) -> list[dict[str, Any]]:
     try:
-        with urllib.request.urlopen(http_url + "/api/consortium", timeout=2) as r:
-            return json.load(r)["sites"]
+        return get_json(layout, "/api/consortium", timeout=2)["sites"]  # type: ignore[index]
     except (urllib.error.URLError, OSError, ValueError, KeyError):
         return []
 
@@ -128,7 +127,7 @@ def _wait_online(layout: DemoLayout, sup: Supervisor, live: Live, timeout: float
     still say "online" for the previous run's processes for a few seconds)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        sites = consortium_state(layout.http_url)
+        sites = consortium_state(layout)
         live.update(state_table(sites, "Consortium — starting"))
         now = _registrations(sites)
         if sites and all((s.get("node") or {}).get("state") == "online"
@@ -165,7 +164,7 @@ def run_demo(workdir: Path, *, tour_only: bool, people: int) -> int:
                 console.print("[yellow]a chosen port was taken meanwhile; trying other ports[/]")
         console.print(f"gateway gRPC {layout.grpc_address}, HTTP {layout.http_url} "
                       f"(try {layout.http_url}/api/consortium)")
-        before = _registrations(consortium_state(layout.http_url))
+        before = _registrations(consortium_state(layout))
         sup.start_nodes()
         with Live(state_table([], "Consortium — starting"), console=console,
                   refresh_per_second=4, transient=False) as live:
@@ -173,7 +172,7 @@ def run_demo(workdir: Path, *, tour_only: bool, people: int) -> int:
                 console.print("[red]not every node came online within 60 s; see "
                               f"{layout.logs}[/]")
                 return 1
-            live.update(state_table(consortium_state(layout.http_url), "Consortium — all online"))
+            live.update(state_table(consortium_state(layout), "Consortium — all online"))
         console.print()
         ok = asyncio.run(run_tour(layout, console))
         if tour_only:
@@ -181,7 +180,7 @@ def run_demo(workdir: Path, *, tour_only: bool, people: int) -> int:
         console.print("\n[bold]Running.[/] Live state below; Ctrl-C stops everything.")
         with Live(console=console, refresh_per_second=2) as live:
             while True:
-                live.update(state_table(consortium_state(layout.http_url), "Consortium — live"))
+                live.update(state_table(consortium_state(layout), "Consortium — live"))
                 time.sleep(0.5)
     except KeyboardInterrupt:
         console.print("\nstopping…")

@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import uvicorn
@@ -37,8 +38,8 @@ from federation.identity.store import IdentityStore
 from federation.rpc.channels import server_options
 from federation.rpc.guard import CallGuard
 from federation.security.identity import RevocationList
-from federation.security.tokens import AccessTokens, TrustAnchor
 from federation.security.tls import TlsMaterial, require_current, server_credentials
+from federation.security.tokens import AccessTokens, TrustAnchor
 from federation.settings import GatewaySettings
 from federation.store import GatewayStore, make_engine, upgrade
 
@@ -73,6 +74,11 @@ class RunningGateway:
     puller: FeedPuller
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def http_app(self) -> Any:
+        """The FastAPI application served on ``http_port``."""
+        return self._http.config.app
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop taking calls, finish what is in flight (up to ``grace`` s), close."""

@@ -1,16 +1,25 @@
 """Sign-in on the gateway's HTTP API: the token endpoint and the bearer check.
 
-``POST /auth/token`` is the OAuth 2.0 token endpoint for the JWT bearer grant (RFC 7523
-§2.1, as SMART Backend Services uses it): the form carries ``grant_type`` =
-``urn:ietf:params:oauth:grant-type:jwt-bearer`` and ``assertion`` = a staff assertion
-signed by the person's site (:mod:`federation.security.tokens`). Its answers follow RFC
-6749 §5.1/§5.2 (``access_token`` … or ``error`` + ``error_description``), not FHIR, because
-OAuth clients expect that shape. Every attempt, granted or refused, is an exchange-log row
-(ids only).
+``POST /auth/token`` is the OAuth 2.0 token endpoint, with two grants:
 
-:class:`BearerAuth` is the FastAPI dependency every protected route declares: it reads
-``Authorization: Bearer …`` and returns the :class:`~federation.security.tokens.StaffClaims`,
-or answers 401 with ``WWW-Authenticate: Bearer`` (RFC 6750 §3).
+* the JWT bearer grant (RFC 7523 §2.1, as SMART Backend Services uses it) for site staff:
+  ``grant_type`` = ``urn:ietf:params:oauth:grant-type:jwt-bearer`` and ``assertion`` = a
+  staff assertion signed by the person's site (:mod:`federation.security.tokens`);
+* the password grant (RFC 6749 §4.3) for the consortium accounts the gateway keeps
+  (:mod:`federation.security.accounts`): ``username``, ``password``, ``scope``,
+  ``purpose_of_use``. It exists for the gateway's own console; nothing else should hold
+  a consortium password.
+
+Its answers follow RFC 6749 §5.1/§5.2 (``access_token`` … or ``error`` +
+``error_description``), not FHIR, because OAuth clients expect that shape. Every attempt,
+granted or refused, is an exchange-log row (ids only).
+
+:class:`Authorize` guards the whole app: it finds the matched route's row in the
+authorisation matrix (:mod:`federation.security.authz`; no row → refused), reads
+``Authorization: Bearer …`` for any non-public route, checks roles, purpose and scope,
+and leaves the :class:`~federation.security.tokens.StaffClaims` in
+``request.state.claims`` (:func:`claims_of`). Failures answer 401 with
+``WWW-Authenticate: Bearer`` (RFC 6750 §3) or 403.
 """
 
 from __future__ import annotations
@@ -24,16 +33,20 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from federation import errors
+from federation.gateway.fanout import Requester
+from federation.security.accounts import verify_password
+from federation.security.authz import authorize, rule_for
 from federation.security.tokens import (
     JWT_BEARER_GRANT,
     AccessTokens,
     StaffClaims,
     TrustAnchor,
+    consortium_claims,
     verify_staff_assertion,
 )
 from federation.store import ExchangeEntry, GatewayStore
 
-__all__ = ["BearerAuth", "create_auth_router"]
+__all__ = ["Authorize", "BearerAuth", "claims_of", "create_auth_router", "requester_of"]
 
 _MAX_FORM_BYTES = 16 * 1024
 
@@ -54,6 +67,42 @@ class BearerAuth:
         return self._tokens.verify(token.strip())
 
 
+class Authorize:
+    """App-wide dependency: the authorisation matrix, applied to the matched route."""
+
+    def __init__(self, tokens: AccessTokens) -> None:
+        self._bearer = BearerAuth(tokens)
+
+    async def __call__(self, request: Request) -> None:
+        route = request.scope.get("route")
+        path = getattr(route, "path", request.url.path)
+        rule = rule_for(request.method, path)
+        what = f"{request.method} {path}"
+        if rule is None:
+            raise errors.PermissionDenied(f"{what} is not in the authorisation matrix; "
+                                          "nobody may call it")
+        if rule.public:
+            return
+        claims = await self._bearer(request)
+        authorize(rule, claims, what=what)
+        request.state.claims = claims
+
+
+def claims_of(request: Request) -> StaffClaims:
+    """The signed-in person of a request that passed :class:`Authorize`."""
+    claims = getattr(request.state, "claims", None)
+    if claims is None:
+        raise errors.AuthenticationError("this call needs a signed-in person")
+    return claims
+
+
+def requester_of(request: Request) -> Requester:
+    """The signed-in person as the exchange log records them (ids only)."""
+    claims = claims_of(request)
+    return Requester(kind="user", id=claims.user_id, site=claims.site_id,
+                     purpose=claims.purpose)
+
+
 def create_auth_router(store: GatewayStore, tokens: AccessTokens,
                        trust: TrustAnchor) -> APIRouter:
     router = APIRouter()
@@ -68,18 +117,25 @@ def create_auth_router(store: GatewayStore, tokens: AccessTokens,
                 "application/x-www-form-urlencoded"):
             return _oauth_error(400, "invalid_request", "send the form as "
                                 "application/x-www-form-urlencoded (RFC 6749 §4.1.3)")
-        form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
-        grant = (form.get("grant_type") or [None])[0]
-        assertion = (form.get("assertion") or [None])[0]
-        if grant != JWT_BEARER_GRANT:
-            return _oauth_error(400, "unsupported_grant_type",
-                                f"grant_type must be {JWT_BEARER_GRANT}")
-        if not isinstance(assertion, str) or not assertion:
-            return _oauth_error(400, "invalid_request", "the form has no assertion")
         try:
-            claims = verify_staff_assertion(assertion, trust)
-            await asyncio.to_thread(store.consume_assertion, claims.token_id, claims.site_id,
-                                    claims.expires_at, started)
+            form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"),
+                                                 max_num_fields=8).items()}
+        except ValueError:
+            return _oauth_error(400, "invalid_request", "the form has too many fields")
+        grant = form.get("grant_type")
+        try:
+            if grant == JWT_BEARER_GRANT:
+                if not form.get("assertion"):
+                    return _oauth_error(400, "invalid_request", "the form has no assertion")
+                claims = verify_staff_assertion(form["assertion"], trust)
+                await asyncio.to_thread(store.consume_assertion, claims.token_id,
+                                        claims.site_id, claims.expires_at, started)
+            elif grant == "password":
+                claims = await asyncio.to_thread(_password_sign_in, store, form)
+            else:
+                return _oauth_error(400, "unsupported_grant_type",
+                                    f"grant_type must be {JWT_BEARER_GRANT} (site staff) or "
+                                    f"password (consortium accounts)")
         except errors.FederationError as exc:
             await asyncio.to_thread(_log, store, started, None, "refused", exc.code)
             return _oauth_error(400, "invalid_grant", exc.message)
@@ -91,6 +147,17 @@ def create_auth_router(store: GatewayStore, tokens: AccessTokens,
                             headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
     return router
+
+
+def _password_sign_in(store: GatewayStore, form: dict[str, str]) -> StaffClaims:
+    user = form.get("username", "")
+    account = store.account(user) if user else None
+    verify_password(account.password_hash if account and not account.disabled else None,
+                    form.get("password", ""))
+    assert account is not None
+    return consortium_claims(account.user_id, account.roles,
+                             form.get("scope", "").split() or ["user/*.read"],
+                             form.get("purpose_of_use", "HOPERAT"), form.get("reason"))
 
 
 def _oauth_error(status: int, error: str, description: str) -> JSONResponse:

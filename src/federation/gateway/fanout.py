@@ -34,6 +34,8 @@ class Requester:
     kind: str  # node | operator | user | gateway
     id: str
     site: str | None = None
+    #: purpose of use (HL7 v3 ActReason) when the caller stated one
+    purpose: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
 """The gateway's HTTP surface on uvicorn: health, metrics and the consortium view.
 
 Errors leave as FHIR OperationOutcome documents through one table
-(:mod:`federation.gateway.outcomes`); clinical endpoints (FHIR REST) arrive with later capabilities
-and their authentication.
+(:mod:`federation.gateway.outcomes`). Every route passes the authorisation matrix
+(:mod:`federation.security.authz`) through the app-wide :class:`Authorize` dependency:
+people sign in at ``POST /auth/token`` and send ``Authorization: Bearer …``.
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from federation import errors
 from federation.archive.store import ArchiveStore
-from federation.gateway.auth_api import create_auth_router
-from federation.gateway.fanout import Requester
+from federation.gateway.auth_api import Authorize, create_auth_router, requester_of
 from federation.gateway.outcomes import operation_outcome
 from federation.gateway.quality import SiteQuality
 from federation.gateway.registry import NodeRegistry
@@ -29,18 +29,17 @@ from federation.terminology.http import create_terminology_router
 
 __all__ = ["create_http_app"]
 
-#: until people sign in (the audit issue), HTTP calls are recorded as the gateway's API
-HTTP_REQUESTER = Requester(kind="gateway", id="http-api")
 
 def create_http_app(
     store: GatewayStore, registry: NodeRegistry, quality: SiteQuality, *, grpc_serving: Any,
+    auth: tuple[AccessTokens, TrustAnchor],
     archive: ArchiveStore | None = None, identity_api: Any = None,
     identity: IdentityStore | None = None,
-    auth: tuple[AccessTokens, TrustAnchor] | None = None,
 ) -> FastAPI:
     """``grpc_serving`` is a zero-argument callable telling whether the gRPC server is up;
     with ``identity`` the EMPI's FHIR routes (PIXm, PDQm, Person) are served too."""
-    app = FastAPI(title="Federation gateway", version="0.1.0", docs_url="/docs")
+    app = FastAPI(title="Federation gateway", version="0.1.0", docs_url="/docs",
+                  dependencies=[Depends(Authorize(auth[0]))])
 
     @app.exception_handler(errors.FederationError)
     async def _federation_error(_: Request, exc: errors.FederationError) -> JSONResponse:
@@ -51,8 +50,7 @@ def create_http_app(
 
     if identity_api is not None:
         app.include_router(identity_api)
-    if auth is not None:
-        app.include_router(create_auth_router(store, *auth))
+    app.include_router(create_auth_router(store, *auth))
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -90,17 +88,17 @@ def create_http_app(
 
     app.include_router(create_terminology_router())  # FHIR $translate, Condition/$normalize
     if identity is not None:  # FHIR Patient/$ihe-pix, Patient?…, Person/{id}
-        app.include_router(create_identity_router(identity, archive, store=store,
-                                                  requester=HTTP_REQUESTER))
+        app.include_router(create_identity_router(identity, archive, store=store))
 
     @app.get("/api/quality")
-    async def all_quality(refresh: bool = False) -> dict[str, Any]:
+    async def all_quality(request: Request, refresh: bool = False) -> dict[str, Any]:
         """Data quality of every online site (mapped counts, quarantined records, reasons)."""
-        return await quality.reports(HTTP_REQUESTER, refresh=refresh)
+        return await quality.reports(requester_of(request), refresh=refresh)
 
     @app.get("/api/consortium/sites/{site_id}/quality")
-    async def site_quality(site_id: str, refresh: bool = False) -> dict[str, Any]:
-        return await quality.reports(HTTP_REQUESTER, site_ids=[site_id], refresh=refresh)
+    async def site_quality(site_id: str, request: Request,
+                           refresh: bool = False) -> dict[str, Any]:
+        return await quality.reports(requester_of(request), site_ids=[site_id], refresh=refresh)
 
     @app.get("/api/archive/sync")
     async def archive_sync() -> dict[str, Any]:

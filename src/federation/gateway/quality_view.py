@@ -11,24 +11,27 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from federation.errors import NotFound, Unavailable
+from federation.errors import AuthenticationError, NotFound, Unavailable
 
 __all__ = ["fetch_quality", "print_quality"]
 
 
-def fetch_quality(gateway_url: str, *, site_id: str | None = None, refresh: bool = False,
-                  timeout: float = 120.0) -> dict[str, Any]:
+def fetch_quality(gateway_url: str, *, token: str, site_id: str | None = None,
+                  refresh: bool = False, timeout: float = 120.0) -> dict[str, Any]:
     base = gateway_url.rstrip("/")
     path = (f"/api/consortium/sites/{urllib.parse.quote(site_id)}/quality" if site_id
             else "/api/quality")
     url = base + path + ("?refresh=true" if refresh else "")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.load(response)
     except urllib.error.HTTPError as exc:
         body = _diagnostics(exc.read())
         if exc.code == 404:
             raise NotFound(body or f"{url}: not found") from None
+        if exc.code in (401, 403):
+            raise AuthenticationError(f"the gateway refused the token: {body}") from None
         raise Unavailable(f"{url}: HTTP {exc.code} {body}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise Unavailable(f"cannot reach the gateway at {base}: {exc}") from None

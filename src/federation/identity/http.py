@@ -38,7 +38,7 @@ from federation.fhir_systems import (
     local_patient_id_system,
     site_urn,
 )
-from federation.gateway.fanout import Requester
+from federation.gateway.auth_api import requester_of
 from federation.identity.http_api import mask
 from federation.identity.lookup import (
     DEFAULT_LIMIT,
@@ -68,10 +68,6 @@ PDQ_PARAMETERS: dict[str, str | None] = {
 PIX_PARAMETERS = ("sourceIdentifier", "targetSystem", "_format")
 _JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
 _MAX_MERGE_CHAIN = 20
-
-#: until people sign in, HTTP calls are recorded as the gateway's API (as http_app does)
-HTTP_REQUESTER = Requester(kind="gateway", id="http-api")
-
 
 def _fhir(body: dict[str, Any], status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=FHIR_JSON)
@@ -112,15 +108,15 @@ def _target_id(site_id: str, record_id: str) -> dict[str, Any]:
 
 
 def create_identity_router(identity: IdentityStore, archive: ArchiveStore | None, *,
-                           store: GatewayStore | None = None,
-                           requester: Requester = HTTP_REQUESTER) -> APIRouter:
-    """``store`` receives the exchange-log rows (none are written without one)."""
+                           store: GatewayStore | None = None) -> APIRouter:
+    """``store`` receives the exchange-log rows (none are written without one); each row
+    names the signed-in person (:func:`~federation.gateway.auth_api.requester_of`)."""
     router = APIRouter()
 
     # declared before any /fhir/Patient/{id} route so that "$ihe-pix" is never an id
     @router.get("/fhir/Patient/$ihe-pix")
     async def pix(request: Request) -> JSONResponse:
-        async with logged(store, requester, "FHIR/Patient/$ihe-pix") as note:
+        async with logged(store, requester_of(request), "FHIR/Patient/$ihe-pix") as note:
             params = _params(request, PIX_PARAMETERS, repeatable=("targetSystem",))
             if "sourceIdentifier" not in params:
                 raise InvalidInput("sourceIdentifier is required: <system>|<value>")
@@ -153,7 +149,7 @@ def create_identity_router(identity: IdentityStore, archive: ArchiveStore | None
 
     @router.get("/fhir/Patient")
     async def pdq(request: Request) -> JSONResponse:
-        async with logged(store, requester, "FHIR/Patient?search") as note:
+        async with logged(store, requester_of(request), "FHIR/Patient?search") as note:
             params = _params(request, list(PDQ_PARAMETERS))
             query: dict[str, str] = {}
             for name, values in params.items():
@@ -179,9 +175,9 @@ def create_identity_router(identity: IdentityStore, archive: ArchiveStore | None
                           "total": len(entries), "entry": entries})
 
     @router.get("/fhir/Person/{person_id}")
-    async def person(person_id: str) -> JSONResponse:
+    async def person(person_id: str, request: Request) -> JSONResponse:
         try:
-            async with logged(store, requester, "FHIR/Person/read") as note:
+            async with logged(store, requester_of(request), "FHIR/Person/read") as note:
                 note.patient_ref = person_ref(person_id)
                 view = await asyncio.to_thread(identity.person, person_id)
                 if view.merged_into is not None:

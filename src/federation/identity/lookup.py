@@ -209,6 +209,6 @@ async def logged(store: GatewayStore | None, requester: Requester, operation: st
                 at=dt.datetime.now(dt.UTC), correlation_id=uuid.uuid4().hex,
                 requester_kind=requester.kind, requester_id=requester.id,
                 requester_site=requester.site, target_site=note.target_site,
-                operation=operation, purpose=None, patient_ref=note.patient_ref,
+                operation=operation, purpose=requester.purpose, patient_ref=note.patient_ref,
                 outcome=outcome, status_code=status, detail=detail,
                 records=note.records, duration_ms=(time.perf_counter() - started) * 1000))

@@ -1,6 +1,7 @@
-"""``federation token …``: a site signs in one of its staff on the gateway's HTTP API.
+"""``federation token …``: a site signs in one of its staff on the gateway's HTTP API;
+``federation account …``: the consortium accounts the gateway keeps.
 
-Registered by the main CLI with ``cli.add_command(token)``. A site's own login system
+Registered by the main CLI with ``cli.add_command(token)`` and ``(account)``. A site's own login system
 would call the same two steps (:mod:`federation.security.tokens`); this command is for
 tools, scripts and the demo.
 """
@@ -12,19 +13,34 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import click
 
 from federation._cli_util import friendly
 from federation.errors import AuthenticationError, InvalidInput, Unavailable
 from federation.security.tokens import (
+    CONSORTIUM_ROLES,
     JWT_BEARER_GRANT,
     PURPOSES,
     STAFF_ROLES,
     sign_staff_assertion,
 )
 
-__all__ = ["token"]
+__all__ = ["account", "read_token", "token"]
+
+
+def read_token(stream: Any) -> str:
+    """The access token from a file: the bare token, or the JSON `token get` prints."""
+    text = stream.read().strip()
+    if text.startswith("{"):
+        try:
+            text = str(json.loads(text)["access_token"])
+        except (ValueError, KeyError):
+            raise InvalidInput("the token file is JSON without an access_token") from None
+    if not text:
+        raise InvalidInput("the token file is empty; get a token with `federation token get`")
+    return text
 
 
 @click.group()
@@ -80,3 +96,57 @@ def get(folder: Path, user: str, roles: tuple[str, ...], scopes: tuple[str, ...]
     except (urllib.error.URLError, OSError) as exc:
         raise Unavailable(f"cannot reach the gateway at {gateway_url}: {exc}") from None
     click.echo(json.dumps(body, indent=2))
+
+
+@click.group()
+def account() -> None:
+    """Consortium accounts the gateway keeps (regional administrators, auditors)."""
+
+
+_CONFIG = click.option("--config", type=click.Path(path_type=Path, dir_okay=False),
+                       default=None, help="The gateway's TOML configuration.")
+
+
+@account.command("add")
+@click.argument("user")
+@click.option("--role", "roles", multiple=True, required=True,
+              type=click.Choice(CONSORTIUM_ROLES), help="regional-admin and/or auditor.")
+@click.password_option("--password", help="At least 12 characters (asked when omitted).")
+@_CONFIG
+@friendly
+def account_add(user: str, roles: tuple[str, ...], password: str, config: Path | None) -> None:
+    """Create USER, or give USER new roles and a new password."""
+    import datetime as dt
+
+    from federation.cli import _open_store
+    from federation.security.accounts import hash_password
+    from federation.security.identity import validate_name
+
+    validate_name(user, "user name")
+    row = _open_store(config).put_account(user, roles, hash_password(password),
+                                          dt.datetime.now(dt.UTC))
+    click.echo(f"account {row.user_id}: {' '.join(sorted(row.roles))}")
+
+
+@account.command("list")
+@_CONFIG
+@friendly
+def account_list(config: Path | None) -> None:
+    """The accounts, their roles, and whether they are disabled."""
+    from federation.cli import _open_store
+
+    for row in _open_store(config).list_accounts():
+        state = "disabled" if row.disabled else "active"
+        click.echo(f"{row.user_id:<24} {' '.join(sorted(row.roles)):<28} {state}")
+
+
+@account.command("disable")
+@click.argument("user")
+@_CONFIG
+@friendly
+def account_disable(user: str, config: Path | None) -> None:
+    """USER can no longer sign in (tokens already issued expire within 15 minutes)."""
+    from federation.cli import _open_store
+
+    _open_store(config).disable_account(user)
+    click.echo(f"account {user} disabled")

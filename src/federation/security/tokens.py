@@ -43,6 +43,9 @@ from federation.security.identity import PeerIdentity, identity_from_certificate
 
 __all__ = [
     "ACCESS_SECONDS",
+    "CONSORTIUM",
+    "CONSORTIUM_ROLES",
+    "SITE_ROLES",
     "AUDIENCE",
     "JWT_BEARER_GRANT",
     "MAX_ASSERTION_SECONDS",
@@ -51,6 +54,7 @@ __all__ = [
     "AccessTokens",
     "StaffClaims",
     "TrustAnchor",
+    "consortium_claims",
     "sign_staff_assertion",
     "verify_staff_assertion",
 ]
@@ -63,6 +67,11 @@ ACCESS_SECONDS = 900
 LEEWAY_SECONDS = 60
 
 STAFF_ROLES = ("doctor", "specialist", "nurse", "site-admin", "regional-admin", "auditor")
+#: roles a site may vouch for; the consortium roles are accounts the gateway keeps
+SITE_ROLES = ("doctor", "specialist", "nurse", "site-admin")
+CONSORTIUM_ROLES = ("regional-admin", "auditor")
+#: the site id of consortium accounts (not a member site: no node, no patients)
+CONSORTIUM = "consortium"
 #: HL7 v3 ActReason purposes of use the consortium recognises
 PURPOSES: dict[str, str] = {
     "TREAT": "treatment",
@@ -185,10 +194,14 @@ def _decode(token: str, cert: x509.Certificate, what: str, issuer: str) -> dict[
         raise AuthenticationError(f"the {what} is not acceptable: {exc}") from None
 
 
-def _claims(body: dict[str, object], site_id: str, what: str) -> StaffClaims:
+def _claims(body: dict[str, object], site_id: str, what: str,
+            allowed: tuple[str, ...] = STAFF_ROLES) -> StaffClaims:
     roles = body.get("roles")
-    if not isinstance(roles, list) or not roles or not set(roles) <= set(STAFF_ROLES):
-        raise AuthenticationError(f"the {what} must list staff roles from {', '.join(STAFF_ROLES)}")
+    if not isinstance(roles, list) or not roles or not set(roles) <= set(allowed):
+        raise AuthenticationError(f"the {what} must list staff roles from {', '.join(allowed)}"
+                                  + ("; regional administrators and auditors sign in with "
+                                     "their consortium account" if allowed == SITE_ROLES
+                                     else ""))
     scope = body.get("scope")
     scopes = frozenset(str(scope).split()) if scope else frozenset()
     bad = [s for s in scopes if not _SCOPE.match(s)]
@@ -208,6 +221,19 @@ def _claims(body: dict[str, object], site_id: str, what: str) -> StaffClaims:
         token_id=str(body["jti"]),
         issued_at=dt.datetime.fromtimestamp(int(iat), dt.UTC),  # type: ignore[call-overload]
         expires_at=dt.datetime.fromtimestamp(int(exp), dt.UTC))  # type: ignore[call-overload]
+
+
+def consortium_claims(user_id: str, roles: Iterable[str], scopes: Iterable[str],
+                      purpose: str, reason: str | None = None) -> StaffClaims:
+    """Claims of a consortium account that signed in with its password."""
+    roles = frozenset(roles)
+    if not roles or not roles <= set(CONSORTIUM_ROLES):
+        raise InvalidInput(f"consortium accounts hold {', '.join(CONSORTIUM_ROLES)} only")
+    body: dict[str, object] = {
+        "sub": user_id, "roles": sorted(roles), "scope": " ".join(sorted(set(scopes))),
+        "purpose_of_use": purpose, "reason": reason, "jti": uuid.uuid4().hex,
+        "iat": int(_now(None).timestamp()), "exp": int(_now(None).timestamp()) + ACCESS_SECONDS}
+    return _claims(body, CONSORTIUM, "sign-in", CONSORTIUM_ROLES)
 
 
 def sign_staff_assertion(
@@ -254,7 +280,7 @@ def verify_staff_assertion(assertion: str, trust: TrustAnchor, *,
     if int(body["exp"]) - int(body["iat"]) > MAX_ASSERTION_SECONDS:  # type: ignore[call-overload]
         raise AuthenticationError(f"staff assertions may live at most "
                                   f"{MAX_ASSERTION_SECONDS} s")
-    return _claims(body, identity.site_id, "staff assertion")
+    return _claims(body, identity.site_id, "staff assertion", SITE_ROLES)
 
 
 class AccessTokens:

@@ -41,8 +41,10 @@ from federation.store.models import (
     REQUESTER_KINDS,
     TIERS,
     WORK_KINDS,
+    AccountRow,
     ExchangeEntry,
     ExchangeLog,
+    GatewayAccount,
     Node,
     NodeEvent,
     NodeEventRow,
@@ -336,6 +338,38 @@ class GatewayStore(StoreSessions):
                 raise Conflict("this staff assertion was already used; a site signs a new "
                                "one for every sign-in", code="assertion-replayed")
 
+    # -------------------------------------------------------------------- accounts
+
+    def put_account(self, user_id: str, roles: Iterable[str], password_hash: str,
+                    now: dt.datetime) -> AccountRow:
+        """Create a consortium account or replace its roles and password."""
+        with self._write() as s:
+            row = s.get(GatewayAccount, user_id) or GatewayAccount(
+                user_id=user_id, roles="", password_hash="", created_at=_utc("now", now))
+            row.roles, row.password_hash = " ".join(sorted(set(roles))), password_hash
+            row.disabled = False
+            s.add(row)
+            s.flush()
+            return _account(row)
+
+    def account(self, user_id: str) -> AccountRow | None:
+        with self._read() as s:
+            row = s.get(GatewayAccount, user_id)
+            return _account(row) if row else None
+
+    def list_accounts(self) -> list[AccountRow]:
+        with self._read() as s:
+            return [_account(r) for r in s.exec(select(GatewayAccount)
+                                               .order_by(col(GatewayAccount.user_id)))]
+
+    def disable_account(self, user_id: str) -> None:
+        with self._write() as s:
+            row = s.get(GatewayAccount, user_id)
+            if row is None:
+                raise NotFound(f"there is no consortium account '{user_id}'")
+            row.disabled = True
+            s.add(row)
+
     # -------------------------------------------------------------------- work items
 
     def enqueue(
@@ -411,6 +445,11 @@ class GatewayStore(StoreSessions):
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _account(row: GatewayAccount) -> AccountRow:
+    return AccountRow(row.user_id, frozenset(row.roles.split()), row.password_hash,
+                      row.created_at, row.disabled)
 
 
 @contextmanager

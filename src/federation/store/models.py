@@ -163,6 +163,27 @@ class UsedAssertion(StoreModel, table=True):
     expires_at: dt.datetime = Field(sa_type=UtcDateTime, index=True)
 
 
+class GatewayAccount(StoreModel, table=True):
+    """A consortium account (regional administrator, auditor): Argon2id hash only."""
+
+    __tablename__ = "gateway_account"
+
+    user_id: str = Field(sa_type=String(64), primary_key=True)
+    roles: str = Field(sa_type=String(200))           # space-separated
+    password_hash: str = Field(sa_type=String(200))
+    created_at: dt.datetime = Field(sa_type=UtcDateTime)
+    disabled: bool = Field(default=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    user_id: str
+    roles: frozenset[str]
+    password_hash: str
+    created_at: dt.datetime
+    disabled: bool
+
+
 class WorkItem(StoreModel, table=True):
     __tablename__ = "work_item"
     # pending_for(): WHERE site_id = ? AND seq > ? ORDER BY seq

@@ -1,4 +1,5 @@
-"""Staff assertions already exchanged for access tokens (one-time ``jti``, RFC 7523).
+"""People signing in: staff assertions already exchanged for access tokens (one-time
+``jti``, RFC 7523) and the consortium accounts the gateway keeps (Argon2id hashes).
 
 Revision ID: 0004
 Revises: 0003
@@ -29,8 +30,18 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("jti", name="pk_used_assertion"),
     )
     op.create_index("ix_used_assertion_expires_at", "used_assertion", ["expires_at"])
+    op.create_table(
+        "gateway_account",
+        sa.Column("user_id", sa.String(64), nullable=False),
+        sa.Column("roles", sa.String(200), nullable=False),
+        sa.Column("password_hash", sa.String(200), nullable=False),
+        sa.Column("created_at", TS, nullable=False),
+        sa.Column("disabled", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint("user_id", name="pk_gateway_account"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("gateway_account")
     op.drop_index("ix_used_assertion_expires_at", table_name="used_assertion")
     op.drop_table("used_assertion")

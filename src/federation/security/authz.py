@@ -1,0 +1,95 @@
+"""Who may call which HTTP endpoint: the one authorisation matrix.
+
+Every route of the gateway's HTTP API has exactly one row in :data:`HTTP_AUTHZ`, keyed by
+method and path template; a route without a row is refused to everyone (default deny),
+and ``tests/security/test_authz.py`` walks every route × every role against this table.
+A row names the staff roles that may call, the purposes of use they may call it for, and
+the SMART scope the token must carry (``user/<Resource>.<read|write>``). Public rows are
+few: liveness, metrics for the scraper, and the sign-in itself.
+
+Roles (:data:`federation.security.tokens.STAFF_ROLES`): clinicians (doctor, specialist,
+nurse) read for care; a site administrator sees its site's data quality and sync; the
+regional administrator runs the consortium (registry, quality, EMPI review) and the
+auditor reads the audit trail — those two are consortium accounts the gateway keeps
+(:mod:`federation.security.accounts`), never vouched for by a site.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from federation.errors import PermissionDenied
+from federation.security.tokens import StaffClaims
+
+__all__ = ["CARE", "CLINICIANS", "HTTP_AUTHZ", "PUBLIC", "Rule", "authorize", "rule_for"]
+
+CLINICIANS = frozenset({"doctor", "specialist", "nurse"})
+ADMINS = frozenset({"site-admin", "regional-admin"})
+EVERYONE = CLINICIANS | ADMINS | {"auditor"}
+#: purposes of reading a patient's data for their care
+CARE = frozenset({"TREAT", "COC", "ETREAT"})
+OPERATIONS = frozenset({"HOPERAT", "HCOMPL"})
+ANY_PURPOSE = CARE | OPERATIONS | {"HRESCH"}
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    roles: frozenset[str]
+    purposes: frozenset[str] = ANY_PURPOSE
+    #: (FHIR resource or API area, "read" | "write"); None: no scope needed
+    scope: tuple[str, str] | None = None
+
+    @property
+    def public(self) -> bool:
+        return not self.roles
+
+
+PUBLIC = Rule(frozenset())
+
+HTTP_AUTHZ: dict[tuple[str, str], Rule] = {
+    ("GET", "/healthz"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,
+    ("POST", "/auth/token"): PUBLIC,
+    ("GET", "/docs"): PUBLIC,                  # the API's own description
+    ("GET", "/docs/oauth2-redirect"): PUBLIC,
+    ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/redoc"): PUBLIC,
+    # the consortium at a glance (no patient data)
+    ("GET", "/api/consortium"): Rule(EVERYONE),
+    ("GET", "/api/consortium/sites/{site_id}"): Rule(EVERYONE),
+    ("GET", "/api/quality"): Rule(ADMINS, OPERATIONS),
+    ("GET", "/api/consortium/sites/{site_id}/quality"): Rule(ADMINS, OPERATIONS),
+    ("GET", "/api/archive/sync"): Rule(ADMINS | {"auditor"}, OPERATIONS),
+    # terminology (codes, no patient data)
+    ("GET", "/fhir/ConceptMap/$translate"): Rule(EVERYONE, scope=("ConceptMap", "read")),
+    ("POST", "/fhir/ConceptMap/$translate"): Rule(EVERYONE, scope=("ConceptMap", "read")),
+    ("POST", "/fhir/Condition/$normalize"): Rule(EVERYONE, scope=("Condition", "read")),
+    # the master patient index: who is who, for care
+    ("GET", "/fhir/Patient/$ihe-pix"): Rule(CLINICIANS, CARE, ("Patient", "read")),
+    ("GET", "/fhir/Patient"): Rule(CLINICIANS, CARE, ("Patient", "read")),
+    ("GET", "/fhir/Person/{person_id}"): Rule(CLINICIANS, CARE, ("Person", "read")),
+    ("GET", "/api/identity/persons/{person_id}"):
+        Rule(CLINICIANS | {"regional-admin"}, CARE | OPERATIONS, ("Person", "read")),
+    ("GET", "/api/identity/records/{site_id}/{record_id}/person"):
+        Rule(CLINICIANS | {"regional-admin"}, CARE | OPERATIONS, ("Person", "read")),
+    ("GET", "/api/identity/counts"): Rule(ADMINS | {"auditor"}, OPERATIONS),
+}
+
+
+def rule_for(method: str, path: str) -> Rule | None:
+    return HTTP_AUTHZ.get((method.upper(), path))
+
+
+def authorize(rule: Rule, claims: StaffClaims, *, what: str) -> None:
+    """Raise :class:`PermissionDenied`, saying what would be allowed, unless ``claims``
+    satisfy ``rule``."""
+    if not rule.roles & claims.roles:
+        raise PermissionDenied(
+            f"{what} is for {', '.join(sorted(rule.roles))}; your roles are "
+            f"{', '.join(sorted(claims.roles))}")
+    if claims.purpose not in rule.purposes:
+        raise PermissionDenied(
+            f"{what} may be used for {', '.join(sorted(rule.purposes))}, not for purpose "
+            f"{claims.purpose}; sign in again with the purpose you have")
+    if rule.scope is not None:
+        claims.require(*rule.scope)
