@@ -250,6 +250,25 @@ def node_serve(config: Path) -> None:
     asyncio.run(serve_node(settings))
 
 
+@node.command("doctor")
+@click.option("--config", type=click.Path(path_type=Path, exists=True), required=True,
+              help="site.toml")
+@click.option("--timeout", type=float, default=5.0, show_default=True,
+              help="Seconds to wait for the gateway at each step.")
+@friendly
+def node_doctor(config: Path, timeout: float) -> None:
+    """Check this site's set-up (certificate, gateway, sources, mapping, state, clock).
+
+    Prints one line per check, ✓ or ✗ with what to fix; exits 1 when any check failed.
+    """
+    from federation.nodes.doctor import render, run_doctor
+    from federation.settings import load_node_settings
+
+    findings = asyncio.run(run_doctor(load_node_settings(config), timeout=timeout))
+    click.echo(render(findings))
+    sys.exit(0 if all(f.ok for f in findings) else 1)
+
+
 # ---------------------------------------------------------------------------- tools
 
 
