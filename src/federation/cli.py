@@ -154,7 +154,7 @@ def gateway_serve(config: Path | None) -> None:
     from federation.logs import configure_logging
 
     settings = _gateway_settings(config)
-    configure_logging(settings.log_level, component="gateway")
+    configure_logging(settings.log_level, component="gateway", fmt=settings.log_format)
     asyncio.run(serve(settings))
 
 
@@ -246,7 +246,8 @@ def node_serve(config: Path) -> None:
     from federation.settings import load_node_settings
 
     settings = load_node_settings(config)
-    configure_logging(settings.log_level, component=f"node:{settings.site_id}")
+    configure_logging(settings.log_level, component=f"node:{settings.site_id}",
+                      fmt=settings.log_format)
     asyncio.run(serve_node(settings))
 
 

@@ -52,6 +52,8 @@ __all__ = [
 ]
 
 TIERS = ("township", "county", "city")
+#: ``log_format`` values (kept here so that settings import nothing of the logging set-up)
+LOG_FORMATS = ("text", "json")
 _HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 
 
@@ -90,6 +92,8 @@ class GatewaySettings:
     #: check every pulled resource against the FHIR R4 models (nodes already did)
     sync_validate: bool = True
     log_level: str = "INFO"
+    #: ``text`` or ``json`` (one object a line, for a log collector)
+    log_format: str = "text"
 
 
 #: kinds of site source a node reads (``hl7`` and ``pacs`` add to a HIS as extra feeds)
@@ -120,6 +124,7 @@ class NodeSettings:
     #: how often the node rescans its source for the change feed (skipped when unchanged)
     feed_scan_interval_ms: int = 60_000
     log_level: str = "INFO"
+    log_format: str = "text"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -212,6 +217,13 @@ class _Reader:
     def opt_path(self, key: str) -> Path | None:
         return self.path(key) if self.raw(key) is not None else None
 
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.str(key, default).lower()
+        if value not in choices:
+            raise ConfigError(f"setting '{key}' ({self.env_name(key)}) must be one of "
+                              f"{', '.join(choices)}, got {value!r}")
+        return value
+
     def hostport(self, key: str, default: str | None = None) -> str:
         value = self.str(key, default)
         m = _HOSTPORT.match(value)
@@ -274,6 +286,7 @@ def load_gateway_settings(
         sync_interval_ms=r.int("sync_interval_ms", 300_000, minimum=100),
         sync_validate=r.bool("sync_validate", True),
         log_level=r.str("log_level", "INFO").upper(),
+        log_format=r.choice("log_format", LOG_FORMATS, "text"),
     )
 
 
@@ -319,6 +332,7 @@ def load_node_settings(path: Path | None = None, env: Mapping[str, str] | None =
         backoff_max_ms=r.int("backoff_max_ms", 15000, minimum=10),
         feed_scan_interval_ms=r.int("feed_scan_interval_ms", 60_000, minimum=100),
         log_level=r.str("log_level", "INFO").upper(),
+        log_format=r.choice("log_format", LOG_FORMATS, "text"),
     )
 
 
