@@ -309,6 +309,24 @@ def search_cmd(address: str, cert: Path, key: Path, ca_path: Path, name: str | N
     asyncio.run(run())
 
 
+@cli.command("health")
+@click.option("--config", type=click.Path(path_type=Path, exists=True), required=True,
+              help="The gateway.toml or site.toml of the server on this machine.")
+@click.option("--timeout", type=float, default=3.0, show_default=True)
+@click.option("--grpc-only", is_flag=True, help="Gateway: skip /healthz (and its database check).")
+@friendly
+def health_cmd(config: Path, timeout: float, grpc_only: bool) -> None:
+    """Exit 0 when the gateway or node configured in CONFIG is serving (container probes)."""
+    from federation.health_probe import probe
+
+    problems = probe(config, timeout=timeout, grpc_only=grpc_only)
+    for problem in problems:
+        click.echo(f"unhealthy: {problem}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo("healthy")
+
+
 @cli.group()
 def synth() -> None:
     """The synthetic consortium (demo and test data)."""

@@ -48,6 +48,7 @@ __all__ = [
     "NodeSettings",
     "load_gateway_settings",
     "load_node_settings",
+    "config_kind",
     "env_flag",
 ]
 
@@ -334,6 +335,13 @@ def load_node_settings(path: Path | None = None, env: Mapping[str, str] | None =
         log_level=r.str("log_level", "INFO").upper(),
         log_format=r.choice("log_format", LOG_FORMATS, "text"),
     )
+
+
+def config_kind(path: Path) -> str:
+    """``'node'`` for a site's file (it names a ``site_id``), else ``'gateway'``: lets one
+    container image and one health check serve both from the file it is given."""
+    data, _ = _read_file(path)
+    return "node" if "site_id" in data else "gateway"
 
 
 def env_flag(name: str, env: Mapping[str, str] | None = None) -> bool:
