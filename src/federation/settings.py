@@ -9,6 +9,7 @@ resolved against the file's own directory, so a site folder can be moved whole.
 Gateway file (``gateway.toml``)::
 
     database_url = "sqlite:///gateway.db"      # FEDERATION_DATABASE_URL
+    # database_url_file = "/run/secrets/database_url"   # or read it from a secret file
     grpc_listen = "127.0.0.1:50051"            # FEDERATION_GRPC_LISTEN
     http_listen = "127.0.0.1:8080"             # FEDERATION_HTTP_LISTEN
     [tls]                                      # FEDERATION_TLS_CERT / _KEY / _CA / _CRL
@@ -274,7 +275,7 @@ def load_gateway_settings(
     r = _Reader(data, os.environ if env is None else env, base)
     interval = r.int("heartbeat_interval_ms", 5000, minimum=50)
     return GatewaySettings(
-        database_url=r.str("database_url", f"sqlite:///{(base / 'gateway.db').as_posix()}"),
+        database_url=_database_url(r, base),
         grpc_listen=r.hostport("grpc_listen", "127.0.0.1:50051"),
         http_listen=r.hostport("http_listen", "127.0.0.1:8080"),
         tls=r.tls(),
@@ -289,6 +290,23 @@ def load_gateway_settings(
         log_level=r.str("log_level", "INFO").upper(),
         log_format=r.choice("log_format", LOG_FORMATS, "text"),
     )
+
+
+def _database_url(r: _Reader, base: Path) -> str:
+    """``database_url``, or the first line of the file ``database_url_file`` names (a
+    Docker or Kubernetes secret: the password never sits in an environment variable)."""
+    url_file = r.opt_path("database_url_file")
+    if url_file is None:
+        return r.str("database_url", f"sqlite:///{(base / 'gateway.db').as_posix()}")
+    if r.raw("database_url") is not None:
+        raise ConfigError("set either database_url or database_url_file, not both")
+    try:
+        url = url_file.read_text(encoding="utf-8").strip().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"database_url_file {url_file} cannot be read: {exc.strerror}") from None
+    if not url or not url[0].strip():
+        raise ConfigError(f"database_url_file {url_file} is empty")
+    return url[0].strip()
 
 
 def _extra_sources(data: Mapping[str, Any], base: Path) -> tuple[SourceSettings, ...]:
