@@ -175,6 +175,23 @@ def db_upgrade(config: Path | None) -> None:
     click.echo(f"database at revision {current_revision(engine)}")
 
 
+@db.command("backup")
+@click.option("--config", type=click.Path(path_type=Path, exists=True),
+              help="gateway.toml: back up the gateway's SQLite store.")
+@click.option("--file", "sqlite_file", type=click.Path(path_type=Path, exists=True),
+              help="Any SQLite file instead (a node's inbox.sqlite or feed.sqlite).")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@friendly
+def db_backup(config: Path | None, sqlite_file: Path | None, out: Path) -> None:
+    """Online, consistent copy of a SQLite store (PostgreSQL: pg_dump, see deploy/BACKUP.md)."""
+    from federation.store.backup import backup_sqlite, sqlite_path
+
+    if sqlite_file is None:
+        sqlite_file = sqlite_path(_gateway_settings(config).database_url)
+    written = backup_sqlite(sqlite_file, out)
+    click.echo(f"backed up {sqlite_file} to {written} ({written.stat().st_size} bytes)")
+
+
 @cli.group()
 def site() -> None:
     """The consortium registry (which sites are members)."""
