@@ -53,14 +53,18 @@ def _aware(value: dt.datetime) -> dt.datetime:
 
 def operations_snapshot(engine: Engine, now: dt.datetime | None = None) -> OpsSnapshot:
     now = now or dt.datetime.now(dt.UTC)
-    with Session(read_only(engine), expire_on_commit=False) as s, s.begin():
-        sites = s.exec(select(Site.site_id, Site.tier).order_by(Site.site_id)).all()
-        nodes = {n.site_id: n for n in s.exec(select(Node)).scalars()}
-        cursors = {c.site_id: c for c in s.exec(select(FeedCursor)).scalars()}
-        pending = {row[0]: (row[1], row[2]) for row in s.exec(
+    with Session(read_only(engine)) as s, s.begin():
+        # plain column tuples, not ORM objects: thousands of sites on every scrape
+        sites = s.execute(select(Site.site_id, Site.tier).order_by(Site.site_id)).all()
+        nodes = {r[0]: r[1:] for r in s.execute(
+            select(Node.site_id, Node.state, Node.last_heartbeat_at))}
+        cursors = {r[0]: r[1:] for r in s.execute(select(
+            FeedCursor.site_id, FeedCursor.after, FeedCursor.node_head,
+            FeedCursor.caught_up_at, FeedCursor.last_pull_at))}
+        pending = {r[0]: (r[1], r[2]) for r in s.execute(
             select(WorkItem.site_id, func.count(), func.min(WorkItem.created_at))
             .where(col(WorkItem.acked_at).is_(None)).group_by(WorkItem.site_id))}
-        review_open, review_oldest = s.exec(
+        review_open, review_oldest = s.execute(
             select(func.count(), func.min(IdentityReview.created_at))
             .where(col(IdentityReview.status) == "open")).one()
     rows = []
@@ -69,13 +73,13 @@ def operations_snapshot(engine: Engine, now: dt.datetime | None = None) -> OpsSn
         count, oldest = pending.get(site_id, (0, None))
         behind = lag = pull_age = None
         if cursor is not None:
-            behind = max(0, cursor.node_head - cursor.after)
-            since = cursor.caught_up_at or cursor.last_pull_at
-            lag = 0.0 if behind == 0 else _age(now, since)
-            pull_age = _age(now, cursor.last_pull_at)
+            after, head, caught_up_at, last_pull_at = cursor
+            behind = max(0, head - after)
+            lag = 0.0 if behind == 0 else _age(now, caught_up_at or last_pull_at)
+            pull_age = _age(now, last_pull_at)
         rows.append(SiteOps(
-            site_id=site_id, tier=tier, node_state=node.state if node else None,
-            heartbeat_age_s=_age(now, node.last_heartbeat_at) if node else None,
+            site_id=site_id, tier=tier, node_state=node[0] if node else None,
+            heartbeat_age_s=_age(now, node[1]) if node else None,
             sync_behind=behind, sync_lag_s=lag, last_pull_age_s=pull_age,
             inbox_pending=int(count), inbox_oldest_s=_age(now, oldest) or 0.0))
     return OpsSnapshot(now, tuple(rows), int(review_open or 0),
