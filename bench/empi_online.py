@@ -65,6 +65,10 @@ def load(url: str, people, seed: int) -> float:  # type: ignore[no-untyped-def]
         records.append(("county-a", p.person_id, None, pid, "linked", False,
                         json.dumps(f.as_json(), ensure_ascii=False), _digest(f), now))
         blocks.extend((k, "county-a", p.person_id) for k in dict.fromkeys(hashed_keys(f)))
+    # in primary-key order: the B-tree grows at its right edge instead of splitting pages
+    # all over a 20-million-row index (an hour on SQLite unsorted, minutes sorted)
+    blocks.sort()
+    records.sort(key=lambda r: (r[0], r[1]))
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
@@ -81,6 +85,7 @@ def load(url: str, people, seed: int) -> float:  # type: ignore[no-untyped-def]
                     cp.write_row(row)
             cur.execute("ANALYZE")
         else:
+            cur.execute("PRAGMA cache_size = -1000000")      # 1 GB page cache for the load
             cur.executemany("INSERT INTO identity_person (person_id, created_at) VALUES (?, ?)",
                             [(a, b.isoformat(sep=" ")) for a, b in persons])
             cur.executemany("INSERT INTO identity_record VALUES (?,?,?,?,?,?,?,?,?)",

@@ -72,3 +72,24 @@ def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_gateway_settings(tmp_path / "nope.toml", env={})
 
+
+
+def test_database_url_can_come_from_a_secret_file(tmp_path):
+    import pytest
+
+    from federation.errors import ConfigError
+    from federation.settings import load_gateway_settings
+
+    secret = tmp_path / "database_url"
+    secret.write_text("postgresql://federation:s3cret@db:5432/federation\n")
+    config = tmp_path / "gateway.toml"
+    config.write_text('database_url_file = "database_url"\n[tls]\ncert = "c"\nkey = "k"\nca = "a"\n')
+    assert load_gateway_settings(config, env={}).database_url == \
+        "postgresql://federation:s3cret@db:5432/federation"
+    with pytest.raises(ConfigError, match="not both"):
+        load_gateway_settings(config, env={"FEDERATION_DATABASE_URL": "sqlite:///x.db"})
+    secret.write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_gateway_settings(config, env={})
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_gateway_settings(config, env={"FEDERATION_DATABASE_URL_FILE": str(tmp_path / "no")})

@@ -154,7 +154,7 @@ def gateway_serve(config: Path | None) -> None:
     from federation.logs import configure_logging
 
     settings = _gateway_settings(config)
-    configure_logging(settings.log_level, component="gateway")
+    configure_logging(settings.log_level, component="gateway", fmt=settings.log_format)
     asyncio.run(serve(settings))
 
 
@@ -173,6 +173,23 @@ def db_upgrade(config: Path | None) -> None:
     engine = make_engine(_gateway_settings(config).database_url)
     upgrade(engine)
     click.echo(f"database at revision {current_revision(engine)}")
+
+
+@db.command("backup")
+@click.option("--config", type=click.Path(path_type=Path, exists=True),
+              help="gateway.toml: back up the gateway's SQLite store.")
+@click.option("--file", "sqlite_file", type=click.Path(path_type=Path, exists=True),
+              help="Any SQLite file instead (a node's inbox.sqlite or feed.sqlite).")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@friendly
+def db_backup(config: Path | None, sqlite_file: Path | None, out: Path) -> None:
+    """Online, consistent copy of a SQLite store (PostgreSQL: pg_dump, see deploy/BACKUP.md)."""
+    from federation.store.backup import backup_sqlite, sqlite_path
+
+    if sqlite_file is None:
+        sqlite_file = sqlite_path(_gateway_settings(config).database_url)
+    written = backup_sqlite(sqlite_file, out)
+    click.echo(f"backed up {sqlite_file} to {written} ({written.stat().st_size} bytes)")
 
 
 @cli.group()
@@ -251,8 +268,28 @@ def node_serve(config: Path) -> None:
     from federation.settings import load_node_settings
 
     settings = load_node_settings(config)
-    configure_logging(settings.log_level, component=f"node:{settings.site_id}")
+    configure_logging(settings.log_level, component=f"node:{settings.site_id}",
+                      fmt=settings.log_format)
     asyncio.run(serve_node(settings))
+
+
+@node.command("doctor")
+@click.option("--config", type=click.Path(path_type=Path, exists=True), required=True,
+              help="site.toml")
+@click.option("--timeout", type=float, default=5.0, show_default=True,
+              help="Seconds to wait for the gateway at each step.")
+@friendly
+def node_doctor(config: Path, timeout: float) -> None:
+    """Check this site's set-up (certificate, gateway, sources, mapping, state, clock).
+
+    Prints one line per check, ✓ or ✗ with what to fix; exits 1 when any check failed.
+    """
+    from federation.nodes.doctor import render, run_doctor
+    from federation.settings import load_node_settings
+
+    findings = asyncio.run(run_doctor(load_node_settings(config), timeout=timeout))
+    click.echo(render(findings))
+    sys.exit(0 if all(f.ok for f in findings) else 1)
 
 
 # ---------------------------------------------------------------------------- tools
@@ -292,6 +329,24 @@ def search_cmd(address: str, cert: Path, key: Path, ca_path: Path, name: str | N
             click.secho(f"{issue.severity}: {issue.diagnostics}", fg="yellow", err=True)
 
     asyncio.run(run())
+
+
+@cli.command("health")
+@click.option("--config", type=click.Path(path_type=Path, exists=True), required=True,
+              help="The gateway.toml or site.toml of the server on this machine.")
+@click.option("--timeout", type=float, default=3.0, show_default=True)
+@click.option("--grpc-only", is_flag=True, help="Gateway: skip /healthz (and its database check).")
+@friendly
+def health_cmd(config: Path, timeout: float, grpc_only: bool) -> None:
+    """Exit 0 when the gateway or node configured in CONFIG is serving (container probes)."""
+    from federation.health_probe import probe
+
+    problems = probe(config, timeout=timeout, grpc_only=grpc_only)
+    for problem in problems:
+        click.echo(f"unhealthy: {problem}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo("healthy")
 
 
 @cli.group()

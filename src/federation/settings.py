@@ -9,6 +9,7 @@ resolved against the file's own directory, so a site folder can be moved whole.
 Gateway file (``gateway.toml``)::
 
     database_url = "sqlite:///gateway.db"      # FEDERATION_DATABASE_URL
+    # database_url_file = "/run/secrets/database_url"   # or read it from a secret file
     grpc_listen = "127.0.0.1:50051"            # FEDERATION_GRPC_LISTEN
     http_listen = "127.0.0.1:8080"             # FEDERATION_HTTP_LISTEN
     [tls]                                      # FEDERATION_TLS_CERT / _KEY / _CA / _CRL
@@ -48,10 +49,13 @@ __all__ = [
     "NodeSettings",
     "load_gateway_settings",
     "load_node_settings",
+    "config_kind",
     "env_flag",
 ]
 
 TIERS = ("township", "county", "city")
+#: ``log_format`` values (kept here so that settings import nothing of the logging set-up)
+LOG_FORMATS = ("text", "json")
 _HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 
 
@@ -90,6 +94,8 @@ class GatewaySettings:
     #: check every pulled resource against the FHIR R4 models (nodes already did)
     sync_validate: bool = True
     log_level: str = "INFO"
+    #: ``text`` or ``json`` (one object a line, for a log collector)
+    log_format: str = "text"
 
 
 #: kinds of site source a node reads (``hl7`` and ``pacs`` add to a HIS as extra feeds)
@@ -120,6 +126,7 @@ class NodeSettings:
     #: how often the node rescans its source for the change feed (skipped when unchanged)
     feed_scan_interval_ms: int = 60_000
     log_level: str = "INFO"
+    log_format: str = "text"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -212,6 +219,13 @@ class _Reader:
     def opt_path(self, key: str) -> Path | None:
         return self.path(key) if self.raw(key) is not None else None
 
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.str(key, default).lower()
+        if value not in choices:
+            raise ConfigError(f"setting '{key}' ({self.env_name(key)}) must be one of "
+                              f"{', '.join(choices)}, got {value!r}")
+        return value
+
     def hostport(self, key: str, default: str | None = None) -> str:
         value = self.str(key, default)
         m = _HOSTPORT.match(value)
@@ -271,8 +285,7 @@ def load_gateway_settings(
     r = _Reader(data, os.environ if env is None else env, base)
     interval = r.int("heartbeat_interval_ms", 5000, minimum=50)
     return GatewaySettings(
-        database_url=_sqlite_beside(
-            r.str("database_url", f"sqlite:///{(base / 'gateway.db').as_posix()}"), base),
+        database_url=_sqlite_beside(_database_url(r, base), base),
         grpc_listen=r.hostport("grpc_listen", "127.0.0.1:50051"),
         http_listen=r.hostport("http_listen", "127.0.0.1:8080"),
         tls=r.tls(),
@@ -285,7 +298,25 @@ def load_gateway_settings(
         sync_interval_ms=r.int("sync_interval_ms", 300_000, minimum=100),
         sync_validate=r.bool("sync_validate", True),
         log_level=r.str("log_level", "INFO").upper(),
+        log_format=r.choice("log_format", LOG_FORMATS, "text"),
     )
+
+
+def _database_url(r: _Reader, base: Path) -> str:
+    """``database_url``, or the first line of the file ``database_url_file`` names (a
+    Docker or Kubernetes secret: the password never sits in an environment variable)."""
+    url_file = r.opt_path("database_url_file")
+    if url_file is None:
+        return r.str("database_url", f"sqlite:///{(base / 'gateway.db').as_posix()}")
+    if r.raw("database_url") is not None:
+        raise ConfigError("set either database_url or database_url_file, not both")
+    try:
+        url = url_file.read_text(encoding="utf-8").strip().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"database_url_file {url_file} cannot be read: {exc.strerror}") from None
+    if not url or not url[0].strip():
+        raise ConfigError(f"database_url_file {url_file} is empty")
+    return url[0].strip()
 
 
 def _extra_sources(data: Mapping[str, Any], base: Path) -> tuple[SourceSettings, ...]:
@@ -330,7 +361,15 @@ def load_node_settings(path: Path | None = None, env: Mapping[str, str] | None =
         backoff_max_ms=r.int("backoff_max_ms", 15000, minimum=10),
         feed_scan_interval_ms=r.int("feed_scan_interval_ms", 60_000, minimum=100),
         log_level=r.str("log_level", "INFO").upper(),
+        log_format=r.choice("log_format", LOG_FORMATS, "text"),
     )
+
+
+def config_kind(path: Path) -> str:
+    """``'node'`` for a site's file (it names a ``site_id``), else ``'gateway'``: lets one
+    container image and one health check serve both from the file it is given."""
+    data, _ = _read_file(path)
+    return "node" if "site_id" in data else "gateway"
 
 
 def env_flag(name: str, env: Mapping[str, str] | None = None) -> bool:

@@ -21,11 +21,12 @@ import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from federation._proto.v1 import gateway_pb2, gateway_pb2_grpc
+from federation._proto.v1 import diagnostics_pb2, diagnostics_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from federation._runtime import wait_for_shutdown_signal
 from federation.archive.store import ArchiveStore
 from federation.archive.sync import FeedPuller
 from federation.errors import Unavailable
+from federation.gateway.diagnostics import DIAGNOSTICS_POLICY, DiagnosticsServicer
 from federation.gateway.http_app import create_http_app
 from federation.gateway.inbox import Inbox
 from federation.gateway.node_clients import NodeClients
@@ -47,6 +48,7 @@ __all__ = ["RunningGateway", "start_gateway", "serve"]
 
 log = logging.getLogger("federation.gateway")
 SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
+DIAGNOSTICS = diagnostics_pb2.DESCRIPTOR.services_by_name["Diagnostics"].full_name
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -130,17 +132,18 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
                         validate=settings.sync_validate)
 
     server = grpc.aio.server(
-        interceptors=[CallGuard("gateway", GATEWAY_POLICY, revocations)],
+        interceptors=[CallGuard("gateway", GATEWAY_POLICY | DIAGNOSTICS_POLICY, revocations)],
         options=server_options(settings.max_message_bytes),
     )
     gateway_pb2_grpc.add_GatewayServicer_to_server(
         GatewayServicer(registry, inbox, search, heartbeat_ms=settings.heartbeat_interval_ms,
                         puller=puller, archive=(store, archive), identity=identity),
         server)
+    diagnostics_pb2_grpc.add_DiagnosticsServicer_to_server(DiagnosticsServicer(store), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        (SERVICE, DIAGNOSTICS, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     try:
         port = server.add_secure_port(settings.grpc_listen, server_credentials(tls))

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from federation import errors
 from federation.archive.store import ArchiveStore
 from federation.gateway.auth_api import Authorize, create_auth_router, requester_of
+from federation.gateway.ops_metrics import store_registry
 from federation.gateway.outcomes import operation_outcome
 from federation.gateway.quality import SiteQuality
 from federation.gateway.registry import NodeRegistry
@@ -25,6 +26,7 @@ from federation.identity.http import create_identity_router
 from federation.identity.store import IdentityStore
 from federation.security.tokens import AccessTokens, TrustAnchor
 from federation.store import GatewayStore, NodeRow, SiteRow
+from federation.store.ops_view import operations_snapshot
 from federation.terminology.http import create_terminology_router
 
 __all__ = ["create_http_app"]
@@ -64,10 +66,14 @@ def create_http_app(
         return JSONResponse({"status": "ok" if healthy else "unhealthy", "checks": checks},
                             status_code=200 if healthy else 503)
 
+    ops = store_registry(lambda: operations_snapshot(store.engine))
+
     @app.get("/metrics")
     async def metrics() -> Response:
+        """This process's counters, then the consortium's figures read from the store."""
         await registry.refresh_gauges()
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        from_store = await asyncio.to_thread(generate_latest, ops)
+        return Response(generate_latest() + from_store, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/consortium")
     async def consortium() -> dict[str, Any]:
