@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
+import pytest
+
 
 def test_exception_summaries_leave_the_message_out():
     from federation.logs import describe_exception
@@ -15,12 +20,6 @@ def test_exception_summaries_leave_the_message_out():
         summary = describe_exception(exc)
     assert "110101199003074578" not in summary
     assert summary.startswith("ValueError at test_logs.py:") and "parse" in summary
-
-
-import json
-import logging
-
-import pytest
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from pg_util import throwaway_database
@@ -25,8 +24,14 @@ from sqlmodel import Session
 from federation.archive.store import ArchiveStore, StoredChange
 from federation.errors import ConfigError
 from federation.identity.store import IdentityStore
-from federation.store import ExchangeEntry, GatewayStore, current_revision, head_revision
-from federation.store import make_engine, upgrade
+from federation.store import (
+    ExchangeEntry,
+    GatewayStore,
+    current_revision,
+    head_revision,
+    make_engine,
+    upgrade,
+)
 from federation.store.backup import backup_sqlite, sqlite_path
 from federation.store.models import metadata
 

@@ -21,7 +21,12 @@ import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from federation._proto.v1 import diagnostics_pb2, diagnostics_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from federation._proto.v1 import (
+    diagnostics_pb2,
+    diagnostics_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+)
 from federation._runtime import wait_for_shutdown_signal
 from federation.archive.store import ArchiveStore
 from federation.archive.sync import FeedPuller

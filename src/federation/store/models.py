@@ -29,6 +29,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -186,8 +187,14 @@ class AccountRow:
 
 class WorkItem(StoreModel, table=True):
     __tablename__ = "work_item"
-    # pending_for(): WHERE site_id = ? AND seq > ? ORDER BY seq
-    __table_args__ = (Index("ix_work_item_site_id_seq", "site_id", "seq"),)
+    # pending_for(): WHERE site_id = ? AND seq > ? ORDER BY seq; the backlog gauges read
+    # only the unacknowledged items, which a partial index keeps cheap however long the
+    # history grows
+    __table_args__ = (
+        Index("ix_work_item_site_id_seq", "site_id", "seq"),
+        Index("ix_work_item_pending", "site_id", postgresql_where=text("acked_at IS NULL"),
+              sqlite_where=text("acked_at IS NULL")),
+    )
 
     seq: int | None = Field(default=None, sa_type=BigId, primary_key=True)
     item_id: str = Field(sa_type=String(64), unique=True)

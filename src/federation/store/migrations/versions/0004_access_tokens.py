@@ -1,5 +1,6 @@
 """People signing in: staff assertions already exchanged for access tokens (one-time
-``jti``, RFC 7523) and the consortium accounts the gateway keeps (Argon2id hashes).
+``jti``, RFC 7523) and the consortium accounts the gateway keeps (Argon2id hashes); a
+partial index on unacknowledged work items for the backlog gauges.
 
 Revision ID: 0004
 Revises: 0003
@@ -41,7 +42,13 @@ def upgrade() -> None:
     )
 
 
+    op.create_index("ix_work_item_pending", "work_item", ["site_id"],
+                    postgresql_where=sa.text("acked_at IS NULL"),
+                    sqlite_where=sa.text("acked_at IS NULL"))
+
+
 def downgrade() -> None:
+    op.drop_index("ix_work_item_pending", table_name="work_item")
     op.drop_table("gateway_account")
     op.drop_index("ix_used_assertion_expires_at", table_name="used_assertion")
     op.drop_table("used_assertion")
