@@ -10,6 +10,7 @@
     ├── AuthenticationError          no or unusable credentials (no client cert, bad chain)
     │   └── CertificateRevoked       the presented certificate is on the consortium CRL
     ├── PermissionDenied             authenticated, but this identity may not do this
+    ├── RateLimited                  this caller sent too many requests; retry after a while
     ├── SourceError                  a site's own system (database, export) failed or is malformed
     ├── MappingError                 a source record could not be mapped to valid FHIR
     └── Unavailable                  a peer (node or gateway) could not be reached in time
@@ -34,6 +35,7 @@ __all__ = [
     "AuthenticationError",
     "CertificateRevoked",
     "PermissionDenied",
+    "RateLimited",
     "SourceError",
     "MappingError",
     "Unavailable",
@@ -90,6 +92,15 @@ class CertificateRevoked(AuthenticationError):
 
 class PermissionDenied(FederationError):
     default_code = "forbidden"
+
+
+class RateLimited(FederationError):
+    default_code = "rate-limited"
+
+    def __init__(self, message: str, *, retry_after: int = 1, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        #: seconds until the caller may try again
+        self.retry_after = retry_after
 
 
 class SourceError(FederationError):

@@ -96,6 +96,10 @@ class GatewaySettings:
     log_level: str = "INFO"
     #: ``text`` or ``json`` (one object a line, for a log collector)
     log_format: str = "text"
+    #: per replica: requests a second one signed-in person may send to the HTTP API
+    #: (bursts of 3 × that), and sign-in attempts a minute from one client address
+    http_rate_per_user: float = 20.0
+    signin_rate_per_minute: float = 30.0
 
 
 #: kinds of site source a node reads (``hl7`` and ``pacs`` add to a HIS as extra feeds)
@@ -186,6 +190,19 @@ class _Reader:
             raise ConfigError(f"{where} must be a whole number, got {value!r}") from None
         if number < minimum:
             raise ConfigError(f"{where} must be at least {minimum}, got {number}")
+        return number
+
+    def float(self, key: str, default: float, *, minimum: float) -> float:
+        found = self.raw(key)
+        if found is None:
+            return default
+        value, where = found
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a number, got {value!r}") from None
+        if not number >= minimum:
+            raise ConfigError(f"{where} must be at least {minimum:g}, got {number:g}")
         return number
 
     def bool(self, key: str, default: bool) -> bool:
@@ -297,6 +314,8 @@ def load_gateway_settings(
         inbox_poll_ms=r.int("inbox_poll_ms", 1000, minimum=10),
         sync_interval_ms=r.int("sync_interval_ms", 300_000, minimum=100),
         sync_validate=r.bool("sync_validate", True),
+        http_rate_per_user=r.float("http_rate_per_user", 20.0, minimum=0.1),
+        signin_rate_per_minute=r.float("signin_rate_per_minute", 30.0, minimum=1.0),
         log_level=r.str("log_level", "INFO").upper(),
         log_format=r.choice("log_format", LOG_FORMATS, "text"),
     )

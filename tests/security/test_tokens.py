@@ -252,3 +252,49 @@ def test_account_cli_keeps_only_a_hash(tmp_path) -> None:
     assert stored.startswith("$argon2id$") and "secret" not in stored
     gone = run(cli, ["account", "disable", "nobody", "--config", str(config)])
     assert gone.exit_code == 2 and "no consortium account" in gone.output
+
+
+def test_rate_limiter_refills_and_says_when_to_retry() -> None:
+    from federation.errors import RateLimited
+    from federation.security.limits import RateLimiter
+    now = [0.0]
+    limiter = RateLimiter(2.0, 3, what="user", clock=lambda: now[0])
+    for _ in range(3):
+        limiter.take("county-a/wang")
+    with pytest.raises(RateLimited, match="try again in 1 s") as refused:
+        limiter.take("county-a/wang")
+    assert refused.value.retry_after == 1
+    limiter.take("county-a/li")               # another person has their own bucket
+    now[0] += 0.5                              # one token back
+    limiter.take("county-a/wang")
+    with pytest.raises(RateLimited):
+        limiter.take("county-a/wang")
+
+
+async def test_http_limits_answer_429_with_retry_after(pki, consortium, tmp_path) -> None:
+    import dataclasses
+
+    from federation.gateway.app import start_gateway
+    from tests.conftest import bearer, gateway_settings, staff_token
+    settings = dataclasses.replace(
+        gateway_settings(pki, f"sqlite:///{tmp_path}/gw.db", consortium),
+        http_rate_per_user=1.0, signin_rate_per_minute=3.0)
+    gw = await start_gateway(settings)
+    try:
+        import asyncio
+        token = await asyncio.to_thread(staff_token, gw, pki)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as http:
+            answers = [await http.get("/api/consortium", headers=bearer(token))
+                       for _ in range(5)]
+            codes = [a.status_code for a in answers]
+            assert codes[:3] == [200, 200, 200] and 429 in codes[3:]
+            limited = next(a for a in answers if a.status_code == 429)
+            assert int(limited.headers["retry-after"]) >= 1
+            assert "too many requests" in limited.json()["issue"][0]["diagnostics"]
+            signins = [await http.post("/auth/token", data={"grant_type": "password",
+                                                            "username": "x", "password": "y"})
+                       for _ in range(3)]
+            assert signins[-1].status_code == 429
+            assert signins[-1].json()["error"] == "slow_down"
+    finally:
+        await gw.stop(0.1)

@@ -45,6 +45,7 @@ from federation.rpc.channels import server_options
 from federation.rpc.guard import CallGuard
 from federation.security.identity import RevocationList
 from federation.security.tls import TlsMaterial, require_current, server_credentials
+from federation.security.limits import RateLimiter
 from federation.security.tokens import AccessTokens, TrustAnchor
 from federation.settings import GatewaySettings
 from federation.store import GatewayStore, make_engine, upgrade
@@ -164,7 +165,13 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     app = create_http_app(store, registry, quality, grpc_serving=lambda: serving["up"],
                           archive=archive, identity_api=create_identity_api(identity),
                           identity=identity, auth=(AccessTokens(tls.key_pem, tls.cert_pem, trust),
-                                                   trust))
+                                                   trust),
+                          limits=(RateLimiter(settings.http_rate_per_user,
+                                              max(1, int(3 * settings.http_rate_per_user)),
+                                              what="user"),
+                                  RateLimiter(settings.signin_rate_per_minute / 60,
+                                              max(1, int(settings.signin_rate_per_minute / 3)),
+                                              what="client address")))
     sock = _bind(settings.http_listen)
     http = _EmbeddedUvicorn(uvicorn.Config(app, log_level="warning", lifespan="off",
                                            access_log=False))

@@ -36,6 +36,7 @@ from federation import errors
 from federation.gateway.fanout import Requester
 from federation.security.accounts import verify_password
 from federation.security.authz import authorize, rule_for
+from federation.security.limits import RateLimiter
 from federation.security.tokens import (
     JWT_BEARER_GRANT,
     AccessTokens,
@@ -68,10 +69,12 @@ class BearerAuth:
 
 
 class Authorize:
-    """App-wide dependency: the authorisation matrix, applied to the matched route."""
+    """App-wide dependency: the authorisation matrix, applied to the matched route, and
+    each signed-in person's rate limit."""
 
-    def __init__(self, tokens: AccessTokens) -> None:
+    def __init__(self, tokens: AccessTokens, limiter: RateLimiter) -> None:
         self._bearer = BearerAuth(tokens)
+        self._limiter = limiter
 
     async def __call__(self, request: Request) -> None:
         route = request.scope.get("route")
@@ -84,6 +87,7 @@ class Authorize:
         if rule.public:
             return
         claims = await self._bearer(request)
+        self._limiter.take(f"{claims.site_id}/{claims.user_id}")
         authorize(rule, claims, what=what)
         request.state.claims = claims
 
@@ -103,13 +107,19 @@ def requester_of(request: Request) -> Requester:
                      purpose=claims.purpose)
 
 
-def create_auth_router(store: GatewayStore, tokens: AccessTokens,
-                       trust: TrustAnchor) -> APIRouter:
+def create_auth_router(store: GatewayStore, tokens: AccessTokens, trust: TrustAnchor,
+                       limiter: RateLimiter) -> APIRouter:
+    """``limiter`` counts sign-in attempts per client address (password guessing)."""
     router = APIRouter()
 
     @router.post("/auth/token", tags=["auth"])
     async def token(request: Request) -> JSONResponse:
         started = dt.datetime.now(dt.UTC)
+        try:
+            limiter.take(request.client.host if request.client else "unknown")
+        except errors.RateLimited as exc:
+            return _oauth_error(429, "slow_down", exc.message,
+                                {"Retry-After": str(exc.retry_after)})
         body = await request.body()
         if len(body) > _MAX_FORM_BYTES:
             return _oauth_error(400, "invalid_request", "the request is too large")
@@ -160,9 +170,10 @@ def _password_sign_in(store: GatewayStore, form: dict[str, str]) -> StaffClaims:
                              form.get("purpose_of_use", "HOPERAT"), form.get("reason"))
 
 
-def _oauth_error(status: int, error: str, description: str) -> JSONResponse:
+def _oauth_error(status: int, error: str, description: str,
+                 headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": error, "error_description": description},
-                        status_code=status, headers={"Cache-Control": "no-store"})
+                        status_code=status, headers={"Cache-Control": "no-store", **(headers or {})})
 
 
 def _log(store: GatewayStore, started: dt.datetime, claims: StaffClaims | None,

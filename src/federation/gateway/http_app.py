@@ -24,6 +24,7 @@ from federation.gateway.quality import SiteQuality
 from federation.gateway.registry import NodeRegistry
 from federation.identity.http import create_identity_router
 from federation.identity.store import IdentityStore
+from federation.security.limits import RateLimiter
 from federation.security.tokens import AccessTokens, TrustAnchor
 from federation.store import GatewayStore, NodeRow, SiteRow
 from federation.store.ops_view import operations_snapshot
@@ -35,24 +36,30 @@ __all__ = ["create_http_app"]
 def create_http_app(
     store: GatewayStore, registry: NodeRegistry, quality: SiteQuality, *, grpc_serving: Any,
     auth: tuple[AccessTokens, TrustAnchor],
+    limits: tuple[RateLimiter, RateLimiter] | None = None,
     archive: ArchiveStore | None = None, identity_api: Any = None,
     identity: IdentityStore | None = None,
 ) -> FastAPI:
     """``grpc_serving`` is a zero-argument callable telling whether the gRPC server is up;
+    ``limits`` are the per-user and per-client (sign-in) rate limiters;
     with ``identity`` the EMPI's FHIR routes (PIXm, PDQm, Person) are served too."""
+    per_user, per_client = limits or (RateLimiter(20.0, 60, what="user"),
+                                      RateLimiter(0.5, 10, what="client"))
     app = FastAPI(title="Federation gateway", version="0.1.0", docs_url="/docs",
-                  dependencies=[Depends(Authorize(auth[0]))])
+                  dependencies=[Depends(Authorize(auth[0], per_user))])
 
     @app.exception_handler(errors.FederationError)
     async def _federation_error(_: Request, exc: errors.FederationError) -> JSONResponse:
         status, body = operation_outcome(exc)
-        headers = {"WWW-Authenticate": 'Bearer realm="federation"'} if status == 401 else None
+        headers = ({"WWW-Authenticate": 'Bearer realm="federation"'} if status == 401
+                   else {"Retry-After": str(exc.retry_after)}
+                   if isinstance(exc, errors.RateLimited) else None)
         return JSONResponse(body, status_code=status, media_type="application/fhir+json",
                             headers=headers)
 
     if identity_api is not None:
         app.include_router(identity_api)
-    app.include_router(create_auth_router(store, *auth))
+    app.include_router(create_auth_router(store, *auth, per_client))
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

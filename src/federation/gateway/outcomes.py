@@ -21,6 +21,7 @@ HTTP_STATUS: tuple[tuple[type[errors.FederationError], int, str], ...] = (
     (errors.Conflict, 409, "conflict"),
     (errors.AuthenticationError, 401, "login"),
     (errors.PermissionDenied, 403, "forbidden"),
+    (errors.RateLimited, 429, "throttled"),
     (errors.DeadlineExceeded, 504, "timeout"),
     (errors.Unavailable, 503, "transient"),
 )

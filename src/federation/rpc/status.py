@@ -27,6 +27,7 @@ _TO_STATUS: tuple[tuple[type[errors.FederationError], grpc.StatusCode], ...] = (
     (errors.Conflict, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.SourceError, grpc.StatusCode.UNAVAILABLE),
     (errors.MappingError, grpc.StatusCode.INTERNAL),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
