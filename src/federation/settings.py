@@ -15,6 +15,7 @@ Gateway file (``gateway.toml``)::
     cert = "pki/gateway.crt"
     [[sites]]                                  # consortium registry, seeded at start
     id = "city-1"; name = "市第一人民医院"; tier = "city"
+    archive = "replicate"                      # or "federate" (see ARCHIVE_MODES)
 
 Node file (``site.toml``)::
 
@@ -43,6 +44,7 @@ __all__ = [
     "TlsSettings",
     "SiteEntry",
     "GatewaySettings",
+    "ARCHIVE_MODES",
     "SOURCE_KINDS",
     "SourceSettings",
     "NodeSettings",
@@ -52,6 +54,10 @@ __all__ = [
 ]
 
 TIERS = ("township", "county", "city")
+#: how the regional archive holds a site's records: ``replicate`` — the gateway keeps a copy
+#: kept current from the node's change feed; ``federate`` — the gateway keeps only the
+#: site's Patients (for the EMPI) and fetches the rest live from the node on every read
+ARCHIVE_MODES = ("replicate", "federate")
 _HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 
 
@@ -71,6 +77,8 @@ class SiteEntry:
     name: str
     tier: str
     parent: str | None = None
+    #: one of :data:`ARCHIVE_MODES`
+    archive: str = "replicate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +97,20 @@ class GatewaySettings:
     sync_interval_ms: int = 300_000
     #: check every pulled resource against the FHIR R4 models (nodes already did)
     sync_validate: bool = True
+    #: federate-mode sites must answer an archive read within this (then: a warning entry)
+    archive_deadline_ms: int = 2000
+    #: an encounter at a site within this many days makes a care relationship
+    archive_care_window_days: int = 365
+    #: a lab result older than this (effective time) raises no critical-result alert
+    archive_alert_max_age_hours: int = 72
+    #: key for research-export pseudonyms and date shifts (default: derived from the
+    #: gateway's TLS key, so every replica agrees without another secret to distribute)
+    archive_deid_key: str = ""
     log_level: str = "INFO"
+
+    def archive_modes(self) -> dict[str, str]:
+        """{site id: archive mode} of the configured registry."""
+        return {s.id: s.archive for s in self.sites}
 
 
 #: kinds of site source a node reads (``hl7`` and ``pacs`` add to a HIS as extra feeds)
@@ -249,7 +270,12 @@ def _sites(data: Mapping[str, Any]) -> tuple[SiteEntry, ...]:
         tier = raw.get("tier")
         if tier not in TIERS:
             raise ConfigError(f"{where}.tier must be one of {', '.join(TIERS)}, got {tier!r}")
-        entries.append(SiteEntry(str(raw["id"]), str(raw["name"]), tier, raw.get("parent")))
+        mode = raw.get("archive", "replicate")
+        if mode not in ARCHIVE_MODES:
+            raise ConfigError(f"{where}.archive must be one of {', '.join(ARCHIVE_MODES)}, "
+                              f"got {mode!r}")
+        entries.append(SiteEntry(str(raw["id"]), str(raw["name"]), tier, raw.get("parent"),
+                                 mode))
     return tuple(entries)
 
 
@@ -273,6 +299,10 @@ def load_gateway_settings(
         inbox_poll_ms=r.int("inbox_poll_ms", 1000, minimum=10),
         sync_interval_ms=r.int("sync_interval_ms", 300_000, minimum=100),
         sync_validate=r.bool("sync_validate", True),
+        archive_deadline_ms=r.int("archive_deadline_ms", 2000, minimum=10),
+        archive_care_window_days=r.int("archive_care_window_days", 365),
+        archive_alert_max_age_hours=r.int("archive_alert_max_age_hours", 72),
+        archive_deid_key=r.opt_str("archive_deid_key") or "",
         log_level=r.str("log_level", "INFO").upper(),
     )
 

@@ -213,6 +213,40 @@ class ArchiveStore(StoreSessions):
                                    m.patient_id, m.body or b"", m.received_at)
                     for m in s.exec(query)]
 
+    def person_resources(self, refs: Sequence[tuple[str, str]],
+                         types: Sequence[str] | None = None) -> list[StoredResource]:
+        """The live resources of several site patients (``(site, patient id)`` pairs, the
+        Patients themselves included) in one query, by site then feed order."""
+        if not refs:
+            return []
+        about = or_(*((col(SiteResource.site_id) == site)
+                      & ((col(SiteResource.patient_id) == pid)
+                         | ((col(SiteResource.resource_type) == "Patient")
+                            & (col(SiteResource.resource_id) == pid)))
+                      for site, pid in refs))
+        query = select(SiteResource.site_id, SiteResource.resource_type,
+                       SiteResource.resource_id, SiteResource.seq, SiteResource.patient_id,
+                       SiteResource.body, SiteResource.received_at).where(
+            about, col(SiteResource.deleted).is_(False))
+        if types is not None:
+            query = query.where(col(SiteResource.resource_type).in_(list(types)))
+        query = query.order_by(col(SiteResource.site_id), col(SiteResource.seq))
+        with self._read() as s:
+            return [StoredResource(site, rtype, rid, seq, pid, body or b"", at)
+                    for site, rtype, rid, seq, pid, body, at in s.exec(query)]
+
+    def of_type(self, resource_type: str, site_id: str | None = None
+                ) -> list[StoredResource]:
+        """Every live resource of one type (optionally at one site): cohort selection."""
+        query = select(SiteResource).where(col(SiteResource.resource_type) == resource_type,
+                                           col(SiteResource.deleted).is_(False))
+        if site_id is not None:
+            query = query.where(col(SiteResource.site_id) == site_id)
+        with self._read() as s:
+            return [StoredResource(m.site_id, m.resource_type, m.resource_id, m.seq,
+                                   m.patient_id, m.body or b"", m.received_at)
+                    for m in s.exec(query)]
+
     def get(self, site_id: str, resource_type: str, resource_id: str) -> StoredResource | None:
         with self._read() as s:
             m = s.get(SiteResource, (site_id, resource_type, resource_id))

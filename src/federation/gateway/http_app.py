@@ -8,9 +8,10 @@ and their authentication.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -37,6 +38,7 @@ def create_http_app(
     archive: ArchiveStore | None = None, identity_api: Any = None,
     identity: IdentityStore | None = None,
     auth: tuple[AccessTokens, TrustAnchor] | None = None,
+    routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     """``grpc_serving`` is a zero-argument callable telling whether the gRPC server is up;
     with ``identity`` the EMPI's FHIR routes (PIXm, PDQm, Person) are served too."""
@@ -53,6 +55,8 @@ def create_http_app(
         app.include_router(identity_api)
     if auth is not None:
         app.include_router(create_auth_router(store, *auth))
+    for router in routers:  # capabilities that bring their own routes (archive …)
+        app.include_router(router)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
