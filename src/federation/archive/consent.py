@@ -39,6 +39,7 @@ CATEGORIES = frozenset({"Patient", "Encounter", "Condition", "Observation", "Dia
                         "ImagingStudy", "MedicationRequest", "AllergyIntolerance",
                         "DocumentReference"})
 MAX_BYTES = 64 * 1024
+_STATUS = frozenset({"draft", "proposed", "active", "rejected", "inactive", "entered-in-error"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,9 @@ def parse_consent(raw: bytes, known_sites: set[str]) -> ParsedConsent:
         fields = sorted({".".join(map(str, e["loc"])) for e in exc.errors()})[:5]
         raise InvalidInput(f"the Consent is not valid FHIR R4: check {', '.join(fields)}"
                            ) from None
+    # the R4B models type codes as plain strings: required bindings are checked here
+    if data.get("status") not in _STATUS:
+        raise InvalidInput(f"Consent.status must be one of {', '.join(sorted(_STATUS))}")
     scope = {c.get("code") for c in (data.get("scope") or {}).get("coding", [])}
     if "patient-privacy" not in scope:
         raise InvalidInput("Consent.scope must be patient-privacy (the archive's consents "
@@ -89,6 +93,8 @@ def rules_of(data: dict[str, Any], known_sites: set[str], *, consent_id: str
     """The exclusions an (already validated) active Consent makes; [] when inactive."""
     provision = data.get("provision") or {}
     nested = provision.get("provision") or []
+    if provision.get("type") not in ("permit", "deny"):
+        raise InvalidInput("Consent.provision.type must be permit or deny")
     if provision.get("type") == "deny" and not nested:
         sites, classes = _actors(provision, known_sites), _classes(provision)
         return [ConsentRule(consent_id, sites, classes)]

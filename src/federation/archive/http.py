@@ -109,7 +109,7 @@ def create_archive_router(service: ArchiveService, tokens: AccessTokens, *,
                                   str(request.url))
         job_id = await asyncio.to_thread(exports.create, req, requested_by=claims.user_id,
                                          site=claims.site_id, now=dt.datetime.now(dt.UTC))
-        await asyncio.to_thread(_log_export, service, claims, f"kick-off job {job_id}")
+        await asyncio.to_thread(_log, service, claims, "Archive/$export", f"kick-off job {job_id}")
         if runner is not None:
             runner.wake()
         status_url = str(request.base_url).rstrip("/") + f"/fhir/$export-status/{job_id}"
@@ -154,7 +154,7 @@ def create_archive_router(service: ArchiveService, tokens: AccessTokens, *,
         assert exports is not None
         await _research(service, claims)
         body = await asyncio.to_thread(exports.file, job_id, resource_type, part)
-        await asyncio.to_thread(_log_export, service, claims,
+        await asyncio.to_thread(_log, service, claims, "Archive/$export",
                                 f"file {job_id}/{resource_type}/{part}")
         return Response(body, media_type="application/fhir+ndjson")
 
@@ -162,7 +162,7 @@ def create_archive_router(service: ArchiveService, tokens: AccessTokens, *,
     async def everything(some_id: str, request: Request,
                          claims: StaffClaims = Depends(auth)) -> JSONResponse:
         """FHIR R4 Patient/$everything (§5.x operation-patient-everything) across sites."""
-        claims.require("Patient", "read")
+        await _scope(service, claims, "Patient", "read", "Archive/$everything")
         params = dict(request.query_params)
         bad = sorted(set(request.query_params) - _EVERYTHING_PARAMS)
         if bad:
@@ -182,14 +182,14 @@ def create_archive_router(service: ArchiveService, tokens: AccessTokens, *,
     @router.get("/fhir/Patient/{some_id}/$summary")
     async def summary_document(some_id: str, claims: StaffClaims = Depends(auth)
                                ) -> JSONResponse:
-        claims.require("Patient", "read")
+        await _scope(service, claims, "Patient", "read", "Archive/$summary")
         record = await service.read(reader_of(claims), some_id, operation="Archive/$summary",
                                     types=_readable(claims))
         return _fhir(await asyncio.to_thread(document, record))
 
     @router.get("/api/archive/persons/{some_id}/summary")
     async def summary(some_id: str, claims: StaffClaims = Depends(auth)) -> dict[str, Any]:
-        claims.require("Patient", "read")
+        await _scope(service, claims, "Patient", "read", "Archive/summary")
         record = await service.read(reader_of(claims), some_id, operation="Archive/summary",
                                     types=_readable(claims))
         return summary_json(record)
@@ -197,13 +197,13 @@ def create_archive_router(service: ArchiveService, tokens: AccessTokens, *,
     @router.post("/fhir/Consent")
     async def post_consent(request: Request, claims: StaffClaims = Depends(auth)
                            ) -> JSONResponse:
-        claims.require("Consent", "write")
+        await _scope(service, claims, "Consent", "write", "Archive/Consent.create")
         consent_id, body = await service.record_consent(reader_of(claims), await request.body())
         return _fhir(body, 201, {"Location": f"{_base(request)}/{consent_id}"})
 
     @router.get("/fhir/Consent/{consent_id}")
     async def get_consent(consent_id: str, claims: StaffClaims = Depends(auth)) -> JSONResponse:
-        claims.require("Consent", "read")
+        await _scope(service, claims, "Consent", "read", "Archive/Consent.read")
         return _fhir(await asyncio.to_thread(service.people.get_consent, consent_id))
 
     for resource_type in SEARCH_PARAMETERS:
@@ -214,7 +214,7 @@ def create_archive_router(service: ArchiveService, tokens: AccessTokens, *,
 def _add_search(router: APIRouter, service: ArchiveService, auth: BearerAuth,
                 resource_type: str) -> None:
     async def search(request: Request, claims: StaffClaims = Depends(auth)) -> JSONResponse:
-        claims.require(resource_type, "read")
+        await _scope(service, claims, resource_type, "read", f"Archive/search {resource_type}")
         query = parse_search(resource_type, list(request.query_params.multi_items()))
         record = await service.read(reader_of(claims), query.patient,
                                     operation=f"Archive/search {resource_type}",
@@ -229,12 +229,21 @@ def _add_search(router: APIRouter, service: ArchiveService, auth: BearerAuth,
                          summary=f"Search {resource_type} in the regional archive")
 
 
+async def _scope(service: ArchiveService, claims: StaffClaims, resource: str, action: str,
+                 operation: str) -> None:
+    """The token's SMART scopes must cover ``resource.action``; a refusal is logged."""
+    if not claims.allows(resource, action):
+        await asyncio.to_thread(_log, service, claims, operation,
+                                f"refused: no scope user/{resource}.{action}", "refused")
+        claims.require(resource, action)
+
+
 async def _research(service: ArchiveService, claims: StaffClaims) -> None:
     """Research export is for a regional administrator with purpose HRESCH; a refusal
     is logged like every other."""
     if "regional-admin" not in claims.roles or claims.purpose != "HRESCH":
-        await asyncio.to_thread(_log_export, service, claims, "refused: not regional-admin "
-                                "with purpose HRESCH", "refused")
+        await asyncio.to_thread(_log, service, claims, "Archive/$export", "refused: not "
+                                "regional-admin with purpose HRESCH", "refused")
         raise PermissionDenied("the research export is for a regional administrator "
                                "(role regional-admin) with purpose of use HRESCH")
 
@@ -249,11 +258,11 @@ def _errors(text: str) -> list[str]:
     return [str(e) for e in found] if isinstance(found, list) else [str(found)]
 
 
-def _log_export(service: ArchiveService, claims: StaffClaims, detail: str,
-                outcome: str = "ok") -> None:
+def _log(service: ArchiveService, claims: StaffClaims, operation: str, detail: str,
+         outcome: str = "ok") -> None:
     service.store.log_exchange(ExchangeEntry(
         at=dt.datetime.now(dt.UTC), correlation_id=uuid.uuid4().hex, requester_kind="user",
         requester_id=claims.user_id, requester_site=claims.site_id, target_site=None,
-        operation="Archive/$export", purpose=claims.purpose, patient_ref=None,
+        operation=operation, purpose=claims.purpose, patient_ref=None,
         outcome=outcome, status_code="OK" if outcome == "ok" else "PERMISSION_DENIED",
         detail=detail))
