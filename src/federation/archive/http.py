@@ -215,7 +215,11 @@ def _add_search(router: APIRouter, service: ArchiveService, auth: BearerAuth,
                 resource_type: str) -> None:
     async def search(request: Request, claims: StaffClaims = Depends(auth)) -> JSONResponse:
         await _scope(service, claims, resource_type, "read", f"Archive/search {resource_type}")
-        query = parse_search(resource_type, list(request.query_params.multi_items()))
+        try:
+            query = parse_search(resource_type, list(request.query_params.multi_items()))
+        except InvalidInput as exc:
+            await service.rejected(reader_of(claims), f"Archive/search {resource_type}", exc)
+            raise
         record = await service.read(reader_of(claims), query.patient,
                                     operation=f"Archive/search {resource_type}",
                                     types={resource_type})

@@ -79,6 +79,13 @@ class ArchiveService:
         finally:
             await asyncio.to_thread(self._log, reader, operation, correlation, note, started)
 
+    async def rejected(self, reader: Reader, operation: str, exc: FederationError) -> None:
+        """Log a read refused before it reached the archive (a malformed query, no
+        practitioner): every attempt is in the exchange log."""
+        note = _Log(outcome="error", status=exc.code, detail=exc.message)
+        await asyncio.to_thread(self._log, reader, operation, uuid.uuid4().hex, note,
+                                time.perf_counter())
+
     async def decide(self, reader: Reader, person: Person) -> Decision:
         caring = await asyncio.to_thread(self.care.sites_caring_for, person.person_id)
         rules = await asyncio.to_thread(self.people.consent_rules, person)

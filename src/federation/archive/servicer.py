@@ -18,10 +18,15 @@ from federation._proto.v1 import archive_pb2, archive_pb2_grpc, common_pb2
 from federation.archive.access import Reader
 from federation.archive.bundle import searchset
 from federation.archive.search import run_search
-from federation.archive.search_params import DEFAULT_COUNT, MAX_COUNT, parse_search
+from federation.archive.search_params import (
+    DEFAULT_COUNT,
+    MAX_COUNT,
+    SearchQuery,
+    parse_search,
+)
 from federation.archive.service import ArchiveService
 from federation.archive.summary import document
-from federation.errors import InvalidInput
+from federation.errors import FederationError, InvalidInput
 from federation.gateway.fanout import SiteIssue
 from federation.rpc.guard import current_peer
 
@@ -41,11 +46,9 @@ _BASE = "urn:federation:gateway/fhir"
 
 def _reader(ctx: archive_pb2.ReadContext) -> Reader:
     peer = current_peer.get()
-    if not ctx.practitioner_id.strip():
-        raise InvalidInput("context.practitioner_id is required: the archive logs who reads")
-    return Reader(kind="node", id=f"{ctx.practitioner_id.strip()[:100]}@{peer.site_id}",
-                  site_id=peer.site_id or "", purpose=ctx.purpose_of_use or None,
-                  reason=ctx.reason or None)
+    who = ctx.practitioner_id.strip()[:100] or "(no practitioner)"
+    return Reader(kind="node", id=f"{who}@{peer.site_id}", site_id=peer.site_id or "",
+                  purpose=ctx.purpose_of_use or None, reason=ctx.reason or None)
 
 
 def _reply(bundle: dict, issues: list[SiteIssue]) -> archive_pb2.BundleReply:
@@ -59,9 +62,25 @@ class ArchiveServicer(archive_pb2_grpc.ArchiveServicer):
     def __init__(self, service: ArchiveService) -> None:
         self._service = service
 
+    async def _checked(self, ctx: archive_pb2.ReadContext, operation: str,
+                       resource_type: str | None = None,
+                       parameters: list[tuple[str, str]] | None = None
+                       ) -> tuple[Reader, SearchQuery | None]:
+        """The reader (and the parsed search); a malformed request is logged, then refused."""
+        reader = _reader(ctx)
+        try:
+            if not ctx.practitioner_id.strip():
+                raise InvalidInput("context.practitioner_id is required: the archive logs "
+                                   "who reads")
+            query = parse_search(resource_type, parameters or []) if resource_type else None
+        except FederationError as exc:
+            await self._service.rejected(reader, operation, exc)
+            raise
+        return reader, query
+
     async def Everything(self, request: archive_pb2.EverythingRequest,
                          context: grpc.aio.ServicerContext) -> archive_pb2.BundleReply:
-        reader = _reader(request.context)
+        reader, _ = await self._checked(request.context, "Archive/$everything")
         count = request.count or DEFAULT_COUNT * 2
         if count > MAX_COUNT * 10:
             raise InvalidInput(f"count must be at most {MAX_COUNT * 10}")
@@ -76,9 +95,10 @@ class ArchiveServicer(archive_pb2_grpc.ArchiveServicer):
 
     async def Search(self, request: archive_pb2.ArchiveSearchRequest,
                      context: grpc.aio.ServicerContext) -> archive_pb2.BundleReply:
-        reader = _reader(request.context)
-        query = parse_search(request.resource_type,
-                             [(p.name, p.value) for p in request.parameters])
+        reader, query = await self._checked(
+            request.context, f"Archive/search {request.resource_type}"[:128],
+            request.resource_type or "(none)", [(p.name, p.value) for p in request.parameters])
+        assert query is not None
         record = await self._service.read(reader, query.patient,
                                           operation=f"Archive/search {query.resource_type}",
                                           types={query.resource_type})
@@ -90,7 +110,7 @@ class ArchiveServicer(archive_pb2_grpc.ArchiveServicer):
 
     async def Summary(self, request: archive_pb2.SummaryRequest,
                       context: grpc.aio.ServicerContext) -> archive_pb2.BundleReply:
-        reader = _reader(request.context)
+        reader, _ = await self._checked(request.context, "Archive/$summary")
         record = await self._service.read(reader, request.patient_id,
                                           operation="Archive/$summary")
         return _reply(await asyncio.to_thread(document, record), record.issues)
