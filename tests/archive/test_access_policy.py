@@ -14,7 +14,7 @@ from federation.archive.access import ConsentRule, Reader, decide
 from federation.archive.alerts import critical_finding, load_limits
 from federation.archive.care import CareContext, CareRegistry, CareRelationships
 from federation.archive.consent import parse_consent, rules_of
-from federation.archive.dedup import content_digest, deduplicate
+from federation.archive.dedup import content_digest, deduplicate, identity_keys
 from federation.archive.deid import MAX_SHIFT_DAYS, Deidentifier
 from federation.errors import InvalidInput
 from tests.archive.conftest import NOW, WEI, encounter, lab, patient
@@ -134,6 +134,10 @@ def test_dedup_by_content_and_by_business_identifier() -> None:
         site_id: str
         resource_type: str
         data: dict
+
+        @property
+        def keys(self) -> frozenset[str]:
+            return identity_keys(self.resource_type, self.data)
 
     a = lab("city-1", "o1", "pc", "2823-3", 4.1, "mmol/L", NOW,
             code={"coding": [{"system": "http://loinc.org", "code": "2823-3"}]})

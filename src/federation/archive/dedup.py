@@ -24,13 +24,14 @@ lists the other reporting sites in ``meta.tag`` (system :data:`ALSO_REPORTED_BY`
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import orjson
+
 from federation.fhir_systems import SITE_URN_PREFIX
 
-__all__ = ["ALSO_REPORTED_BY", "content_digest", "deduplicate", "identity_keys"]
+__all__ = ["ALSO_REPORTED_BY", "content_digest", "deduplicate", "identity_keys", "keys_text"]
 
 ALSO_REPORTED_BY = "urn:federation:archive:also-reported-by"
 _DROP = frozenset({"id", "meta", "text"})
@@ -39,7 +40,9 @@ _DROP = frozenset({"id", "meta", "text"})
 class _Item(Protocol):
     site_id: str
     resource_type: str
-    data: dict[str, Any]
+
+    @property
+    def keys(self) -> frozenset[str]: ...
 
 
 def _strip(value: Any) -> Any:
@@ -64,32 +67,39 @@ def _strip(value: Any) -> Any:
 def content_digest(resource: dict[str, Any]) -> str:
     """SHA-256 of the resource's clinical content (see the module docstring)."""
     body = {k: v for k, v in resource.items() if k not in _DROP}
-    canonical = json.dumps(_strip(body), sort_keys=True, separators=(",", ":"),
-                           ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    canonical = orjson.dumps(_strip(body), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
 
 
-def identity_keys(resource_type: str, resource: dict[str, Any]) -> set[tuple[str, ...]]:
-    """Every key under which this resource is 'the same' as another (rule 1 and 2)."""
-    keys: set[tuple[str, ...]] = {("digest", resource_type, content_digest(resource))}
+def identity_keys(resource_type: str, resource: dict[str, Any]) -> frozenset[str]:
+    """Every key under which this resource is 'the same' as another (rule 1 and 2);
+    Patients have none (never merged here)."""
+    if resource_type == "Patient":
+        return frozenset()
+    keys = {f"digest {resource_type} {content_digest(resource)}"}
     for ident in resource.get("identifier") or []:
         system, value = ident.get("system"), ident.get("value")
         if system and value and not system.startswith(SITE_URN_PREFIX):
-            keys.add(("id", resource_type, system, value))
-    return keys
+            keys.add(f"id {resource_type} {system}|{value}")
+    return frozenset(keys)
+
+
+def keys_text(keys: frozenset[str]) -> str:
+    """How the archive stores a resource's keys (``site_resource.dedup_keys``)."""
+    return "\n".join(sorted(keys))
 
 
 def deduplicate(items: Sequence[_Item]) -> tuple[list[int], dict[int, list[str]]]:
     """Indexes of the items to keep (in order) and, per kept index, the other sites that
     reported the same resource."""
-    seen: dict[tuple[str, ...], int] = {}
+    seen: dict[str, int] = {}
     kept: list[int] = []
     also: dict[int, list[str]] = {}
     for i, item in enumerate(items):
         if item.resource_type == "Patient":
             kept.append(i)
             continue
-        keys = identity_keys(item.resource_type, item.data)
+        keys = item.keys
         first = next((seen[k] for k in keys if k in seen), None)
         if first is None:
             kept.append(i)

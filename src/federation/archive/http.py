@@ -31,6 +31,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -65,9 +66,18 @@ def reader_of(claims: StaffClaims) -> Reader:
                   purpose=claims.purpose, roles=claims.roles, reason=claims.reason)
 
 
+class FhirResponse(JSONResponse):
+    """FHIR JSON, serialised with orjson (a whole record is megabytes of JSON)."""
+
+    media_type = FHIR_JSON
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 def _fhir(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
           ) -> JSONResponse:
-    return JSONResponse(body, status_code=status, media_type=FHIR_JSON, headers=headers)
+    return FhirResponse(body, status_code=status, headers=headers)
 
 
 def _base(request: Request) -> str:
@@ -174,7 +184,8 @@ def create_archive_router(service: ArchiveService, tokens: AccessTokens, *,
         if wanted and not wanted <= set(ARCHIVE_TYPES):
             raise InvalidInput(f"_type may name {', '.join(ARCHIVE_TYPES)}")
         record = await service.read(reader_of(claims), some_id, operation="Archive/$everything",
-                                    types=_readable(claims, wanted))
+                                    types=_readable(claims, wanted), lazy=True)
+        await service.gatherer.fill(record.resources[offset:offset + count])
         keep = [("_count", str(count))] + ([("_type", params["_type"])] if wanted else [])
         return _fhir(searchset(record.resources, base=_base(request), params=keep, count=count,
                                offset=offset, issues=record.issues, withheld=record.withheld))

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from federation.archive.dedup import deduplicate
+import orjson
+
+from federation.archive.dedup import deduplicate, identity_keys
 from federation.archive.people import Person
 from federation.archive.store import ArchiveStore
 from federation.errors import DeadlineExceeded, InvalidInput
@@ -37,12 +38,34 @@ FETCH_OPERATION = "NodeAgent/FetchPatientResources"
 
 @dataclass(slots=True)
 class SourcedResource:
+    """One site's resource as gathered; its JSON is parsed only when someone looks
+    (a page of a large record touches a few of thousands)."""
+
     site_id: str
     resource_type: str
     resource_id: str
-    data: dict[str, Any]
+    body: bytes
     synced_at: dt.datetime
+    stored_keys: frozenset[str] | None = None
     also_reported_by: list[str] = field(default_factory=list)
+    _data: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, site_id: str, resource_type: str, resource_id: str, data: dict[str, Any],
+           synced_at: dt.datetime) -> SourcedResource:
+        return cls(site_id, resource_type, resource_id, b"", synced_at, _data=data)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = orjson.loads(self.body)
+        return self._data
+
+    @property
+    def keys(self) -> frozenset[str]:
+        if self.stored_keys is None:
+            self.stored_keys = identity_keys(self.resource_type, self.data)
+        return self.stored_keys
 
 
 @dataclass(slots=True)
@@ -67,11 +90,13 @@ class RecordGatherer:
 
     async def gather(self, person: Person, *, permits: Callable[[str, str], bool],
                      requester: Requester, purpose: str, correlation_id: str,
-                     types: set[str] | None = None) -> PersonRecord:
+                     types: set[str] | None = None, lazy: bool = False) -> PersonRecord:
+        """``lazy``: replicated resources come without their JSON; :meth:`fill` the ones
+        the caller will show (a page) before reading their ``data``."""
         started = time.monotonic()
         replicated = [r for r in person.records if self.mode(r[0]) == "replicate"]
         federated = [r for r in person.records if self.mode(r[0]) == "federate"]
-        local = asyncio.to_thread(self._replica, replicated, types)
+        local = asyncio.to_thread(self._replica, replicated, types, not lazy)
         remote = self._federated(federated, types, requester, purpose, correlation_id, started)
         (rows, withheld_a), (fetched, issues, withheld_b) = await asyncio.gather(local, remote)
         items: list[SourcedResource] = []
@@ -88,11 +113,24 @@ class RecordGatherer:
             out.append(items[i])
         return PersonRecord(person, out, issues, withheld, len(items) - len(kept))
 
-    def _replica(self, refs: list[tuple[str, str]], types: set[str] | None
+    async def fill(self, items: list[SourcedResource]) -> None:
+        """Load the JSON of lazily gathered items, in one query."""
+        missing = [(i.site_id, i.resource_type, i.resource_id) for i in items
+                   if not i.body and i._data is None]
+        if not missing:
+            return
+        found = await asyncio.to_thread(self._archive.bodies, missing)
+        for item in items:
+            if not item.body and item._data is None:
+                item.body = found.get((item.site_id, item.resource_type, item.resource_id),
+                                      b"")
+
+    def _replica(self, refs: list[tuple[str, str]], types: set[str] | None, bodies: bool
                  ) -> tuple[list[SourcedResource], int]:
-        rows = self._archive.person_resources(refs, sorted(types) if types else None)
-        return [SourcedResource(r.site_id, r.resource_type, r.resource_id, json.loads(r.body),
-                                r.received_at) for r in rows], 0
+        rows = self._archive.person_resources(refs, sorted(types) if types else None,
+                                              bodies=bodies)
+        return [SourcedResource(r.site_id, r.resource_type, r.resource_id, r.body,
+                                r.received_at, r.keys) for r in rows], 0
 
     async def _federated(self, refs: list[tuple[str, str]], types: set[str] | None,
                          requester: Requester, purpose: str, correlation_id: str,
@@ -142,16 +180,16 @@ class RecordGatherer:
                     site_id, endpoint, pid, resource_types=types,
                     correlation_id=correlation_id, purpose=purpose, timeout=timeout,
                     validate=self._validate):
-                out.append(SourcedResource(site_id, env.resource_type, env.id,
-                                           _parsed(site_id, env.resource_type, env.id,
-                                                   env.json), now))
+                out.append(SourcedResource.of(site_id, env.resource_type, env.id,
+                                              _parsed(site_id, env.resource_type, env.id,
+                                                      env.json), now))
         return out
 
 
 def _parsed(site_id: str, resource_type: str, resource_id: str, body: bytes) -> dict[str, Any]:
     try:
-        data = json.loads(body)
-    except ValueError:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
         data = None
     if not isinstance(data, dict) or data.get("resourceType") != resource_type \
             or data.get("id") != resource_id:

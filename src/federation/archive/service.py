@@ -53,7 +53,7 @@ class ArchiveService:
         self._window = care_window_days
 
     async def read(self, reader: Reader, some_id: str, *, operation: str,
-                   types: set[str] | None = None) -> PersonRecord:
+                   types: set[str] | None = None, lazy: bool = False) -> PersonRecord:
         """The part of the person's record ``reader`` may see (PermissionDenied when
         none), logged either way."""
         started, note = time.perf_counter(), _Log(patient=patient_ref("lookup", some_id))
@@ -68,7 +68,8 @@ class ArchiveService:
                 raise PermissionDenied(decision.reason)
             record = await self.gatherer.gather(
                 person, permits=decision.permits, requester=reader.requester(),
-                purpose=reader.purpose or "", correlation_id=correlation, types=types)
+                purpose=reader.purpose or "", correlation_id=correlation, types=types,
+                lazy=lazy)
             note.records = len(record.resources)
             note.detail = _detail(reader, decision, record)
             return record

@@ -10,9 +10,9 @@ the practitioner, purpose and reason from the request — and delegates to
 from __future__ import annotations
 
 import asyncio
-import json
 
 import grpc
+import orjson
 
 from federation._proto.v1 import archive_pb2, archive_pb2_grpc, common_pb2
 from federation.archive.access import Reader
@@ -53,7 +53,7 @@ def _reader(ctx: archive_pb2.ReadContext) -> Reader:
 
 def _reply(bundle: dict, issues: list[SiteIssue]) -> archive_pb2.BundleReply:
     return archive_pb2.BundleReply(
-        bundle=json.dumps(bundle, ensure_ascii=False).encode(), total=bundle.get("total", 0),
+        bundle=orjson.dumps(bundle), total=bundle.get("total", 0),
         issues=[common_pb2.Issue(severity=i.severity, code=i.code, diagnostics=i.diagnostics,
                                  site_id=i.site_id) for i in issues])
 
@@ -86,7 +86,9 @@ class ArchiveServicer(archive_pb2_grpc.ArchiveServicer):
             raise InvalidInput(f"count must be at most {MAX_COUNT * 10}")
         record = await self._service.read(reader, request.patient_id,
                                           operation="Archive/$everything",
-                                          types=set(request.types) or None)
+                                          types=set(request.types) or None, lazy=True)
+        await self._service.gatherer.fill(
+            record.resources[request.offset:request.offset + count])
         bundle = searchset(record.resources, base=f"{_BASE}/Patient/{request.patient_id}"
                            "/$everything", params=[("_count", str(count))], count=count,
                            offset=request.offset, issues=record.issues,

@@ -197,6 +197,8 @@ class SiteResource(StoreModel, table=True):
     patient_id: str | None = Field(default=None, sa_type=String(64), nullable=True)
     body: bytes | None = Field(default=None, sa_type=LargeBinary, nullable=True)
     received_at: dt.datetime = Field(sa_type=UtcDateTime)
+    #: when two sites report "the same" resource (archive.dedup), computed once on storing
+    dedup_keys: str | None = Field(default=None, sa_type=Text, nullable=True)
 
 
 class FeedCursor(StoreModel, table=True):

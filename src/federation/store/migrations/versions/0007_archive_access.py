@@ -1,5 +1,6 @@
 """Regional archive access and research export: archive_consent (patients' FHIR Consents),
-export_job and export_file (FHIR Bulk Data jobs and their NDJSON output).
+export_job and export_file (FHIR Bulk Data jobs and their NDJSON output), and
+site_resource.dedup_keys (what makes two sites' resources the same, computed on storing).
 
 Revision ID: 0007
 Revises: 0004
@@ -22,6 +23,7 @@ TS = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
+    op.add_column("site_resource", sa.Column("dedup_keys", sa.Text(), nullable=True))
     op.create_table(
         "archive_consent",
         sa.Column("consent_id", sa.String(64), nullable=False),
@@ -71,3 +73,5 @@ def downgrade() -> None:
     op.drop_table("export_job")
     op.drop_index("ix_archive_consent_person_id", table_name="archive_consent")
     op.drop_table("archive_consent")
+    with op.batch_alter_table("site_resource") as batch:
+        batch.drop_column("dedup_keys")
