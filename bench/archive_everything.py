@@ -9,8 +9,9 @@ Three OS processes on loopback, real mutual TLS, a throwaway PKI:
 * ``--role gateway``: one gateway (SQLite store), started twice: every site in
   ``replicate`` mode, then (fresh store) every site in ``federate`` mode;
 * the parent drives HTTP with ``--readers`` concurrent readers (bearer token of a doctor
-  at city-1), each request ``GET /fhir/Patient/<person>/$everything?_count=5000`` — the
-  whole record in one Bundle — and reads the same resources straight from the nodes
+  at city-1), each request ``GET /fhir/Patient/<person>/$everything`` — its first page
+  (``_count=100``, ``total`` counting all) and, for replicate, the whole record in one
+  Bundle (``_count=5000``; ≈ 2.3 MB of JSON) — and reads the same resources straight from the nodes
   with ``NodeAgent.FetchPatientResources`` (the gateway's certificate), from one node
   and from all four in parallel, with the same concurrency.
 
@@ -120,7 +121,7 @@ async def _gateway(args: argparse.Namespace) -> None:
         tls=_tls(args.pki, "gateway"),
         sites=tuple(SiteEntry(s.site_id, s.name, s.tier, s.parent_site_id, args.mode)
                     for s in manifest.sites),
-        sync_interval_ms=3_600_000, sync_validate=False, archive_deadline_ms=2000,
+        sync_interval_ms=3_600_000, sync_validate=False, archive_deadline_ms=5000,
         archive_care_window_days=20_000, heartbeat_interval_ms=1000,
         unreachable_after_ms=10_000, log_level="WARNING")
     running = await start_gateway(settings)
@@ -213,7 +214,7 @@ async def _token(http, pki: Path) -> str:
     return reply.json()["access_token"]
 
 
-async def _measure_gateway(args, http_port: int, mode: str) -> dict[str, Any]:
+async def _measure_gateway(args, http_port: int, mode: str, count: int) -> dict[str, Any]:
     import httpx
 
     limits = httpx.Limits(max_connections=args.readers)
@@ -227,7 +228,7 @@ async def _measure_gateway(args, http_port: int, mode: str) -> dict[str, Any]:
 
         async def everything(person: str) -> None:
             reply = await http.get(f"/fhir/Patient/{person}/$everything",
-                                   params={"_count": "5000"}, headers=headers)
+                                   params={"_count": str(count)}, headers=headers)
             reply.raise_for_status()
             if b'"mode":"outcome"' in reply.content:         # a site missing: count it
                 body = reply.json()
@@ -238,6 +239,7 @@ async def _measure_gateway(args, http_port: int, mode: str) -> dict[str, Any]:
         await _load(everything, list(persons), args.readers, args.readers * 2)  # warm-up
         partial.clear()
         lat = await _load(everything, list(persons), args.readers, args.requests)
+        mode = f"{mode}, _count={count}"
         print(f"{mode}: p50 {statistics.median(lat):.0f} ms, p99 {_pct(lat, 99):.0f} ms, "
               f"{len(partial)} partial", file=sys.stderr)
         return {"mode": mode, "lat": lat, "resources": sizes, "persons": persons,
@@ -332,13 +334,14 @@ async def _parent(args: argparse.Namespace) -> None:
     nodes = Child("--role", "nodes", *common)
     ports = nodes.event()["ports"]
     try:
-        replicate = await _measure_gateway(args, http_port, "replicate")
+        replicate = await _measure_gateway(args, http_port, "replicate", 100)
         results.append(replicate)
+        results.append(await _measure_gateway(args, http_port, "replicate", 5000))
         lag = await _sync_lag(args, args.lag_samples)
         gateway.stop()
         gateway = Child("--role", "gateway", "--mode", "federate", *common)
         gateway.event()
-        results.append(await _measure_gateway(args, http_port, "federate"))
+        results.append(await _measure_gateway(args, http_port, "federate", 100))
         gateway.stop()
         one, every, per_node = await _measure_direct(args, replicate["persons"], ports)
     finally:
