@@ -369,3 +369,18 @@ async def test_consent_excludes_sites_and_categories(gateway, seeded, http, pki)
     assert not any(r["meta"]["source"].endswith("city-1") for r in seen)  # even break-glass
     logged = [r for r in _archive_rows(gateway) if r.operation == "Archive/Consent.create"]
     assert sorted(r.outcome for r in logged) == ["error"] * 3 + ["ok"] * 2 + ["refused"] * 2
+
+
+async def test_a_changed_and_a_deleted_record_show_at_the_next_read(gateway, seeded, http, pki):
+    auth = bearer(await token(http, pki, "county-a"))
+    url = f"/fhir/Patient/{seeded}/$everything?_count=1000"
+    before = {r["id"]: r for r in entries((await http.get(url, headers=auth)).json())}
+    assert before["o-c3"]["valueQuantity"]["value"] == 130 and "o-t1" in before
+    await put(gateway, "city-1", lab("city-1", "o-c3", "pc", "718-7", 131, "g/L",
+                                     NOW - D(days=2), status="amended"))
+    await put(gateway, "township-a1", {"resourceType": "Observation", "id": "o-t1",
+                                       "subject": {"reference": "Patient/pt"}}, deleted=True)
+    after = {r["id"]: r for r in entries((await http.get(url, headers=auth)).json())}
+    assert after["o-c3"]["valueQuantity"]["value"] == 131
+    assert after["o-c3"]["status"] == "amended" and "o-t1" not in after
+    assert len(after) == len(before) - 1

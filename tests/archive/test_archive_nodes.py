@@ -15,7 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import httpx
-import pytest
 from sqlalchemy import text
 
 from federation.archive import care
