@@ -37,7 +37,7 @@ from sqlmodel import col, select
 from federation.archive.deid import Deidentifier
 from federation.archive.people import PersonDirectory
 from federation.archive.store import ArchiveStore
-from federation.errors import Conflict, InvalidInput, NotFound
+from federation.errors import Conflict, FederationError, InvalidInput, NotFound
 from federation.store.gateway_store import StoreSessions
 from federation.store.models import ExportFile, ExportJob
 
@@ -211,7 +211,11 @@ class ExportRunner:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            job = await asyncio.to_thread(self.jobs.claim, self.owner, _now())
+            try:
+                job = await asyncio.to_thread(self.jobs.claim, self.owner, _now())
+            except FederationError as exc:  # the store is away: try again later
+                log.warning("export runner cannot claim jobs: %s", exc.message)
+                job = None
             if job is not None:
                 await self.run_job(job)
                 continue
