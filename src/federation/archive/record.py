@@ -98,9 +98,9 @@ class RecordGatherer:
         federated = [r for r in person.records if self.mode(r[0]) == "federate"]
         local = asyncio.to_thread(self._replica, replicated, types, not lazy)
         remote = self._federated(federated, types, requester, purpose, correlation_id, started)
-        (rows, withheld_a), (fetched, issues, withheld_b) = await asyncio.gather(local, remote)
+        rows, (fetched, issues) = await asyncio.gather(local, remote)
         items: list[SourcedResource] = []
-        withheld = withheld_a + withheld_b
+        withheld = 0
         for item in rows + fetched:
             if permits(item.site_id, item.resource_type):
                 items.append(item)
@@ -126,20 +126,20 @@ class RecordGatherer:
                                       b"")
 
     def _replica(self, refs: list[tuple[str, str]], types: set[str] | None, bodies: bool
-                 ) -> tuple[list[SourcedResource], int]:
+                 ) -> list[SourcedResource]:
         rows = self._archive.person_resources(refs, sorted(types) if types else None,
                                               bodies=bodies)
         return [SourcedResource(r.site_id, r.resource_type, r.resource_id, r.body,
-                                r.received_at, r.keys) for r in rows], 0
+                                r.received_at, r.keys) for r in rows]
 
     async def _federated(self, refs: list[tuple[str, str]], types: set[str] | None,
                          requester: Requester, purpose: str, correlation_id: str,
-                         started: float) -> tuple[list[SourcedResource], list[SiteIssue], int]:
+                         started: float) -> tuple[list[SourcedResource], list[SiteIssue]]:
         if not refs:
-            return [], [], 0
+            return [], []
         if self._clients is None:
             return [], [SiteIssue("warning", "not-supported", f"site {s} is federated but this "
-                                  "gateway has no node clients", s) for s, _ in refs], 0
+                                  "gateway has no node clients", s) for s, _ in refs]
         by_site: dict[str, list[str]] = {}
         for site, pid in refs:
             by_site.setdefault(site, []).append(pid)
@@ -167,7 +167,7 @@ class RecordGatherer:
         issues = [SiteIssue(i.severity if i.severity != "error" else "warning", i.code,
                             f"records of site {i.site_id} are missing from this answer: "
                             f"{i.diagnostics}", i.site_id) for i in result.issues]
-        return fetched, issues, 0
+        return fetched, issues
 
     async def _fetch_site(self, site_id: str, endpoint: str, patient_ids: list[str],
                           types: list[str], correlation_id: str, purpose: str,
