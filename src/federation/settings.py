@@ -16,6 +16,7 @@ Gateway file (``gateway.toml``)::
     cert = "pki/gateway.crt"
     [[sites]]                                  # consortium registry, seeded at start
     id = "city-1"; name = "市第一人民医院"; tier = "city"
+    archive = "replicate"                      # or "federate" (see ARCHIVE_MODES)
 
 Node file (``site.toml``)::
 
@@ -44,6 +45,7 @@ __all__ = [
     "TlsSettings",
     "SiteEntry",
     "GatewaySettings",
+    "ARCHIVE_MODES",
     "SOURCE_KINDS",
     "SourceSettings",
     "NodeSettings",
@@ -56,6 +58,10 @@ __all__ = [
 TIERS = ("township", "county", "city")
 #: ``log_format`` values (kept here so that settings import nothing of the logging set-up)
 LOG_FORMATS = ("text", "json")
+#: how the regional archive holds a site's records: ``replicate`` — the gateway keeps a copy
+#: kept current from the node's change feed; ``federate`` — the gateway keeps only the
+#: site's Patients (for the EMPI) and fetches the rest live from the node on every read
+ARCHIVE_MODES = ("replicate", "federate")
 _HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 
 
@@ -75,6 +81,8 @@ class SiteEntry:
     name: str
     tier: str
     parent: str | None = None
+    #: one of :data:`ARCHIVE_MODES`
+    archive: str = "replicate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +101,15 @@ class GatewaySettings:
     sync_interval_ms: int = 300_000
     #: check every pulled resource against the FHIR R4 models (nodes already did)
     sync_validate: bool = True
+    #: federate-mode sites must answer an archive read within this (then: a warning entry)
+    archive_deadline_ms: int = 2000
+    #: an encounter at a site within this many days makes a care relationship
+    archive_care_window_days: int = 365
+    #: a lab result older than this (effective time) raises no critical-result alert
+    archive_alert_max_age_hours: int = 72
+    #: key for research-export pseudonyms and date shifts (default: derived from the
+    #: gateway's TLS key, so every replica agrees without another secret to distribute)
+    archive_deid_key: str = ""
     log_level: str = "INFO"
     #: ``text`` or ``json`` (one object a line, for a log collector)
     log_format: str = "text"
@@ -100,6 +117,10 @@ class GatewaySettings:
     #: (bursts of 3 × that), and sign-in attempts a minute from one client address
     http_rate_per_user: float = 20.0
     signin_rate_per_minute: float = 30.0
+
+    def archive_modes(self) -> dict[str, str]:
+        """{site id: archive mode} of the configured registry."""
+        return {s.id: s.archive for s in self.sites}
 
 
 #: kinds of site source a node reads (``hl7`` and ``pacs`` add to a HIS as extra feeds)
@@ -280,7 +301,12 @@ def _sites(data: Mapping[str, Any]) -> tuple[SiteEntry, ...]:
         tier = raw.get("tier")
         if tier not in TIERS:
             raise ConfigError(f"{where}.tier must be one of {', '.join(TIERS)}, got {tier!r}")
-        entries.append(SiteEntry(str(raw["id"]), str(raw["name"]), tier, raw.get("parent")))
+        mode = raw.get("archive", "replicate")
+        if mode not in ARCHIVE_MODES:
+            raise ConfigError(f"{where}.archive must be one of {', '.join(ARCHIVE_MODES)}, "
+                              f"got {mode!r}")
+        entries.append(SiteEntry(str(raw["id"]), str(raw["name"]), tier, raw.get("parent"),
+                                 mode))
     return tuple(entries)
 
 
@@ -316,6 +342,10 @@ def load_gateway_settings(
         sync_validate=r.bool("sync_validate", True),
         http_rate_per_user=r.float("http_rate_per_user", 20.0, minimum=0.1),
         signin_rate_per_minute=r.float("signin_rate_per_minute", 30.0, minimum=1.0),
+        archive_deadline_ms=r.int("archive_deadline_ms", 2000, minimum=10),
+        archive_care_window_days=r.int("archive_care_window_days", 365),
+        archive_alert_max_age_hours=r.int("archive_alert_max_age_hours", 72),
+        archive_deid_key=r.opt_str("archive_deid_key") or "",
         log_level=r.str("log_level", "INFO").upper(),
         log_format=r.choice("log_format", LOG_FORMATS, "text"),
     )

@@ -20,10 +20,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, func, or_, update
+import orjson
+from sqlalchemy import Engine, func, literal, or_, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, delete, select
 
+from federation.archive.dedup import identity_keys, keys_text
 from federation.errors import UnknownSite
 from federation.identity.index import IdentityIndex
 from federation.identity.store import patient_fields
@@ -54,6 +56,21 @@ class StoredResource:
     patient_id: str | None
     body: bytes
     received_at: dt.datetime
+    #: its dedup keys (:mod:`federation.archive.dedup`), None when not computed
+    keys: frozenset[str] | None = None
+
+
+def _keys(text: str | None) -> frozenset[str] | None:
+    return None if text is None else frozenset(text.split("\n")) if text else frozenset()
+
+
+def _stored_keys(c: StoredChange) -> str | None:
+    if c.deleted or c.body is None:
+        return None
+    try:
+        return keys_text(identity_keys(c.resource_type, orjson.loads(c.body)))
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        return None  # not a JSON object: the reader computes (or fails) later
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,14 +127,16 @@ class ArchiveStore(StoreSessions):
                     index_elements=["site_id", "resource_type", "resource_id"],
                     set_={"epoch": excluded.epoch, "seq": excluded.seq,
                           "deleted": excluded.deleted, "patient_id": excluded.patient_id,
-                          "body": excluded.body, "received_at": excluded.received_at},
+                          "body": excluded.body, "received_at": excluded.received_at,
+                          "dedup_keys": excluded.dedup_keys},
                     where=or_(col(SiteResource.epoch) != excluded.epoch,
                               col(SiteResource.seq) < excluded.seq))
                 result = s.connection().execute(stmt, [
                     {"site_id": site_id, "resource_type": c.resource_type,
                      "resource_id": c.resource_id, "epoch": epoch, "seq": c.seq,
                      "deleted": c.deleted, "patient_id": c.patient_id,
-                     "body": None if c.deleted else c.body, "received_at": now}
+                     "body": None if c.deleted else c.body, "received_at": now,
+                     "dedup_keys": _stored_keys(c)}
                     for c in changes])
                 written = max(result.rowcount, 0)
                 self._link_patients(s, site_id, changes)
@@ -208,6 +227,54 @@ class ArchiveStore(StoreSessions):
                 (col(SiteResource.resource_type) == "Patient")
                 & (col(SiteResource.resource_id) == patient_id)))
             .order_by(col(SiteResource.seq)))
+        with self._read() as s:
+            return [StoredResource(m.site_id, m.resource_type, m.resource_id, m.seq,
+                                   m.patient_id, m.body or b"", m.received_at)
+                    for m in s.exec(query)]
+
+    def person_resources(self, refs: Sequence[tuple[str, str]],
+                         types: Sequence[str] | None = None, *, bodies: bool = True
+                         ) -> list[StoredResource]:
+        """The live resources of several site patients (``(site, patient id)`` pairs, the
+        Patients themselves included) in one query, by site then feed order. Without
+        ``bodies`` the rows carry an empty body (:meth:`bodies` fetches a page's later)."""
+        if not refs:
+            return []
+        about = or_(*((col(SiteResource.site_id) == site)
+                      & ((col(SiteResource.patient_id) == pid)
+                         | ((col(SiteResource.resource_type) == "Patient")
+                            & (col(SiteResource.resource_id) == pid)))
+                      for site, pid in refs))
+        query = select(SiteResource.site_id, SiteResource.resource_type,
+                       SiteResource.resource_id, SiteResource.seq, SiteResource.patient_id,
+                       SiteResource.body if bodies else literal(b""),
+                       SiteResource.received_at, SiteResource.dedup_keys).where(
+            about, col(SiteResource.deleted).is_(False))
+        if types is not None:
+            query = query.where(col(SiteResource.resource_type).in_(list(types)))
+        query = query.order_by(col(SiteResource.site_id), col(SiteResource.seq))
+        with self._read() as s:
+            return [StoredResource(site, rtype, rid, seq, pid, body or b"", at, _keys(keys))
+                    for site, rtype, rid, seq, pid, body, at, keys in s.exec(query)]
+
+    def bodies(self, keys: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str, str], bytes]:
+        """The stored JSON of (site, type, id) resources, in one query."""
+        if not keys:
+            return {}
+        query = select(SiteResource.site_id, SiteResource.resource_type,
+                       SiteResource.resource_id, SiteResource.body).where(
+            tuple_(col(SiteResource.site_id), col(SiteResource.resource_type),
+                   col(SiteResource.resource_id)).in_(list(keys)))
+        with self._read() as s:
+            return {(site, rtype, rid): body or b"" for site, rtype, rid, body in s.exec(query)}
+
+    def of_type(self, resource_type: str, site_id: str | None = None
+                ) -> list[StoredResource]:
+        """Every live resource of one type (optionally at one site): cohort selection."""
+        query = select(SiteResource).where(col(SiteResource.resource_type) == resource_type,
+                                           col(SiteResource.deleted).is_(False))
+        if site_id is not None:
+            query = query.where(col(SiteResource.site_id) == site_id)
         with self._read() as s:
             return [StoredResource(m.site_id, m.resource_type, m.resource_id, m.seq,
                                    m.patient_id, m.body or b"", m.received_at)

@@ -14,6 +14,12 @@ parallel, a few at a time. Each change is checked before it is stored: valid FHI
 the type and id it claims, ``meta.source`` naming the site it came from. A change that
 fails is counted as rejected (ids only in the log) and skipped; the cursor moves past it
 so one bad record cannot stall a site's feed. Every pull writes one exchange-log row.
+
+Sites in ``federate`` archive mode (:data:`federation.settings.ARCHIVE_MODES`) keep their
+clinical records at the site: of their feed only Patients are stored (the EMPI needs
+them to link persons); everything else passes through to ``on_changes`` (critical-result
+alerts) and is dropped. ``on_changes(site_id, changes)`` sees every checked change of
+every batch after it is stored; its failures are logged, never fatal to the pull.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,8 +92,13 @@ def _parsed(env: Envelope) -> dict[str, Any]:
 class FeedPuller:
     def __init__(self, store: GatewayStore, archive: ArchiveStore, clients: NodeClients, *,
                  interval_s: float, deadline_s: float = 600.0, batch: int = 500,
-                 parallel: int = 3, validate: bool = True) -> None:
+                 parallel: int = 3, validate: bool = True,
+                 modes: dict[str, str] | None = None,
+                 on_changes: Callable[[str, list[StoredChange]], Awaitable[None]] | None = None
+                 ) -> None:
         self._store, self._archive, self._clients = store, archive, clients
+        self._modes = modes or {}
+        self._on_changes = on_changes
         self._interval, self._deadline, self._batch = interval_s, deadline_s, batch
         self._validate = validate
         self._locks: dict[str, asyncio.Lock] = {}
@@ -161,9 +172,12 @@ class FeedPuller:
                 head = batch.head
                 changes, bad = await asyncio.to_thread(self._checked, site_id, batch.changes)
                 last = batch.changes[-1].seq if batch.changes else after
+                kept = changes if self._modes.get(site_id, "replicate") == "replicate" else [
+                    c for c in changes if c.resource_type == "Patient"]
                 stored += await asyncio.to_thread(
-                    self._archive.apply, site_id, epoch, changes, after=last, node_head=head,
+                    self._archive.apply, site_id, epoch, kept, after=last, node_head=head,
                     rejected=bad, now=dt.datetime.now(dt.UTC), caught_up=last >= head)
+                await self._notify(site_id, changes)
                 rejected += bad
                 after = last
             if reset and after >= head:
@@ -188,6 +202,14 @@ class FeedPuller:
             log.info("pulled %d changes from %s (%d rejected) in %.0f ms; cursor %d of %d",
                      stored, site_id, rejected, elapsed, after, head)
         return PullResult(site_id, epoch, after, head, stored, rejected, reset, elapsed)
+
+    async def _notify(self, site_id: str, changes: list[StoredChange]) -> None:
+        if self._on_changes is None or not changes:
+            return
+        try:
+            await self._on_changes(site_id, changes)
+        except Exception:  # alerts must never stall the archive's feed
+            log.exception("change hook failed for a batch from %s", site_id)
 
     def _checked(self, site_id: str, changes: Sequence[Any]) -> tuple[list[StoredChange], int]:
         out: list[StoredChange] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import socket
 from dataclasses import dataclass, field
@@ -22,12 +23,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from federation._proto.v1 import (
+    archive_pb2_grpc,
     diagnostics_pb2,
     diagnostics_pb2_grpc,
     gateway_pb2,
     gateway_pb2_grpc,
 )
 from federation._runtime import wait_for_shutdown_signal
+from federation.archive.alerts import CriticalAlerts
+from federation.archive.care import CareContext, CareRegistry
+from federation.archive.deid import Deidentifier
+from federation.archive.export import ExportRunner, ExportStore
+from federation.archive.http import create_archive_router
+from federation.archive.people import PersonDirectory
+from federation.archive.record import RecordGatherer
+from federation.archive.service import ArchiveService
+from federation.archive.servicer import ARCHIVE_POLICY, ArchiveServicer
+from federation.archive.servicer import SERVICE_NAME as ARCHIVE_SERVICE
 from federation.archive.store import ArchiveStore
 from federation.archive.sync import FeedPuller
 from federation.errors import Unavailable
@@ -44,8 +56,8 @@ from federation.identity.store import IdentityStore
 from federation.rpc.channels import server_options
 from federation.rpc.guard import CallGuard
 from federation.security.identity import RevocationList
-from federation.security.tls import TlsMaterial, require_current, server_credentials
 from federation.security.limits import RateLimiter
+from federation.security.tls import TlsMaterial, require_current, server_credentials
 from federation.security.tokens import AccessTokens, TrustAnchor
 from federation.settings import GatewaySettings
 from federation.store import GatewayStore, make_engine, upgrade
@@ -80,6 +92,9 @@ class RunningGateway:
     archive: ArchiveStore
     identity: IdentityStore
     puller: FeedPuller
+    archive_service: ArchiveService
+    alerts: CriticalAlerts
+    exports: ExportRunner
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -134,11 +149,15 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     search = FederatedSearch(store, clients, default_deadline_ms=settings.search_deadline_ms)
     identity = IdentityStore(engine)
     archive = ArchiveStore(engine, identity.index)
+    service, alerts, exports = _archive_parts(settings, engine, store, archive, clients, inbox,
+                                              tls)
     puller = FeedPuller(store, archive, clients, interval_s=settings.sync_interval_ms / 1000,
-                        validate=settings.sync_validate)
+                        validate=settings.sync_validate, modes=settings.archive_modes(),
+                        on_changes=alerts)
 
     server = grpc.aio.server(
-        interceptors=[CallGuard("gateway", GATEWAY_POLICY | DIAGNOSTICS_POLICY, revocations)],
+        interceptors=[CallGuard("gateway", GATEWAY_POLICY | DIAGNOSTICS_POLICY | ARCHIVE_POLICY,
+                                revocations)],
         options=server_options(settings.max_message_bytes),
     )
     gateway_pb2_grpc.add_GatewayServicer_to_server(
@@ -146,10 +165,12 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
                         puller=puller, archive=(store, archive), identity=identity),
         server)
     diagnostics_pb2_grpc.add_DiagnosticsServicer_to_server(DiagnosticsServicer(store), server)
+    archive_pb2_grpc.add_ArchiveServicer_to_server(ArchiveServicer(service), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE, DIAGNOSTICS, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        (SERVICE, DIAGNOSTICS, ARCHIVE_SERVICE,
+         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     try:
         port = server.add_secure_port(settings.grpc_listen, server_credentials(tls))
@@ -157,15 +178,17 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         raise Unavailable(f"cannot listen for gRPC on {settings.grpc_listen}: address already "
                           "in use or not available") from None
     await server.start()
-    for name in ("", SERVICE):
+    for name in ("", SERVICE, ARCHIVE_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     serving = {"up": True}
     quality = SiteQuality(store, clients, deadline_ms=settings.search_deadline_ms)
+    tokens = AccessTokens(tls.key_pem, tls.cert_pem, trust)
     app = create_http_app(store, registry, quality, grpc_serving=lambda: serving["up"],
                           archive=archive, identity_api=create_identity_api(identity),
-                          identity=identity, auth=(AccessTokens(tls.key_pem, tls.cert_pem, trust),
-                                                   trust),
+                          identity=identity, auth=(tokens, trust),
+                          routers=[create_archive_router(service, tokens, exports=exports.jobs,
+                                                         runner=exports)],
                           limits=(RateLimiter(settings.http_rate_per_user,
                                               max(1, int(3 * settings.http_rate_per_user)),
                                               what="user"),
@@ -179,6 +202,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         settings=settings, store=store, inbox=inbox, registry=registry, grpc_server=server,
         grpc_port=port, http_port=sock.getsockname()[1], health=health_servicer, _http=http,
         clients=clients, archive=archive, identity=identity, puller=puller,
+        archive_service=service, alerts=alerts, exports=exports,
     )
     sweep_every = max(0.05, min(1.0, settings.heartbeat_interval_ms / 4000))
     flush_every = max(0.02, min(0.5, settings.unreachable_after_ms / 8000))
@@ -187,10 +211,34 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         asyncio.create_task(registry.sweep_forever(sweep_every, running._stop), name="sweeper"),
         asyncio.create_task(registry.flush_forever(flush_every, running._stop), name="flush"),
         asyncio.create_task(puller.run(running._stop), name="change-feed-puller"),
+        asyncio.create_task(exports.run(running._stop), name="export-runner"),
     ]
     log.info("gateway serving gRPC on %s (port %d), HTTP on port %d",
              settings.grpc_listen, port, running.http_port)
     return running
+
+
+def _archive_parts(settings: GatewaySettings, engine, store: GatewayStore,
+                   archive: ArchiveStore, clients: NodeClients, inbox: Inbox,
+                   tls: TlsMaterial) -> tuple[ArchiveService, CriticalAlerts, ExportRunner]:
+    """The regional archive's person-level reads, critical-result alerts and research
+    export, built around the store (each site's archive mode from ``[[sites]]``)."""
+    modes = settings.archive_modes()
+    people = PersonDirectory(engine)
+    care = CareRegistry(CareContext(engine, archive, people.records_of,
+                                    settings.archive_care_window_days))
+    gatherer = RecordGatherer(store, archive, clients, modes,
+                              deadline_ms=settings.archive_deadline_ms,
+                              validate=settings.sync_validate)
+    service = ArchiveService(store, people, care, gatherer,
+                             care_window_days=settings.archive_care_window_days)
+    alerts = CriticalAlerts(inbox, care, person_of=people.person_of,
+                            records_of=people.records_of,
+                            max_age=dt.timedelta(hours=settings.archive_alert_max_age_hours))
+    key = settings.archive_deid_key.encode() or hashlib.sha256(
+        b"federation-deid:" + tls.key_pem).digest()
+    exports = ExportRunner(ExportStore(engine), archive, people, Deidentifier(key), modes)
+    return service, alerts, exports
 
 
 async def serve(settings: GatewaySettings) -> None:

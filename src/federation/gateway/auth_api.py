@@ -59,6 +59,9 @@ class BearerAuth:
         self._tokens = tokens
 
     async def __call__(self, request: Request) -> StaffClaims:
+        already = getattr(request.state, "claims", None)    # checked by Authorize
+        if already is not None:
+            return already
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -72,9 +75,11 @@ class Authorize:
     """App-wide dependency: the authorisation matrix, applied to the matched route, and
     each signed-in person's rate limit."""
 
-    def __init__(self, tokens: AccessTokens, limiter: RateLimiter) -> None:
+    def __init__(self, tokens: AccessTokens, limiter: RateLimiter,
+                 store: GatewayStore | None = None) -> None:
         self._bearer = BearerAuth(tokens)
         self._limiter = limiter
+        self._store = store
 
     async def __call__(self, request: Request) -> None:
         route = request.scope.get("route")
@@ -86,9 +91,16 @@ class Authorize:
                                           "nobody may call it")
         if rule.public:
             return
-        claims = await self._bearer(request)
-        self._limiter.take(f"{claims.site_id}/{claims.user_id}")
-        authorize(rule, claims, what=what)
+        claims: StaffClaims | None = None
+        try:
+            claims = await self._bearer(request)
+            self._limiter.take(f"{claims.site_id}/{claims.user_id}")
+            authorize(rule, claims, what=what)
+        except errors.FederationError as exc:
+            if self._store is not None:     # refusals are exchanges too (ids only)
+                await asyncio.to_thread(_log, self._store, dt.datetime.now(dt.UTC), claims,
+                                        "refused", exc.code, operation=what)
+            raise
         request.state.claims = claims
 
 
@@ -177,12 +189,12 @@ def _oauth_error(status: int, error: str, description: str,
 
 
 def _log(store: GatewayStore, started: dt.datetime, claims: StaffClaims | None,
-         outcome: str, status: str) -> None:
+         outcome: str, status: str, *, operation: str = "POST /auth/token") -> None:
     store.log_exchange(ExchangeEntry(
         at=started, correlation_id=uuid.uuid4().hex, requester_kind="user",
         requester_id=claims.user_id if claims else "(unverified)",
         requester_site=claims.site_id if claims else None, target_site=None,
-        operation="POST /auth/token", purpose=claims.purpose if claims else None,
+        operation=operation, purpose=claims.purpose if claims else None,
         patient_ref=None, outcome=outcome, status_code=status,
         detail=("break-glass" if claims and claims.break_glass else ""),
         duration_ms=(dt.datetime.now(dt.UTC) - started).total_seconds() * 1000))

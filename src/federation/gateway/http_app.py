@@ -9,9 +9,10 @@ people sign in at ``POST /auth/token`` and send ``Authorization: Bearer …``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -39,6 +40,7 @@ def create_http_app(
     limits: tuple[RateLimiter, RateLimiter] | None = None,
     archive: ArchiveStore | None = None, identity_api: Any = None,
     identity: IdentityStore | None = None,
+    routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     """``grpc_serving`` is a zero-argument callable telling whether the gRPC server is up;
     ``limits`` are the per-user and per-client (sign-in) rate limiters;
@@ -46,7 +48,7 @@ def create_http_app(
     per_user, per_client = limits or (RateLimiter(20.0, 60, what="user"),
                                       RateLimiter(0.5, 10, what="client"))
     app = FastAPI(title="Federation gateway", version="0.1.0", docs_url="/docs",
-                  dependencies=[Depends(Authorize(auth[0], per_user))])
+                  dependencies=[Depends(Authorize(auth[0], per_user, store))])
 
     @app.exception_handler(errors.FederationError)
     async def _federation_error(_: Request, exc: errors.FederationError) -> JSONResponse:
@@ -60,6 +62,8 @@ def create_http_app(
     if identity_api is not None:
         app.include_router(identity_api)
     app.include_router(create_auth_router(store, *auth, per_client))
+    for router in routers:  # capabilities that bring their own routes (archive …)
+        app.include_router(router)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

@@ -73,6 +73,25 @@ HTTP_AUTHZ: dict[tuple[str, str], Rule] = {
     ("GET", "/api/identity/records/{site_id}/{record_id}/person"):
         Rule(CLINICIANS | {"regional-admin"}, CARE | OPERATIONS, ("Person", "read")),
     ("GET", "/api/identity/counts"): Rule(ADMINS | {"auditor"}, OPERATIONS),
+    # the regional archive: a person's record across sites, for their care (the archive's
+    # access policy then asks for a care relationship or break-glass, and the Consent)
+    ("GET", "/fhir/Patient/{some_id}/$everything"): Rule(CLINICIANS, CARE, ("Patient", "read")),
+    ("GET", "/fhir/Patient/{some_id}/$summary"): Rule(CLINICIANS, CARE, ("Patient", "read")),
+    ("GET", "/api/archive/persons/{some_id}/summary"):
+        Rule(CLINICIANS, CARE, ("Patient", "read")),
+    **{("GET", f"/fhir/{t}"): Rule(CLINICIANS, CARE, (t, "read")) for t in (
+        "AllergyIntolerance", "Condition", "DiagnosticReport", "DocumentReference",
+        "Encounter", "MedicationRequest", "Observation")},
+    ("POST", "/fhir/Consent"): Rule(CLINICIANS, CARE, ("Consent", "write")),
+    ("GET", "/fhir/Consent/{consent_id}"): Rule(CLINICIANS, CARE, ("Consent", "read")),
+    # research export (FHIR Bulk Data), de-identified: regional administrators only
+    ("GET", "/fhir/Patient/$export"): Rule(frozenset({"regional-admin"}), frozenset({"HRESCH"})),
+    ("GET", "/fhir/$export-status/{job_id}"):
+        Rule(frozenset({"regional-admin"}), frozenset({"HRESCH"})),
+    ("DELETE", "/fhir/$export-status/{job_id}"):
+        Rule(frozenset({"regional-admin"}), frozenset({"HRESCH"})),
+    ("GET", "/fhir/$export-file/{job_id}/{resource_type}/{part}"):
+        Rule(frozenset({"regional-admin"}), frozenset({"HRESCH"})),
 }
 
 

@@ -40,7 +40,7 @@ __all__ = [
     "UtcDateTime", "StoreModel", "metadata",
     "Site", "Node", "NodeEvent", "ExchangeLog", "WorkItem", "SiteResource", "FeedCursor",
     "IdentityPerson", "IdentityRecord", "IdentityBlock", "IdentityEvent", "IdentityReview",
-    "IdentityNoMatch", "IdentityModel",
+    "IdentityNoMatch", "IdentityModel", "ArchiveConsent", "ExportJob", "ExportFile",
     "SiteRow", "NodeRow", "NodeEventRow", "ExchangeEntry", "WorkItemRow",
 ]
 
@@ -225,6 +225,8 @@ class SiteResource(StoreModel, table=True):
     patient_id: str | None = Field(default=None, sa_type=String(64), nullable=True)
     body: bytes | None = Field(default=None, sa_type=LargeBinary, nullable=True)
     received_at: dt.datetime = Field(sa_type=UtcDateTime)
+    #: when two sites report "the same" resource (archive.dedup), computed once on storing
+    dedup_keys: str | None = Field(default=None, sa_type=Text, nullable=True)
 
 
 class FeedCursor(StoreModel, table=True):
@@ -355,6 +357,54 @@ class IdentityModel(StoreModel, table=True):
 
 
 # ---------------------------------------------------------------- rows handed to callers
+
+
+class ArchiveConsent(StoreModel, table=True):
+    """A patient's FHIR Consent about the regional archive (which sites or categories of
+    their record others may not see), as recorded by authorised staff."""
+
+    __tablename__ = "archive_consent"
+
+    consent_id: str = Field(sa_type=String(64), primary_key=True)
+    person_id: str = Field(sa_type=String(64), index=True)  # the EMPI person at recording
+    site_id: str = Field(sa_type=String(64))                 # the Patient record it names
+    record_id: str = Field(sa_type=String(64))
+    status: str = Field(sa_type=String(16))
+    body: bytes = Field(sa_type=LargeBinary)                 # the FHIR Consent JSON
+    recorded_at: dt.datetime = Field(sa_type=UtcDateTime)
+    recorded_by: str = Field(sa_type=String(200))
+
+
+class ExportJob(StoreModel, table=True):
+    """A FHIR Bulk Data export (research, de-identified). Any replica answers its status
+    and files; the one holding the lease runs it (a lapsed lease is taken over)."""
+
+    __tablename__ = "export_job"
+
+    job_id: str = Field(sa_type=String(64), primary_key=True)
+    status: str = Field(sa_type=String(16), index=True)   # accepted|running|completed|failed
+    requested_by: str = Field(sa_type=String(200))
+    requester_site: str = Field(sa_type=String(64))
+    request: str = Field(sa_type=Text)                    # JSON: cohort, types
+    created_at: dt.datetime = Field(sa_type=UtcDateTime)
+    updated_at: dt.datetime = Field(sa_type=UtcDateTime)
+    lease_owner: str | None = Field(default=None, sa_type=String(64), nullable=True)
+    lease_until: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+    attempts: int = Field(default=0)
+    error: str = Field(default="", sa_type=String(500))
+    output: str = Field(default="[]", sa_type=Text)       # JSON: [{type, count, part}]
+
+
+class ExportFile(StoreModel, table=True):
+    """One NDJSON output file of an export job (kept in the store: every replica serves it)."""
+
+    __tablename__ = "export_file"
+
+    job_id: str = Field(sa_type=String(64), primary_key=True, foreign_key="export_job.job_id")
+    resource_type: str = Field(sa_type=String(64), primary_key=True)
+    part: int = Field(primary_key=True)
+    count: int = Field(default=0)
+    body: bytes = Field(sa_type=LargeBinary)
 
 
 @dataclass(frozen=True, slots=True)
