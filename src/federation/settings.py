@@ -89,6 +89,10 @@ class GatewaySettings:
     sync_interval_ms: int = 300_000
     #: check every pulled resource against the FHIR R4 models (nodes already did)
     sync_validate: bool = True
+    #: the consortium's referral rules (routing, time limits, reject reasons); None = packaged
+    referral_rules: Path | None = None
+    #: how often referral time limits are checked for escalation
+    referral_sweep_ms: int = 30_000
     log_level: str = "INFO"
 
 
@@ -273,6 +277,8 @@ def load_gateway_settings(
         inbox_poll_ms=r.int("inbox_poll_ms", 1000, minimum=10),
         sync_interval_ms=r.int("sync_interval_ms", 300_000, minimum=100),
         sync_validate=r.bool("sync_validate", True),
+        referral_rules=r.opt_path("referral_rules"),
+        referral_sweep_ms=r.int("referral_sweep_ms", 30_000, minimum=100),
         log_level=r.str("log_level", "INFO").upper(),
     )
 

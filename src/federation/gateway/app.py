@@ -20,11 +20,11 @@ import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from federation._proto.v1 import gateway_pb2, gateway_pb2_grpc
+from federation._proto.v1 import gateway_pb2, gateway_pb2_grpc, referral_pb2_grpc
 from federation._runtime import wait_for_shutdown_signal
 from federation.archive.store import ArchiveStore
 from federation.archive.sync import FeedPuller
-from federation.errors import Unavailable
+from federation.errors import FederationError, Unavailable
 from federation.gateway.http_app import create_http_app
 from federation.gateway.inbox import Inbox
 from federation.gateway.node_clients import NodeClients
@@ -34,12 +34,18 @@ from federation.gateway.search import FederatedSearch
 from federation.gateway.servicer import GATEWAY_POLICY, GatewayServicer
 from federation.identity.http_api import create_identity_api
 from federation.identity.store import IdentityStore
+from federation.referral.http import create_referral_router
+from federation.referral.rules import load_rules
+from federation.referral.service import ReferralService
+from federation.referral.servicer import REFERRALS_POLICY, ReferralsServicer
+from federation.referral.servicer import SERVICE as REFERRALS_SERVICE
 from federation.rpc.channels import server_options
 from federation.rpc.guard import CallGuard
 from federation.security.identity import RevocationList
 from federation.security.tls import TlsMaterial, require_current, server_credentials
 from federation.settings import GatewaySettings
 from federation.store import GatewayStore, make_engine, upgrade
+from federation.workflow.store import WorkflowStore
 
 __all__ = ["RunningGateway", "start_gateway", "serve"]
 
@@ -70,6 +76,7 @@ class RunningGateway:
     archive: ArchiveStore
     identity: IdentityStore
     puller: FeedPuller
+    referrals: ReferralService
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -120,19 +127,24 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     archive = ArchiveStore(engine, identity.index)
     puller = FeedPuller(store, archive, clients, interval_s=settings.sync_interval_ms / 1000,
                         validate=settings.sync_validate)
+    referrals = ReferralService(
+        store, WorkflowStore(engine), load_rules(settings.referral_rules), identity=identity,
+        clients=clients, packet_deadline_s=settings.search_deadline_ms / 1000, wake=inbox.wake)
+    inbox.on_ack(referrals.receipt)   # a result's receipt at the requester closes the loop
 
     server = grpc.aio.server(
-        interceptors=[CallGuard("gateway", GATEWAY_POLICY, revocations)],
+        interceptors=[CallGuard("gateway", GATEWAY_POLICY | REFERRALS_POLICY, revocations)],
         options=server_options(settings.max_message_bytes),
     )
     gateway_pb2_grpc.add_GatewayServicer_to_server(
         GatewayServicer(registry, inbox, search, heartbeat_ms=settings.heartbeat_interval_ms,
                         puller=puller, archive=(store, archive), identity=identity),
         server)
+    referral_pb2_grpc.add_ReferralsServicer_to_server(ReferralsServicer(referrals), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        (SERVICE, REFERRALS_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     try:
         port = server.add_secure_port(settings.grpc_listen, server_credentials(tls))
@@ -140,14 +152,14 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         raise Unavailable(f"cannot listen for gRPC on {settings.grpc_listen}: address already "
                           "in use or not available") from None
     await server.start()
-    for name in ("", SERVICE):
+    for name in ("", SERVICE, REFERRALS_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     serving = {"up": True}
     quality = SiteQuality(store, clients, deadline_ms=settings.search_deadline_ms)
     app = create_http_app(store, registry, quality, grpc_serving=lambda: serving["up"],
                           archive=archive, identity_api=create_identity_api(identity),
-                          identity=identity)
+                          identity=identity, referral_api=create_referral_router(referrals, store=store))
     sock = _bind(settings.http_listen)
     http = _EmbeddedUvicorn(uvicorn.Config(app, log_level="warning", lifespan="off",
                                            access_log=False))
@@ -155,6 +167,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         settings=settings, store=store, inbox=inbox, registry=registry, grpc_server=server,
         grpc_port=port, http_port=sock.getsockname()[1], health=health_servicer, _http=http,
         clients=clients, archive=archive, identity=identity, puller=puller,
+        referrals=referrals,
     )
     sweep_every = max(0.05, min(1.0, settings.heartbeat_interval_ms / 4000))
     flush_every = max(0.02, min(0.5, settings.unreachable_after_ms / 8000))
@@ -163,10 +176,29 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         asyncio.create_task(registry.sweep_forever(sweep_every, running._stop), name="sweeper"),
         asyncio.create_task(registry.flush_forever(flush_every, running._stop), name="flush"),
         asyncio.create_task(puller.run(running._stop), name="change-feed-puller"),
+        asyncio.create_task(_escalate_forever(referrals, settings.referral_sweep_ms / 1000,
+                                              running._stop), name="referral-time-limits"),
     ]
     log.info("gateway serving gRPC on %s (port %d), HTTP on port %d",
              settings.grpc_listen, port, running.http_port)
     return running
+
+
+async def _escalate_forever(referrals: ReferralService, every: float,
+                            stop: asyncio.Event) -> None:
+    """Check referral time limits every ``every`` seconds (replicas split the work)."""
+    while not stop.is_set():
+        try:
+            escalated = await referrals.escalate()
+            if escalated:
+                log.warning("escalated %d referral(s) past their time limit: %s",
+                            len(escalated), ", ".join(r.task_id for r in escalated))
+        except FederationError as exc:
+            log.warning("referral time-limit check failed: %s", exc.message)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=every)
+        except TimeoutError:
+            pass
 
 
 async def serve(settings: GatewaySettings) -> None:

@@ -33,7 +33,7 @@ HTTP_REQUESTER = Requester(kind="gateway", id="http-api")
 def create_http_app(
     store: GatewayStore, registry: NodeRegistry, quality: SiteQuality, *, grpc_serving: Any,
     archive: ArchiveStore | None = None, identity_api: Any = None,
-    identity: IdentityStore | None = None,
+    identity: IdentityStore | None = None, referral_api: Any = None,
 ) -> FastAPI:
     """``grpc_serving`` is a zero-argument callable telling whether the gRPC server is up;
     with ``identity`` the EMPI's FHIR routes (PIXm, PDQm, Person) are served too."""
@@ -82,6 +82,8 @@ def create_http_app(
         return body
 
     app.include_router(create_terminology_router())  # FHIR $translate, Condition/$normalize
+    if referral_api is not None:  # FHIR Task / ServiceRequest search and read
+        app.include_router(referral_api)
     if identity is not None:  # FHIR Patient/$ihe-pix, Patient?…, Person/{id}
         app.include_router(create_identity_router(identity, archive, store=store,
                                                   requester=HTTP_REQUESTER))
