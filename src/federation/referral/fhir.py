@@ -82,11 +82,14 @@ def service_request(task_id: str, *, direction: str, urgency: str, requester_sit
         "authoredOn": iso(authored),
         "requester": practitioner_ref(requester_site, requester_user),
         "performer": [org_ref(target_site)],
-        "reasonCode": [{"coding": [coding] if coding.get("code") else [],
-                        "text": reason.get("text") or coding.get("display") or ""}],
     }
-    if not body["reasonCode"][0]["coding"]:
-        del body["reasonCode"][0]["coding"]
+    concept: dict[str, Any] = {}
+    if coding.get("code"):
+        concept["coding"] = [coding]
+    if reason.get("text") or coding.get("display"):
+        concept["text"] = reason.get("text") or coding["display"]
+    if concept:
+        body["reasonCode"] = [concept]
     if department:
         body["performerType"] = {"text": department}
     if notes:

@@ -86,6 +86,10 @@ class StoreSessions:
         self._write_lock: AbstractContextManager[object] = (
             threading.Lock() if engine.dialect.name == "sqlite" else nullcontext())
 
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
     @contextmanager
     def _write(self) -> Iterator[Session]:
         with self._write_lock, _translated(self._engine), Session(self._engine) as s, s.begin():
@@ -98,10 +102,6 @@ class StoreSessions:
 
 
 class GatewayStore(StoreSessions):
-    @property
-    def engine(self) -> Engine:
-        return self._engine
-
     def ping(self) -> None:
         """Raise :class:`Unavailable` if the database cannot be reached."""
         check_connection(self._engine)

@@ -159,9 +159,9 @@ class TransitionTable:
             what = subject or f"a {self.name}"
             now = self.allowed(state)
             hint = (f"allowed now: {', '.join(now)}" if now
-                    else "it is finished; nothing more can be done to it")
+                    else "nothing more can be done to it")
             raise InvalidTransition(
-                f"cannot {action} {what} that is {_label(state)}; {hint}")
+                f"cannot {action} {what}: it is {_label(state)}; {hint}")
         return found
 
     def transition(self, state: WorkflowState, action: str, actor: Actor, *,

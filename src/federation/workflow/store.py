@@ -112,9 +112,10 @@ class WorkflowStore(StoreSessions):
                 raise NotFound(f"{workflow} '{task_id}' does not exist")
             if callable(table):
                 table = table(task.category)
+            subject = subject or f"{workflow} {task_id}"
             if expected_version is not None and expected_version != task.version:
                 raise ConcurrentUpdate(
-                    f"{subject or task_id} changed meanwhile (it is at version {task.version}, "
+                    f"{subject or workflow + ' ' + task_id} changed meanwhile (it is at version {task.version}, "
                     f"you had version {expected_version}): reload it and decide again")
             actor = Actor(principal.describe(), parties_of(
                 principal.kind, principal.site_id, principal.roles,
@@ -122,7 +123,7 @@ class WorkflowStore(StoreSessions):
                 principal.roles)
             for action, build in steps:
                 state = table.states.of(task.status, task.business_status)
-                rule = table.transition(state, action, actor, subject=subject or task_id)
+                rule = table.transition(state, action, actor, subject=subject)
                 change = build(TaskRow.of(task), rule, lambda name: _resource(s, task_id, name))
                 _apply(s, task, rule, change, principal, now)
             return TaskRow.of(task)

@@ -11,7 +11,7 @@ A workflow's data file has a ``[time_limits]`` table::
 A task whose acknowledgement is overdue is *escalated* once: a flag on the task, an
 event in its history, and a notice to each audience — a site's audience reaches that
 site's node inbox (its duty list); ``regional-admin`` is kept for the administrators'
-console. Durations are ``<n>m``, ``<n>h`` or ``<n>d``. No I/O here.
+console. Durations are ``<n>m``, ``<n>h`` or ``<n>d`` (``<n>s`` for tests and drills). No I/O here.
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ from federation.errors import ConfigError
 __all__ = ["TimeLimit", "TimeLimits", "AUDIENCES", "parse_duration"]
 
 AUDIENCES = ("owner-site", "requester-site", "regional-admin")
-_DURATION = re.compile(r"^\s*(\d+)\s*([mhd])\s*$")
-_UNIT = {"m": "minutes", "h": "hours", "d": "days"}
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 def parse_duration(text: str, where: str = "duration") -> dt.timedelta:
     m = _DURATION.match(str(text))
     if not m or int(m.group(1)) <= 0:
-        raise ConfigError(f"{where} must look like 30m, 4h or 2d, got {text!r}")
+        raise ConfigError(f"{where} must look like 30m, 4h or 2d (or 90s), got {text!r}")
     return dt.timedelta(**{_UNIT[m.group(2)]: int(m.group(1))})
 
 
