@@ -348,9 +348,11 @@ def demo(workdir: Path, tour_only: bool, people: int) -> None:
 
 def _register_groups() -> None:
     from federation.identity.cli import identity
+    from federation.referral.cli import referral
     from federation.terminology.cli import terminology
 
     cli.add_command(identity)
+    cli.add_command(referral)
     cli.add_command(terminology)
 
 
