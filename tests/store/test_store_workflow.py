@@ -164,7 +164,8 @@ def test_escalation_happens_once_and_only_for_unacknowledged(workflows):
 
     def notices(row):
         return [("site:city-1", "late", Message("city-1", "notice", "escalation", b"{}")),
-                ("regional-admin", "late", None)]
+                ("regional-admin", "late", None),
+                ("site:county-a", "late", Message("county-a", "notice", "escalation", b"{}"))]
 
     later = T0 + dt.timedelta(hours=5)
     done = workflows.escalate_overdue("referral", later, notices)
@@ -172,9 +173,13 @@ def test_escalation_happens_once_and_only_for_unacknowledged(workflows):
     assert workflows.escalate_overdue("referral", later, notices) == []
     task = workflows.get("ref-0001", "referral")
     assert task.escalated_at == later and task.business_status == "awaiting-triage"
-    assert [n.audience for n in workflows.notices()] == ["regional-admin", "site:city-1"]
+    notices_ = workflows.notices()
+    assert sorted(n.audience for n in notices_) == ["regional-admin", "site:city-1",
+                                                    "site:county-a"]
+    assert all((n.item_id is None) == (n.audience == "regional-admin") for n in notices_)
     assert workflows.history("ref-0001")[-1].action == "escalate"
-    assert [d.purpose for d in workflows.deliveries("ref-0001")] == ["packet", "escalation"]
+    assert [(d.site_id, d.purpose) for d in workflows.deliveries("ref-0001")] == [
+        ("city-1", "packet"), ("city-1", "escalation"), ("county-a", "escalation")]
     _, total = workflows.search("referral", TaskFilter(escalated=True))
     assert total == 1
 

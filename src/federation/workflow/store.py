@@ -154,14 +154,14 @@ class WorkflowStore(StoreSessions):
                 task.updated_at = now
                 after = TaskRow.of(task)
                 planned = notices(after)
-                lock_sites(s, [m.site_id for _, _, m in planned if m is not None])
+                messages = [m for _, _, m in planned if m is not None]
+                lock_sites(s, [m.site_id for m in messages])
+                item_ids = iter(_emit(s, task, messages, now))
                 reasons = []
                 for audience, reason, message in planned:
-                    item_id = None
-                    if message is not None:
-                        item_id = _emit(s, task, [message], now)[0]
                     s.add(WorkflowNotice(task_id=task.task_id, at=now, audience=audience,
-                                         reason=reason[:300], item_id=item_id))
+                                         reason=reason[:300],
+                                         item_id=next(item_ids) if message else None))
                     reasons.append(audience)
                 s.add(_event(task, "escalate", task.status, task.business_status, "system",
                              None, now, None, {"notified": reasons}))
