@@ -1,0 +1,251 @@
+"""Referral delivery: created at the county node → visible in the city node's inbox.
+
+    .venv/bin/python bench/referral_latency.py [--latency 200] [--seconds 10]
+        [--concurrency 8] [--outage 1000] [--database-url postgresql+psycopg://…]
+
+Sets up the demo consortium's CA, certificates and data in a temporary folder (or
+``--workdir``), starts the gateway and county-a's node in this process and city-1's node
+as a separate process (``federation node serve``), all over mutual TLS on loopback. The
+county node creates each referral (``Referrals.Create`` with its node certificate, acting
+for dr-wang): the gateway checks the rules and consent, resolves the EMPI person, fetches
+the packet from the county node and queues it; the city node's link stores it in its
+inbox. Latency = the city node's ``received_at`` minus the moment before the Create call
+(one clock: the same machine).
+
+Three phases:
+
+1. **latency** — ``--latency`` referrals one after another, the target up: p50/p99;
+2. **sustained** — ``--concurrency`` creators for ``--seconds``: referrals/s created and
+   delivered, latency under load;
+3. **outage** — ``--outage`` referrals created by ``--concurrency`` creators while the
+   city node is killed (SIGKILL) after 30 % and restarted after 70 %: delivered, lost
+   (must be 0) and duplicated in the inbox (must be 0), and how long the backlog took.
+
+Exit status 1 when anything was lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from sqlalchemy import text
+
+from federation.demo.workspace import DemoLayout, prepare_workspace
+from federation.gateway.app import RunningGateway, start_gateway
+from federation.nodes.agent import start_node
+from federation.referral.client import ReferralClient
+from federation.referral.service import NewReferral
+from federation.security.tls import TlsMaterial
+from federation.settings import load_gateway_settings, load_node_settings
+
+TARGET, ORIGIN = "city-1", "county-a"
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _summary(label: str, lat_ms: list[float]) -> str:
+    if not lat_ms:
+        return f"{label}: no deliveries"
+    return (f"{label}: n={len(lat_ms)} p50={statistics.median(lat_ms):.1f} ms "
+            f"p99={_pct(lat_ms, 0.99):.1f} ms max={max(lat_ms):.1f} ms")
+
+
+class CityNode:
+    """city-1's node agent as its own process, killable."""
+
+    def __init__(self, layout: DemoLayout) -> None:
+        self.layout = layout
+        self.proc: subprocess.Popen[bytes] | None = None
+        settings = load_node_settings(layout.node_configs[TARGET])
+        self.inbox_path = settings.state_dir / "inbox.sqlite"
+
+    def start(self) -> None:
+        log = (self.layout.logs / f"{TARGET}.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "federation", "node", "serve", "--config",
+             str(self.layout.node_configs[TARGET])], stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            start_new_session=True)
+        log.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def received(self) -> dict[str, list[float]]:
+        """referral id → the times (epoch s) the inbox stored a packet for it."""
+        if not self.inbox_path.exists():
+            return {}
+        conn = sqlite3.connect(f"file:{self.inbox_path}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = conn.execute("SELECT payload, received_at FROM inbox "
+                                "WHERE kind = 'referral'").fetchall()
+        except sqlite3.OperationalError:
+            return {}
+        finally:
+            conn.close()
+        out: dict[str, list[float]] = {}
+        for payload, received in rows:
+            rid = json.loads(payload)["id"].removesuffix("-packet")
+            at = dt.datetime.fromisoformat(str(received))
+            at = at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+            out.setdefault(rid, []).append(at.timestamp())
+        return out
+
+
+async def _wait_for(ids: set[str], city: CityNode, timeout: float) -> dict[str, list[float]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = city.received()
+        if ids <= set(got) or time.monotonic() > deadline:
+            return got
+        await asyncio.sleep(0.05)
+
+
+async def _creator(client: ReferralClient, patients: list[str], created: dict[str, float],
+                   stop: asyncio.Event, budget: list[int], n: int) -> None:
+    i = n
+    while not stop.is_set() and budget[0] > 0:
+        budget[0] -= 1
+        started = time.time()
+        ref, _ = await client.create(NewReferral(
+            patient_id=patients[i % len(patients)], urgency="urgent", target_site=TARGET,
+            department="cardiology", consent_method="written",
+            reason={"system": "http://hl7.org/fhir/sid/icd-10", "code": "I21.9"}))
+        created[ref.id] = started
+        i += 7
+
+
+async def run(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="referral-bench-"))
+    layout = prepare_workspace(workdir, people=args.people)
+    settings = load_gateway_settings(layout.gateway_config)
+    if args.database_url:
+        settings = replace(settings, database_url=args.database_url)
+    settings = replace(settings, inbox_poll_ms=200)
+    gw: RunningGateway = await start_gateway(settings)
+    origin = await start_node(load_node_settings(layout.node_configs[ORIGIN]))
+    city = CityNode(layout)
+    city.start()
+    node_tls = TlsMaterial.load(workdir / "pki" / ORIGIN / f"{ORIGIN}.crt",
+                                workdir / "pki" / ORIGIN / f"{ORIGIN}.key", layout.ca_cert)
+    clients = [ReferralClient(layout.grpc_address, node_tls, practitioner=("dr-wang", "doctor"))
+               for _ in range(args.concurrency)]
+    lost = duplicated = 0
+    try:
+        patients: list[str] = []
+        for _ in range(600):
+            with gw.store.engine.connect() as conn:
+                patients = list(conn.execute(text(
+                    "SELECT record_id FROM identity_record WHERE site_id = :s AND "
+                    "state = 'linked' ORDER BY record_id"), {"s": ORIGIN}).scalars())
+            node = gw.store.get_node(TARGET)
+            if patients and node is not None and node.state == "online":
+                break
+            await asyncio.sleep(0.1)
+        print(f"gateway {layout.grpc_address} ({settings.database_url.split(':')[0]}), "
+              f"{len(patients)} linked patients at {ORIGIN}, {TARGET} node pid {city.proc.pid}")
+        # warm-up: channels, caches
+        await _creator(clients[0], patients, {}, asyncio.Event(), [5], 0)
+
+        # 1. latency, one at a time
+        created: dict[str, float] = {}
+        for n in range(args.latency):
+            await _creator(clients[0], patients, created, asyncio.Event(), [1], n)
+        got = await _wait_for(set(created), city, 30)
+        lat = [(got[r][0] - t) * 1000 for r, t in created.items() if r in got]
+        print(_summary("latency, target up, sequential", lat))
+
+        # 2. sustained
+        created = {}
+        stop = asyncio.Event()
+        started = time.monotonic()
+        tasks = [asyncio.create_task(_creator(c, patients, created, stop, [10**9], n))
+                 for n, c in enumerate(clients)]
+        await asyncio.sleep(args.seconds)
+        stop.set()
+        await asyncio.gather(*tasks)
+        elapsed = time.monotonic() - started
+        got = await _wait_for(set(created), city, 60)
+        last = max((got[r][0] for r in created if r in got), default=time.time())
+        first = min(created.values())
+        lat = [(got[r][0] - t) * 1000 for r, t in created.items() if r in got]
+        print(f"sustained, {args.concurrency} creators, {elapsed:.1f} s: "
+              f"{len(created) / elapsed:.1f} referrals/s created, "
+              f"{len(lat) / (last - first):.1f}/s delivered")
+        print(_summary("latency under that load", lat))
+
+        # 3. outage: kill the target at 30 %, restart it at 70 %
+        created = {}
+        budget = [args.outage]
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(_creator(c, patients, created, stop, budget, n))
+                 for n, c in enumerate(clients)]
+        killed = restarted = None
+        while any(not t.done() for t in tasks):
+            if killed is None and len(created) >= 0.3 * args.outage:
+                city.kill()
+                killed = len(created)
+            if killed is not None and restarted is None and len(created) >= 0.7 * args.outage:
+                city.start()
+                restarted = len(created)
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*tasks)
+        done_at = time.time()
+        got = await _wait_for(set(created), city, 120)
+        delivered = [r for r in created if r in got]
+        lost = len(created) - len(delivered)
+        duplicated = sum(len(v) - 1 for r, v in got.items() if r in created)
+        backlog = max((got[r][0] for r in delivered), default=done_at) - done_at
+        print(f"outage: {len(created)} referrals created; {TARGET} killed after {killed}, "
+              f"restarted after {restarted}: delivered {len(delivered)}, lost {lost}, "
+              f"duplicated in inbox {duplicated}; backlog drained {max(0.0, backlog):.1f} s "
+              "after the last create")
+    finally:
+        for c in clients:
+            await c.close()
+        city.stop()
+        await origin.stop(0.2)
+        await gw.stop(0.5)
+    return 1 if lost or duplicated else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--latency", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--outage", type=int, default=1000)
+    parser.add_argument("--people", type=int, default=80)
+    parser.add_argument("--workdir")
+    parser.add_argument("--database-url", help="e.g. postgresql+psycopg://postgres@127.0.0.1/x")
+    sys.exit(asyncio.run(run(parser.parse_args())))
+
+
+if __name__ == "__main__":
+    main()
