@@ -7,10 +7,12 @@ Sets up the demo consortium's CA, certificates and data in a temporary folder (o
 ``--workdir``), starts the gateway and county-a's node in this process and city-1's node
 as a separate process (``federation node serve``), all over mutual TLS on loopback. The
 county node creates each referral (``Referrals.Create`` with its node certificate, acting
-for dr-wang): the gateway checks the rules and consent, resolves the EMPI person, fetches
-the packet from the county node and queues it; the city node's link stores it in its
-inbox. Latency = the city node's ``received_at`` minus the moment before the Create call
-(one clock: the same machine).
+for dr-wang): the gateway checks the rules and consent, resolves the EMPI person, stores
+the referral and queues it (Task, ServiceRequest, Consent) for the city; then fetches the
+packet (the patient's recent record) from the county node and queues it behind. The city
+node's link stores each in its inbox. Latency = the city node's ``received_at`` minus the
+moment before the Create call (one clock: the same machine), for the referral and for
+its packet.
 
 Three phases:
 
@@ -97,8 +99,9 @@ class CityNode:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
 
-    def received(self) -> dict[str, list[float]]:
-        """referral id → the times (epoch s) the inbox stored a packet for it."""
+    def received(self, which: str = "referral") -> dict[str, list[float]]:
+        """referral id → the times (epoch s) the inbox stored its ``which`` bundle
+        (``referral`` or ``packet``); more than one time is a duplicate."""
         if not self.inbox_path.exists():
             return {}
         conn = sqlite3.connect(f"file:{self.inbox_path}?mode=ro", uri=True, timeout=5)
@@ -111,17 +114,20 @@ class CityNode:
             conn.close()
         out: dict[str, list[float]] = {}
         for payload, received in rows:
-            rid = json.loads(payload)["id"].removesuffix("-packet")
+            rid, _, kind = json.loads(payload)["id"].rpartition("-")
+            if kind != which:
+                continue
             at = dt.datetime.fromisoformat(str(received))
             at = at if at.tzinfo else at.replace(tzinfo=dt.UTC)
             out.setdefault(rid, []).append(at.timestamp())
         return out
 
 
-async def _wait_for(ids: set[str], city: CityNode, timeout: float) -> dict[str, list[float]]:
+async def _wait_for(ids: set[str], city: CityNode, timeout: float,
+                    which: str = "referral") -> dict[str, list[float]]:
     deadline = time.monotonic() + timeout
     while True:
-        got = city.received()
+        got = city.received(which)
         if ids <= set(got) or time.monotonic() > deadline:
             return got
         await asyncio.sleep(0.05)
@@ -144,9 +150,8 @@ async def _creator(client: ReferralClient, patients: list[str], created: dict[st
 async def run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="referral-bench-"))
     layout = prepare_workspace(workdir, people=args.people)
-    settings = load_gateway_settings(layout.gateway_config)
-    if args.database_url:
-        settings = replace(settings, database_url=args.database_url)
+    settings = replace(load_gateway_settings(layout.gateway_config),
+                       database_url=args.database_url or f"sqlite:///{workdir}/gateway.db")
     settings = replace(settings, inbox_poll_ms=200)
     gw: RunningGateway = await start_gateway(settings)
     origin = await start_node(load_node_settings(layout.node_configs[ORIGIN]))
@@ -179,7 +184,10 @@ async def run(args: argparse.Namespace) -> int:
             await _creator(clients[0], patients, created, asyncio.Event(), [1], n)
         got = await _wait_for(set(created), city, 30)
         lat = [(got[r][0] - t) * 1000 for r, t in created.items() if r in got]
-        print(_summary("latency, target up, sequential", lat))
+        print(_summary("referral visible, target up, sequential", lat))
+        got = await _wait_for(set(created), city, 30, "packet")
+        lat = [(got[r][0] - t) * 1000 for r, t in created.items() if r in got]
+        print(_summary("packet visible, target up, sequential", lat))
 
         # 2. sustained
         created = {}
@@ -198,7 +206,10 @@ async def run(args: argparse.Namespace) -> int:
         print(f"sustained, {args.concurrency} creators, {elapsed:.1f} s: "
               f"{len(created) / elapsed:.1f} referrals/s created, "
               f"{len(lat) / (last - first):.1f}/s delivered")
-        print(_summary("latency under that load", lat))
+        print(_summary("referral visible under that load", lat))
+        got = await _wait_for(set(created), city, 60, "packet")
+        lat = [(got[r][0] - t) * 1000 for r, t in created.items() if r in got]
+        print(_summary("packet visible under that load", lat))
 
         # 3. outage: kill the target at 30 %, restart it at 70 %
         created = {}
@@ -217,15 +228,17 @@ async def run(args: argparse.Namespace) -> int:
             await asyncio.sleep(0.01)
         await asyncio.gather(*tasks)
         done_at = time.time()
-        got = await _wait_for(set(created), city, 120)
-        delivered = [r for r in created if r in got]
-        lost = len(created) - len(delivered)
-        duplicated = sum(len(v) - 1 for r, v in got.items() if r in created)
-        backlog = max((got[r][0] for r in delivered), default=done_at) - done_at
-        print(f"outage: {len(created)} referrals created; {TARGET} killed after {killed}, "
-              f"restarted after {restarted}: delivered {len(delivered)}, lost {lost}, "
-              f"duplicated in inbox {duplicated}; backlog drained {max(0.0, backlog):.1f} s "
-              "after the last create")
+        for which in ("referral", "packet"):
+            got = await _wait_for(set(created), city, 180, which)
+            delivered = [r for r in created if r in got]
+            missing = len(created) - len(delivered)
+            twice = sum(len(v) - 1 for r, v in got.items() if r in created)
+            lost, duplicated = lost + missing, duplicated + twice
+            backlog = max((got[r][0] for r in delivered), default=done_at) - done_at
+            print(f"outage, {which}s: {len(created)} created; {TARGET} killed after {killed}, "
+                  f"restarted after {restarted}: delivered {len(delivered)}, lost {missing}, "
+                  f"duplicated in inbox {twice}; last one stored {max(0.0, backlog):.1f} s "
+                  "after the last create")
     finally:
         for c in clients:
             await c.close()

@@ -97,6 +97,15 @@ def about(items, referral_id: str, kind: str | None = None) -> list[dict]:
     return out
 
 
+def bundle(items, referral_id: str, which: str) -> dict | None:
+    """The ``referral`` (Task, ServiceRequest, Consent …) or ``packet`` (Task + the
+    clinical record) Bundle the inbox holds for ``referral_id``."""
+    found = [b for b in about(items, referral_id, "referral")
+             if b.get("id") == f"{referral_id}-{which}"]
+    assert len(found) <= 1, f"{len(found)} {which} bundles for {referral_id}"
+    return found[0] if found else None
+
+
 def upward(patient_id: str, **over) -> NewReferral:
     fields = dict(patient_id=patient_id, urgency="urgent", direction="upward",
                   target_site="city-1", department="cardiology",

@@ -54,18 +54,22 @@ async def test_nothing_lost_while_the_target_and_the_gateway_are_down(
         c.clients.clear()
         c.nodes["city-1"] = await start_node(node_settings(   # the target comes back
             staff_pki, consortium, "city-1", port, tmp_path / "state"))
-        items = await c.inbox("city-1", lambda i: all(len(about(i, r)) == 3 for r in made),
+        items = await c.inbox("city-1", lambda i: all(len(about(i, r)) == 4 for r in made),
                               timeout=30)
         per_referral = defaultdict(list)
-        for item in items:
+        for item in sorted(items, key=lambda i: i.sequence):
             body = json.loads(item.payload)
-            rid = body.get("id", "").removesuffix("-packet") if item.kind == "referral" else \
-                body["about"][0]["reference"].split("/")[1]
-            per_referral[rid].append((item.sequence, item.kind, item.item_id))
-        for rid in made:
+            if item.kind == "referral":
+                rid, what = body["id"].rsplit("-", 1)
+            else:
+                rid, what = body["about"][0]["reference"].split("/")[1], \
+                    body["payload"][0]["contentString"].split()[0]
+            per_referral[rid].append(what)
+        for n, rid in enumerate(made):        # in the order they happened, per referral
             got = per_referral[rid]
-            assert [k for _, k, _ in got] == ["referral", "notice", "notice"]   # in order
-            assert [s for s, _, _ in got] == sorted(s for s, _, _ in got)
+            assert got[0] == "referral" and sorted(got) == ["first", "packet", "referral",
+                                                            "second"]
+            assert got.index("first") < got.index("second")
         ids = [i.item_id for i in items]
         assert len(ids) == len(set(ids))                         # nothing twice
         assert not c.gateway.store.pending_for("city-1")         # everything acknowledged

@@ -20,7 +20,7 @@ from federation.errors import (
 )
 from federation.referral.moves import Details
 from federation.referral.service import NewReferral
-from tests.referral.conftest import about, upward
+from tests.referral.conftest import about, bundle, upward
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 IN_AN_HOUR = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(hours=1)
@@ -35,19 +35,22 @@ async def test_upward_referral_closes_its_loop(up):
                                                                        "dr-wang")
     assert ref.person_id and ref.task["for"]["identifier"]["value"] == ref.person_id
 
-    items = await up.inbox("city-1", lambda i: about(i, ref.id, "referral"))
-    (packet,) = about(items, ref.id, "referral")
-    kinds = [e["resource"]["resourceType"] for e in packet["entry"]]
-    assert kinds[:4] == ["Task", "ServiceRequest", "Consent", "Patient"]
-    assert {"Encounter", "Condition"} <= set(kinds)
-    assert all(e["resource"].get("meta", {}).get("source", "urn:federation:site:county-a")
-               == "urn:federation:site:county-a" for e in packet["entry"][3:])
-    consent = packet["entry"][2]["resource"]
+    items = await up.inbox("city-1", lambda i: bundle(i, ref.id, "packet"))
+    first, packet = bundle(items, ref.id, "referral"), bundle(items, ref.id, "packet")
+    assert [e["resource"]["resourceType"] for e in first["entry"]] == [
+        "Task", "ServiceRequest", "Consent"]
+    consent = first["entry"][2]["resource"]
     assert consent["provision"]["actor"][0]["reference"]["identifier"]["value"] == "city-1"
+    kinds = [e["resource"]["resourceType"] for e in packet["entry"]]
+    assert kinds[:2] == ["Task", "Patient"] and {"Encounter", "Condition"} <= set(kinds)
+    assert all(e["resource"]["meta"]["source"] == "urn:federation:site:county-a"
+               for e in packet["entry"][1:])
+    order = [i.sequence for i in items if i.item_id.startswith(ref.id)]
+    assert order == sorted(order)               # the referral first, then its packet
 
     booked = await specialist.act(ref.id, "accept", Details(
         appointment_start=IN_AN_HOUR, admission_note="cardiology ward, bed 12"))
-    assert (booked.business_status, booked.version) == ("booked", 3)
+    assert (booked.business_status, booked.version) == ("booked", 4)  # create, packet, 2 moves
     assert booked.task["executionPeriod"]["start"].startswith(IN_AN_HOUR.strftime("%Y-%m-%d"))
     await specialist.act(ref.id, "note", Details(note="please bring the ECG"))
     await specialist.act(ref.id, "start")
@@ -69,8 +72,9 @@ async def test_upward_referral_closes_its_loop(up):
             break
         await asyncio.sleep(0.05)
     assert detail.referral.business_status == "closed"
-    assert [h["action"] for h in detail.history] == [
+    assert [h["action"] for h in detail.history if h["action"] != "attach-packet"] == [
         "create", "accept", "book", "note", "start", "complete", "receive-result"]
+    assert [h["action"] for h in detail.history].count("attach-packet") == 1
     assert detail.history[-1]["actor"] == "system"
     # the requester saw every change: a notice per move of the city, in order
     notices = [json.loads(i.payload) for i in up.nodes["county-a"].inbox.items()
@@ -148,8 +152,8 @@ async def test_a_node_acts_for_its_staff_on_its_own_site_only(up):
     again, created = await node.create(upward(patient, request_id="his-order-77"))
     assert again.id == ref.id and not created
     assert ref.requester_site == "county-a" and ref.requester_user == "dr-wang"
-    items = await up.inbox("city-1", lambda i: about(i, ref.id, "referral"))
-    assert len(about(items, ref.id, "referral")) == 1      # one packet for two calls
+    items = await up.inbox("city-1", lambda i: bundle(i, ref.id, "packet"))
+    assert len(about(items, ref.id, "referral")) == 2      # one referral + packet for two calls
     with pytest.raises(InvalidInput, match="must name the practitioner"):
         await up.client("county-a").create(upward(patient))
     with pytest.raises(PermissionDenied, match="a node may vouch for"):
@@ -159,11 +163,12 @@ async def test_a_node_acts_for_its_staff_on_its_own_site_only(up):
         await up.client("dr-li", practitioner=("dr-wang", "doctor")).act(
             ref.id, "accept", Details(admission_note="x"))
     city_node = up.client("city-1", practitioner=("dr-zhou", "doctor"))
+    seen = (await city_node.get(ref.id)).referral.version
     accepted = await city_node.act(ref.id, "accept", Details(admission_note="ward 3"),
-                                   expected_version=1)
-    assert accepted.business_status == "accepted"
+                                   expected_version=seen)
+    assert accepted.business_status == "accepted" and accepted.version == seen + 1
     with pytest.raises(ConcurrentUpdate, match="reload it"):
-        await city_node.act(ref.id, "start", expected_version=1)
+        await city_node.act(ref.id, "start", expected_version=seen)
 
 
 async def test_township_emergency_goes_straight_to_the_city(up):
@@ -184,11 +189,13 @@ async def test_redirect_chains_a_new_referral(up):
     assert (redirected.status, redirected.business_status) == ("cancelled", "redirected")
     new_id = redirected.redirected_to
     assert new_id and new_id != ref.id
-    items = await up.inbox("county-b", lambda i: about(i, new_id, "referral"))
-    (packet,) = about(items, new_id, "referral")
-    sr = packet["entry"][1]["resource"]
+    items = await up.inbox("county-b", lambda i: bundle(i, new_id, "packet"))
+    first = bundle(items, new_id, "referral")
+    sr = first["entry"][1]["resource"]
     assert sr["replaces"] == [{"reference": f"ServiceRequest/{ref.id}"}]
-    assert {"reference": f"Task/{ref.id}"} in packet["entry"][0]["resource"]["basedOn"]
+    assert {"reference": f"Task/{ref.id}"} in first["entry"][0]["resource"]["basedOn"]
+    assert "Patient" in [e["resource"]["resourceType"] for e in
+                         bundle(items, new_id, "packet")["entry"]]
     new = (await up.client("dr-xu").get(new_id)).referral
     assert (new.owner_site, new.requester_site, new.replaces) == ("county-b", "county-a", ref.id)
     with pytest.raises(InvalidInput, match="third site"):
@@ -217,12 +224,13 @@ async def test_downward_referral_with_follow_ups_back_to_the_specialist(up):
         discharge_summary="PCI day 1; stable; aspirin + clopidogrel 12 months",
         follow_ups=((7, "wound and ECG check"), (30, "lipids, blood pressure"))))
     assert down.based_on == ref.id and down.direction == "downward"
-    items = await up.inbox("county-a", lambda i: about(i, down.id, "referral"))
-    (packet,) = about(items, down.id, "referral")
-    plan = next(e["resource"] for e in packet["entry"] if e["resource"]["resourceType"] == "CarePlan")
+    items = await up.inbox("county-a", lambda i: bundle(i, down.id, "referral"))
+    first = bundle(items, down.id, "referral")
+    plan = next(e["resource"] for e in first["entry"] if e["resource"]["resourceType"] == "CarePlan")
     assert [a["detail"]["description"] for a in plan["activity"]] == [
         "wound and ECG check", "lipids, blood pressure"]
-    assert packet["entry"][1]["resource"]["basedOn"] == [{"reference": f"ServiceRequest/{ref.id}"}]
+    assert first["entry"][1]["resource"]["basedOn"] == [{"reference": f"ServiceRequest/{ref.id}"}]
+    assert "DocumentReference" in [e["resource"]["resourceType"] for e in first["entry"]]
     county = up.client("dr-wang")
     with pytest.raises(InvalidTransition, match="follow-up"):      # not before accepting
         await county.act(down.id, "follow-up", Details(note="seen"))

@@ -33,7 +33,8 @@ async def test_fhir_task_search_with_semantics_and_paging(up, http):
     doctor = up.client("dr-wang")
     patient = up.linked("county-a")[1]
     made = [(await doctor.create(upward(patient, department=f"dept-{n}")))[0] for n in range(3)]
-    await up.client("dr-li").act(made[0].id, "accept", Details(admission_note="ward 2"))
+    took = await up.client("dr-li").act(made[0].id, "accept",
+                                        Details(admission_note="ward 2"))
     person = made[0].person_id
 
     first = await _get(f"{http}/fhir/Task", patient=person, _count="2",
@@ -66,7 +67,7 @@ async def test_fhir_task_search_with_semantics_and_paging(up, http):
 
     task = await _get(f"{http}/fhir/Task/{made[0].id}")
     assert task.json()["businessStatus"]["text"] == "accepted"
-    assert task.json()["meta"]["versionId"] == "2"
+    assert int(task.json()["meta"]["versionId"]) >= took.version
     sr = (await _get(f"{http}/fhir/ServiceRequest", status="active", performer="city-1",
                      patient=person)).json()
     Bundle.model_validate(sr)

@@ -29,7 +29,7 @@ TABLES = {"site", "node", "node_event", "exchange_log", "work_item", "site_resou
           "feed_cursor", "identity_person", "identity_record", "identity_block",
           "identity_event", "identity_review", "identity_no_match", "identity_model",
           "workflow_task", "workflow_event", "workflow_resource", "workflow_message",
-          "workflow_notice"}
+          "workflow_notice", "workflow_job"}
 
 
 def _diffs(engine: Engine) -> list:

@@ -238,3 +238,43 @@ def test_cancel_racing_accept_has_one_outcome(workflows):
         # the site queues carry exactly the moves that happened
         assert len(workflows.deliveries(task_id)) == len(history)
     assert outcomes
+
+
+def _packet(after):
+    return [Message(after.owner_site, "referral", "packet", b"{}", after.requester_site)]
+
+
+def test_jobs_are_leased_once_retried_and_finished_once(workflows):
+    task = new_task(1)
+    workflows.create(task, {}, [], actor=DOCTOR_A, now=T0, jobs=("packet",))
+    lease = dt.timedelta(seconds=60)
+    assert workflows.lease_jobs("referral", "packet", T0, lease=lease) == [("ref-0001", 1)]
+    assert workflows.lease_jobs("referral", "packet", T0, lease=lease) == []   # leased
+    workflows.fail_job("ref-0001", "packet", "site county-a is unreachable",
+                       T0 + dt.timedelta(seconds=2))
+    assert workflows.pending_jobs("ref-0001") == [("packet", 1, "site county-a is unreachable")]
+    assert workflows.lease_jobs("referral", "packet", T0 + dt.timedelta(seconds=1),
+                                lease=lease) == []                             # not due yet
+    later = T0 + dt.timedelta(seconds=3)
+    assert workflows.lease_jobs("referral", "packet", later, lease=lease) == [("ref-0001", 2)]
+    # the replica holding the lease dies: after the lease the job is due again
+    expired = later + dt.timedelta(seconds=61)
+    assert workflows.lease_jobs("referral", "packet", expired, lease=lease) == [("ref-0001", 3)]
+    row = workflows.finish_job("ref-0001", "packet", action="attach-packet", now=expired,
+                               resources={"Packet": {"resourceType": "Bundle"}},
+                               messages=_packet)
+    assert row is not None and row.version == 2
+    assert workflows.finish_job("ref-0001", "packet", action="attach-packet", now=expired,
+                                resources={}, messages=_packet) is None        # once
+    assert [d.purpose for d in workflows.deliveries("ref-0001")] == ["packet"]
+    assert workflows.pending_jobs("ref-0001") == []
+    assert workflows.history("ref-0001")[-1].action == "attach-packet"
+
+
+def test_a_job_of_an_ended_task_sends_nothing(workflows):
+    workflows.create(new_task(1), {}, [], actor=DOCTOR_A, now=T0, jobs=("packet",))
+    act(workflows, DOCTOR_A, "ref-0001", "cancel", Details(reason_text="changed mind"))
+    assert workflows.finish_job("ref-0001", "packet", action="attach-packet", now=T0,
+                                resources={}, messages=_packet) is None
+    assert workflows.pending_jobs("ref-0001") == []
+    assert [d.purpose for d in workflows.deliveries("ref-0001")] == ["status"]

@@ -178,6 +178,8 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         asyncio.create_task(puller.run(running._stop), name="change-feed-puller"),
         asyncio.create_task(_escalate_forever(referrals, settings.referral_sweep_ms / 1000,
                                               running._stop), name="referral-time-limits"),
+        asyncio.create_task(_assemble_forever(referrals, settings.inbox_poll_ms / 1000,
+                                              running._stop), name="referral-packets"),
     ]
     log.info("gateway serving gRPC on %s (port %d), HTTP on port %d",
              settings.grpc_listen, port, running.http_port)
@@ -197,6 +199,22 @@ async def _escalate_forever(referrals: ReferralService, every: float,
             log.warning("referral time-limit check failed: %s", exc.message)
         try:
             await asyncio.wait_for(stop.wait(), timeout=every)
+        except TimeoutError:
+            pass
+
+
+async def _assemble_forever(referrals: ReferralService, poll: float,
+                            stop: asyncio.Event) -> None:
+    """Assemble referral packets: at once for referrals this replica created, and every
+    ``poll`` seconds for those of other replicas and for retries."""
+    while not stop.is_set():
+        referrals.packets_due.clear()
+        try:
+            await referrals.assemble_packets()
+        except FederationError as exc:
+            log.warning("referral packet assembly failed: %s", exc.message)
+        try:
+            await asyncio.wait_for(referrals.packets_due.wait(), timeout=poll)
         except TimeoutError:
             pass
 

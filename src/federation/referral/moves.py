@@ -21,7 +21,8 @@ from federation.security.principal import Principal
 from federation.workflow.records import Change, Message, NewTask, Spawn, TaskRow
 from federation.workflow.state import Rule
 
-__all__ = ["Details", "builder", "notices", "payload", "row_of", "packet_bundle"]
+__all__ = ["Details", "builder", "notices", "payload", "row_of", "referral_bundle",
+           "packet_bundle"]
 
 Loader = Callable[[str], dict[str, Any] | None]
 Builder = Callable[[TaskRow, Rule, Loader], Change]
@@ -63,12 +64,18 @@ def notices(actor: Principal, purpose: str = "status") -> Callable[[TaskRow], li
     return build
 
 
-def packet_bundle(row: TaskRow, service_request: dict[str, Any], consent: dict[str, Any],
-                  clinical: list[dict[str, Any]], when: dt.datetime,
-                  extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return fhir.bundle(f"{row.task_id}-packet",
-                       [fhir.task_resource(row), service_request, consent, *(extra or []),
-                        *clinical], when)
+def referral_bundle(row: TaskRow, service_request: dict[str, Any], consent: dict[str, Any],
+                    extra: list[dict[str, Any]], when: dt.datetime) -> dict[str, Any]:
+    """What the target receives first: the Task, the ServiceRequest, the Consent (and a
+    downward referral's CarePlan and discharge summary)."""
+    return fhir.bundle(f"{row.task_id}-referral",
+                       [fhir.task_resource(row), service_request, consent, *extra], when)
+
+
+def packet_bundle(row: TaskRow, packet: dict[str, Any], when: dt.datetime) -> dict[str, Any]:
+    """What follows: the Task and the clinical packet from the origin node."""
+    entries = [e["resource"] for e in packet.get("entry", [])]
+    return fhir.bundle(f"{row.task_id}-packet", [fhir.task_resource(row), *entries], when)
 
 
 def row_of(new: NewTask, now: dt.datetime) -> TaskRow:

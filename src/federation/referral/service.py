@@ -3,17 +3,22 @@ escalate — for a :class:`~federation.security.principal.Principal`, whatever t
 brought them (gRPC for nodes and staff, the CLI, the FHIR search API).
 
 Creating a referral: check the creator against the table and the consortium's routing
-rules, require the patient's consent, resolve the origin record to its EMPI person,
-fetch the packet from the origin node (with a deadline), then store the Task with its
-ServiceRequest, Consent and packet and queue the packet for the target's node — in one
-transaction. Nothing is queued when any step fails. Every call writes an exchange-log
-row with a patient hash, never patient data.
+rules, require the patient's consent, resolve the origin record to its EMPI person, then
+store the Task with its ServiceRequest and Consent, queue the referral for the target's
+node and record the job of its packet — in one transaction; nothing is queued when any
+step fails. The packet (the patient's recent clinical record) is then fetched from the
+origin node with a deadline (:meth:`ReferralService.assemble_packets`, run by every
+replica, each job leased by one) and queued behind the referral: the target sees the
+referral at once and its packet as soon as the origin node answers, retried with backoff
+while that node is away. Every call writes an exchange-log row with a patient hash,
+never patient data.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -32,7 +37,14 @@ from federation.errors import (
 from federation.identity.index import RecordRef
 from federation.identity.store import IdentityStore
 from federation.referral import fhir
-from federation.referral.moves import Details, builder, packet_bundle, payload, row_of
+from federation.referral.moves import (
+    Details,
+    builder,
+    packet_bundle,
+    payload,
+    referral_bundle,
+    row_of,
+)
 from federation.referral.packet import fetch_packet
 from federation.referral.rules import ReferralRules, SiteFacts
 from federation.referral.state import ReferralState, table_for
@@ -52,9 +64,16 @@ from federation.workflow.state import Actor, Party
 from federation.workflow.store import WorkflowStore
 from federation.workflow.turnaround import Turnaround, turnaround
 
-__all__ = ["ReferralService", "NewReferral", "ReferralView", "WORKFLOW", "CONSENT_METHODS"]
+__all__ = ["ReferralService", "NewReferral", "ReferralView", "WORKFLOW", "CONSENT_METHODS",
+           "PACKET_JOB"]
+
+log = logging.getLogger("federation.referral")
 
 WORKFLOW = "referral"
+PACKET_JOB = "packet"
+#: a packet the origin node could not give is asked for again after 2, 4, 8 … s (≤ 5 min)
+PACKET_RETRY_MAX_S = 300
+PACKET_LEASE = dt.timedelta(seconds=60)
 CONSENT_METHODS = ("written", "verbal", "electronic")
 
 
@@ -96,6 +115,8 @@ class ReferralService:
         self._deadline = packet_deadline_s
         self._wake = wake or (lambda site: None)
         self._now = clock
+        #: set when this replica queued a packet job (others' jobs are found by polling)
+        self.packets_due = asyncio.Event()
 
     # ------------------------------------------------------------------ create
 
@@ -145,8 +166,6 @@ class ReferralService:
         elif new.direction == "downward" and not new.follow_ups:
             raise InvalidInput("a downward referral needs a follow-up plan (at least one "
                                "follow-up visit: days from now and what)")
-        clinical = await fetch_packet(self._store, self._clients, who.site_id, new.patient_id,
-                                      deadline_s=self._deadline)
         now = self._now()
         limits = self.rules.time_limits
         task = NewTask(
@@ -171,15 +190,14 @@ class ReferralService:
         extra = self._downward_documents(who, new, task, now)
         resources = {"ServiceRequest": sr, "Consent": consent,
                      **{r["resourceType"]: r for r in extra}}
-        row = row_of(task, now)
-        bundle = packet_bundle(row, sr, consent, clinical, now, extra)
-        resources["Packet"] = bundle
-        message = Message(target.site_id, "referral", "packet", payload(bundle), who.site_id)
+        referral = referral_bundle(row_of(task, now), sr, consent, extra, now)
+        message = Message(target.site_id, "referral", "referral", payload(referral), who.site_id)
         stored, created = await asyncio.to_thread(
             self._workflows.create, task, resources, [message], actor=who, now=now,
-            note=new.notes or None)
+            note=new.notes or None, jobs=(PACKET_JOB,))
         if created:
             self._wake(target.site_id)
+            self.packets_due.set()
         return stored, created
 
     async def _route(self, origin_id: str, new: NewReferral) -> tuple[SiteFacts, SiteFacts]:
@@ -314,14 +332,58 @@ class ReferralService:
                 consent["provision"] = consent["provision"] | {"actor": [{
                     "role": consent["provision"]["actor"][0]["role"],
                     "reference": fhir.org_ref(target)}]}
-            skip = {"Task", "ServiceRequest", "Consent"}
-            clinical = [e["resource"] for e in (old_packet or {}).get("entry", [])
-                        if e["resource"]["resourceType"] not in skip]
-            bundle = packet_bundle(row_of(new, now), sr, consent, clinical, now)
-            message = Message(target, "referral", "packet", payload(bundle), row.requester_site)
-            return Spawn(new, {"ServiceRequest": sr, "Consent": consent, "Packet": bundle},
-                         [message], note=f"redirected by {who.describe()} from {row.task_id}")
+            first = row_of(new, now)
+            extra = [r for r in (load("CarePlan"), load("DocumentReference")) if r]
+            messages = [Message(target, "referral", "referral", payload(referral_bundle(
+                first, sr, consent, extra, now)), row.requester_site)]
+            resources = {"ServiceRequest": sr, "Consent": consent,
+                         **{r["resourceType"]: r for r in extra}}
+            if old_packet is not None:     # the clinical packet travels on as it was
+                resources["Packet"] = old_packet
+                messages.append(Message(target, "referral", "packet", payload(packet_bundle(
+                    first, old_packet, now)), row.requester_site))
+            return Spawn(new, resources, messages,
+                         note=f"redirected by {who.describe()} from {row.task_id}",
+                         jobs=() if old_packet is not None else (PACKET_JOB,))
         return spawn
+
+    async def assemble_packets(self, limit: int = 20) -> int:
+        """Fetch the packet of every referral that still needs one from its origin node
+        (with the deadline) and queue it for the target; a failure is retried with
+        backoff. Replicas lease jobs, so each packet is assembled by one of them."""
+        now = self._now()
+        leased = await asyncio.to_thread(self._workflows.lease_jobs, WORKFLOW, PACKET_JOB, now,
+                                         lease=PACKET_LEASE, limit=limit)
+        done = await asyncio.gather(*(self._assemble(task_id, attempt)
+                                      for task_id, attempt in leased))
+        return sum(done)
+
+    async def _assemble(self, task_id: str, attempt: int) -> bool:
+        task = await asyncio.to_thread(self._workflows.get, task_id, WORKFLOW)
+        try:
+            clinical = await fetch_packet(self._store, self._clients, task.requester_site,
+                                          task.patient_id, deadline_s=self._deadline)
+        except FederationError as exc:
+            delay = min(PACKET_RETRY_MAX_S, 2 ** attempt)
+            log.warning("packet of referral %s from %s not assembled (attempt %d), retry in "
+                        "%d s: %s", task_id, task.requester_site, attempt, delay, exc.message)
+            await asyncio.to_thread(self._workflows.fail_job, task_id, PACKET_JOB, exc.message,
+                                    self._now() + dt.timedelta(seconds=delay))
+            return False
+        now = self._now()
+        packet = fhir.bundle(f"{task_id}-packet", clinical, now)
+
+        def messages(after: TaskRow) -> list[Message]:
+            return [Message(after.owner_site, "referral", "packet",
+                            payload(packet_bundle(after, packet, now)), after.requester_site)]
+
+        row = await asyncio.to_thread(
+            self._workflows.finish_job, task_id, PACKET_JOB, action="attach-packet", now=now,
+            resources={"Packet": packet}, messages=messages,
+            detail={"resources": len(clinical)})
+        if row is not None:
+            self._wake(row.owner_site)
+        return row is not None
 
     async def receipt(self, site_id: str, item_id: str) -> TaskRow | None:
         """A node acknowledged a work item: when it was a referral's result at the

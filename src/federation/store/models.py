@@ -42,6 +42,7 @@ __all__ = [
     "IdentityPerson", "IdentityRecord", "IdentityBlock", "IdentityEvent", "IdentityReview",
     "IdentityNoMatch", "IdentityModel",
     "WorkflowTask", "WorkflowEvent", "WorkflowResource", "WorkflowMessage", "WorkflowNotice",
+    "WorkflowJob",
     "SiteRow", "NodeRow", "NodeEventRow", "ExchangeEntry", "WorkItemRow",
 ]
 
@@ -425,6 +426,24 @@ class WorkflowNotice(StoreModel, table=True):
     audience: str = Field(sa_type=String(80))
     reason: str = Field(sa_type=String(300))
     item_id: str | None = Field(default=None, sa_type=String(64), nullable=True)
+
+
+class WorkflowJob(StoreModel, table=True):
+    """Work the gateway owes a task after its move committed (e.g. assembling a
+    referral's packet from the origin node): leased by one replica at a time, retried
+    with backoff until done."""
+
+    __tablename__ = "workflow_job"
+    __table_args__ = (Index("ix_workflow_job_due_at", "due_at"),)
+
+    task_id: str = Field(sa_type=String(40), primary_key=True,
+                         foreign_key="workflow_task.task_id")
+    kind: str = Field(sa_type=String(24), primary_key=True)
+    due_at: dt.datetime = Field(sa_type=UtcDateTime)
+    leased_until: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+    attempts: int = Field(default=0)
+    last_error: str | None = Field(default=None, sa_type=String(300), nullable=True)
+    done_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
 
 
 # ---------------------------------------------------------------- rows handed to callers

@@ -127,6 +127,7 @@ class Spawn:
     resources: Mapping[str, dict[str, Any]]
     messages: list[Message]
     note: str | None = None
+    jobs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

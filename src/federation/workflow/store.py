@@ -36,6 +36,7 @@ from federation.security.principal import Principal
 from federation.store.gateway_store import StoreSessions, insert_work_item, lock_sites
 from federation.store.models import (
     WorkflowEvent,
+    WorkflowJob,
     WorkflowMessage,
     WorkflowNotice,
     WorkflowResource,
@@ -73,16 +74,17 @@ class WorkflowStore(StoreSessions):
 
     def create(self, new: NewTask, resources: Mapping[str, dict[str, Any]],
                messages: Messages, *, actor: Principal, now: dt.datetime,
-               note: str | None = None) -> tuple[TaskRow, bool]:
-        """Store a new task with its first event and messages. Idempotent on
-        (requester site, ``request_id``): a repeat returns the first task and False."""
+               note: str | None = None, jobs: Sequence[str] = ()) -> tuple[TaskRow, bool]:
+        """Store a new task with its first event, messages and the ``jobs`` the gateway
+        then owes it. Idempotent on (requester site, ``request_id``): a repeat returns
+        the first task and False."""
         if new.request_id:
             existing = self.by_request_id(new.requester_site, new.request_id)
             if existing is not None:
                 return existing, False
         try:
             with self._write() as s:
-                row = _insert_task(s, new, resources, messages, actor, now, note)
+                row = _insert_task(s, new, resources, messages, actor, now, note, jobs)
                 return row, True
         except IntegrityError:
             existing = (self.by_request_id(new.requester_site, new.request_id)
@@ -127,6 +129,71 @@ class WorkflowStore(StoreSessions):
                 change = build(TaskRow.of(task), rule, lambda name: _resource(s, task_id, name))
                 _apply(s, task, rule, change, principal, now)
             return TaskRow.of(task)
+
+    # ------------------------------------------------------------------ jobs
+
+    def lease_jobs(self, workflow: str, kind: str, now: dt.datetime, *,
+                   lease: dt.timedelta, limit: int = 20) -> list[tuple[str, int]]:
+        """Take up to ``limit`` due jobs for ``lease`` (another replica skips them; a
+        lease that runs out — the replica died — makes the job due again): their
+        (task id, attempt number)."""
+        with self._write() as s:
+            due = s.execute(
+                select(WorkflowJob)
+                .join(WorkflowTask, col(WorkflowTask.task_id) == col(WorkflowJob.task_id))
+                .where(WorkflowTask.workflow == workflow, WorkflowJob.kind == kind,
+                       col(WorkflowJob.done_at).is_(None), col(WorkflowJob.due_at) <= now,
+                       or_(col(WorkflowJob.leased_until).is_(None),
+                           col(WorkflowJob.leased_until) < now))
+                .order_by(col(WorkflowJob.due_at)).limit(limit)
+                .with_for_update(skip_locked=True, of=WorkflowJob)
+            ).scalars().all()
+            for job in due:
+                job.leased_until, job.attempts = now + lease, job.attempts + 1
+            return [(job.task_id, job.attempts) for job in due]
+
+    def finish_job(self, task_id: str, kind: str, *, action: str, now: dt.datetime,
+                   resources: Mapping[str, dict[str, Any]],
+                   messages: Callable[[TaskRow], list[Message]],
+                   detail: Mapping[str, Any] | None = None) -> TaskRow | None:
+        """Record a job's outcome on its (locked) task — one history event, resources and
+        messages — and mark it done; None when it was done already (a lease ran out and
+        another replica finished it) or the task has ended meanwhile (nothing is sent)."""
+        with self._write() as s:
+            task = s.get(WorkflowTask, task_id, with_for_update=True, populate_existing=True)
+            job = s.get(WorkflowJob, (task_id, kind), with_for_update=True,
+                        populate_existing=True)
+            if task is None or job is None or job.done_at is not None:
+                return None
+            job.done_at, job.leased_until, job.last_error = now, None, None
+            if task.closed_at is not None:
+                return None
+            task.version += 1
+            task.updated_at = now
+            _keep(s, task_id, resources, now)
+            s.add(_event(task, action, task.status, task.business_status, "system", None, now,
+                         None, detail or {}))
+            s.flush()
+            after = TaskRow.of(task)
+            planned = messages(after)
+            lock_sites(s, [m.site_id for m in planned])
+            _emit(s, task, planned, now)
+            return after
+
+    def fail_job(self, task_id: str, kind: str, error: str, retry_at: dt.datetime) -> None:
+        """The job failed this time: due again at ``retry_at``; ``error`` is kept (no
+        patient data in it)."""
+        with self._write() as s:
+            job = s.get(WorkflowJob, (task_id, kind), with_for_update=True)
+            if job is not None and job.done_at is None:
+                job.last_error, job.leased_until, job.due_at = error[:300], None, retry_at
+
+    def pending_jobs(self, task_id: str) -> list[tuple[str, int, str | None]]:
+        """(kind, attempts, last error) of the task's unfinished jobs."""
+        with self._read() as s:
+            rows = s.execute(select(WorkflowJob).where(
+                WorkflowJob.task_id == task_id, col(WorkflowJob.done_at).is_(None))).scalars()
+            return [(j.kind, j.attempts, j.last_error) for j in rows]
 
     # ------------------------------------------------------------------ time limits
 
@@ -270,7 +337,7 @@ def _conditions(workflow: str, w: TaskFilter) -> list[Any]:
 
 def _insert_task(s: Session, new: NewTask, resources: Mapping[str, dict[str, Any]],
                  messages: Messages, actor: Principal, now: dt.datetime,
-                 note: str | None) -> TaskRow:
+                 note: str | None, jobs: Sequence[str] = ()) -> TaskRow:
     status, business = new.state.value
     task = WorkflowTask(
         task_id=new.task_id, workflow=new.workflow, category=new.category, status=str(status),
@@ -285,6 +352,8 @@ def _insert_task(s: Session, new: NewTask, resources: Mapping[str, dict[str, Any
     s.flush()
     _keep(s, task.task_id, resources, now)
     s.add(_event(task, "create", None, None, actor.actor_id, actor.site_id, now, note, {}))
+    for kind in jobs:
+        s.add(WorkflowJob(task_id=task.task_id, kind=kind, due_at=now, attempts=0))
     row = TaskRow.of(task)
     _emit(s, task, messages(row) if callable(messages) else messages, now)
     return row
@@ -313,7 +382,7 @@ def _apply(s: Session, task: WorkflowTask, rule: Rule, change: Change, actor: Pr
                + [m.site_id for sp in change.spawn for m in sp.messages])
     _emit(s, task, messages, now)
     for sp in change.spawn:
-        _insert_task(s, sp.task, sp.resources, sp.messages, actor, now, sp.note)
+        _insert_task(s, sp.task, sp.resources, sp.messages, actor, now, sp.note, sp.jobs)
 
 
 def _emit(s: Session, task: WorkflowTask, messages: Iterable[Message],

@@ -1,5 +1,6 @@
 """Workflows (two-way referral, later consultation): tasks, their history, the FHIR
-resources they carry, the outbox messages that belong to them, and time-limit notices.
+resources they carry, the outbox messages that belong to them, time-limit notices, and
+the jobs the gateway owes a task (a referral's packet).
 
 Revision ID: 0004
 Revises: 0003
@@ -119,9 +120,23 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_workflow_notice"),
     )
     op.create_index("ix_workflow_notice_audience", "workflow_notice", ["audience"])
+    op.create_table(
+        "workflow_job",
+        sa.Column("task_id", sa.String(40), nullable=False),
+        sa.Column("kind", sa.String(24), nullable=False),
+        sa.Column("due_at", TS, nullable=False),
+        sa.Column("leased_until", TS, nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("last_error", sa.String(300), nullable=True),
+        sa.Column("done_at", TS, nullable=True),
+        sa.ForeignKeyConstraint(["task_id"], ["workflow_task.task_id"],
+                                name="fk_workflow_job_task_id_workflow_task"),
+        sa.PrimaryKeyConstraint("task_id", "kind", name="pk_workflow_job"),
+    )
+    op.create_index("ix_workflow_job_due_at", "workflow_job", ["due_at"])
 
 
 def downgrade() -> None:
-    for table in ("workflow_notice", "workflow_message", "workflow_resource",
+    for table in ("workflow_job", "workflow_notice", "workflow_message", "workflow_resource",
                   "workflow_event", "workflow_task"):
         op.drop_table(table)
