@@ -4,8 +4,9 @@
         [--concurrency 8] [--outage 1000] [--database-url postgresql+psycopg://…]
 
 Sets up the demo consortium's CA, certificates and data in a temporary folder (or
-``--workdir``), starts the gateway and county-a's node in this process and city-1's node
-as a separate process (``federation node serve``), all over mutual TLS on loopback. The
+``--workdir``), starts the gateway, county-a's node and city-1's node as processes
+(``federation gateway serve``, ``federation node serve``; logs in ``<workdir>/logs``),
+all over mutual TLS on loopback; this process is only the client. The
 county node creates each referral (``Referrals.Create`` with its node certificate, acting
 for dr-wang): the gateway checks the rules and consent, resolves the EMPI person, stores
 the referral and queues it (Task, ServiceRequest, Consent) for the city; then fetches the
@@ -36,24 +37,24 @@ import os
 import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+import urllib.request
 from pathlib import Path
 
 from sqlalchemy import text
 
+from federation.demo.runner import Supervisor, consortium_state
 from federation.demo.workspace import DemoLayout, prepare_workspace
-from federation.gateway.app import RunningGateway, start_gateway
-from federation.nodes.agent import start_node
 from federation.referral.client import ReferralClient
 from federation.referral.service import NewReferral
 from federation.security.tls import TlsMaterial
-from federation.settings import load_gateway_settings, load_node_settings
+from federation.settings import load_node_settings
+from federation.store import make_engine
 
 TARGET, ORIGIN = "city-1", "county-a"
+CALLS: list[float] = []   # Create call durations, ms
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -68,43 +69,19 @@ def _summary(label: str, lat_ms: list[float]) -> str:
             f"p99={_pct(lat_ms, 0.99):.1f} ms max={max(lat_ms):.1f} ms")
 
 
-class CityNode:
-    """city-1's node agent as its own process, killable."""
+class CityInbox:
+    """Reads city-1's node inbox (its own SQLite file) while the node runs."""
 
     def __init__(self, layout: DemoLayout) -> None:
-        self.layout = layout
-        self.proc: subprocess.Popen[bytes] | None = None
         settings = load_node_settings(layout.node_configs[TARGET])
-        self.inbox_path = settings.state_dir / "inbox.sqlite"
-
-    def start(self) -> None:
-        log = (self.layout.logs / f"{TARGET}.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "federation", "node", "serve", "--config",
-             str(self.layout.node_configs[TARGET])], stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-            start_new_session=True)
-        log.close()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        self.path = settings.state_dir / "inbox.sqlite"
 
     def received(self, which: str = "referral") -> dict[str, list[float]]:
         """referral id → the times (epoch s) the inbox stored its ``which`` bundle
         (``referral`` or ``packet``); more than one time is a duplicate."""
-        if not self.inbox_path.exists():
+        if not self.path.exists():
             return {}
-        conn = sqlite3.connect(f"file:{self.inbox_path}?mode=ro", uri=True, timeout=5)
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5)
         try:
             rows = conn.execute("SELECT payload, received_at FROM inbox "
                                 "WHERE kind = 'referral'").fetchall()
@@ -123,7 +100,38 @@ class CityNode:
         return out
 
 
-async def _wait_for(ids: set[str], city: CityNode, timeout: float,
+def _linked_patients(url: str) -> list[str]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(
+                "SELECT record_id FROM identity_record WHERE site_id = :s AND "
+                "state = 'linked' ORDER BY record_id"), {"s": ORIGIN}).scalars())
+    except Exception:  # not migrated yet
+        return []
+    finally:
+        engine.dispose()
+
+
+def _caught_up(layout: DemoLayout) -> bool:
+    """The archive has read both nodes' change feeds to their heads (the start-up's heavy
+    work — first scans, pulls, EMPI linking — is over)."""
+    try:
+        with urllib.request.urlopen(layout.http_url + "/api/archive/sync", timeout=5) as r:
+            sites = {s["site_id"]: s for s in json.load(r)["sites"]}
+    except (OSError, ValueError, KeyError):
+        return False
+    return all(site in sites and sites[site]["caught_up_at"] and sites[site]["behind"] == 0
+               and sites[site]["node_head"] > 0 for site in (ORIGIN, TARGET))
+
+
+def _node_state(layout: DemoLayout, site: str) -> str:
+    state = {s["site_id"]: (s.get("node") or {}).get("state")
+             for s in consortium_state(layout.http_url)}
+    return state.get(site) or "none"
+
+
+async def _wait_for(ids: set[str], city: CityInbox, timeout: float,
                     which: str = "referral") -> dict[str, list[float]]:
     deadline = time.monotonic() + timeout
     while True:
@@ -144,19 +152,20 @@ async def _creator(client: ReferralClient, patients: list[str], created: dict[st
             department="cardiology", consent_method="written",
             reason={"system": "http://hl7.org/fhir/sid/icd-10", "code": "I21.9"}))
         created[ref.id] = started
+        CALLS.append((time.time() - started) * 1000)
         i += 7
 
 
 async def run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="referral-bench-"))
     layout = prepare_workspace(workdir, people=args.people)
-    settings = replace(load_gateway_settings(layout.gateway_config),
-                       database_url=args.database_url or f"sqlite:///{workdir}/gateway.db")
-    settings = replace(settings, inbox_poll_ms=200)
-    gw: RunningGateway = await start_gateway(settings)
-    origin = await start_node(load_node_settings(layout.node_configs[ORIGIN]))
-    city = CityNode(layout)
-    city.start()
+    url = args.database_url or f"sqlite:///{workdir}/gateway.db"
+    os.environ["FEDERATION_DATABASE_URL"] = url      # for the gateway process
+    sup = Supervisor(layout)
+    sup.start_gateway()
+    sup.start_node(ORIGIN)
+    sup.start_node(TARGET)
+    city = CityInbox(layout)
     node_tls = TlsMaterial.load(workdir / "pki" / ORIGIN / f"{ORIGIN}.crt",
                                 workdir / "pki" / ORIGIN / f"{ORIGIN}.key", layout.ca_cert)
     clients = [ReferralClient(layout.grpc_address, node_tls, practitioner=("dr-wang", "doctor"))
@@ -164,17 +173,15 @@ async def run(args: argparse.Namespace) -> int:
     lost = duplicated = 0
     try:
         patients: list[str] = []
-        for _ in range(600):
-            with gw.store.engine.connect() as conn:
-                patients = list(conn.execute(text(
-                    "SELECT record_id FROM identity_record WHERE site_id = :s AND "
-                    "state = 'linked' ORDER BY record_id"), {"s": ORIGIN}).scalars())
-            node = gw.store.get_node(TARGET)
-            if patients and node is not None and node.state == "online":
+        for _ in range(3000):
+            if all(_node_state(layout, s) == "online" for s in (ORIGIN, TARGET)) and \
+                    await asyncio.to_thread(_caught_up, layout):
                 break
-            await asyncio.sleep(0.1)
-        print(f"gateway {layout.grpc_address} ({settings.database_url.split(':')[0]}), "
-              f"{len(patients)} linked patients at {ORIGIN}, {TARGET} node pid {city.proc.pid}")
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(args.settle)
+        patients = await asyncio.to_thread(_linked_patients, url)
+        print(f"gateway {layout.grpc_address} ({url.split(':')[0]}), {len(patients)} linked "
+              f"patients at {ORIGIN}; gateway, {ORIGIN} and {TARGET} nodes are processes")
         # warm-up: channels, caches
         await _creator(clients[0], patients, {}, asyncio.Event(), [5], 0)
 
@@ -185,6 +192,7 @@ async def run(args: argparse.Namespace) -> int:
         got = await _wait_for(set(created), city, 30)
         lat = [(got[r][0] - t) * 1000 for r, t in created.items() if r in got]
         print(_summary("referral visible, target up, sequential", lat))
+        print(_summary("  of which the Create call", CALLS[-len(created):]))
         got = await _wait_for(set(created), city, 30, "packet")
         lat = [(got[r][0] - t) * 1000 for r, t in created.items() if r in got]
         print(_summary("packet visible, target up, sequential", lat))
@@ -220,10 +228,11 @@ async def run(args: argparse.Namespace) -> int:
         killed = restarted = None
         while any(not t.done() for t in tasks):
             if killed is None and len(created) >= 0.3 * args.outage:
-                city.kill()
+                sup.procs[TARGET].send_signal(signal.SIGKILL)
+                sup.procs[TARGET].wait()
                 killed = len(created)
             if killed is not None and restarted is None and len(created) >= 0.7 * args.outage:
-                city.start()
+                sup.start_node(TARGET)
                 restarted = len(created)
             await asyncio.sleep(0.01)
         await asyncio.gather(*tasks)
@@ -242,9 +251,7 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         for c in clients:
             await c.close()
-        city.stop()
-        await origin.stop(0.2)
-        await gw.stop(0.5)
+        sup.stop_all()
     return 1 if lost or duplicated else 0
 
 
@@ -255,6 +262,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--outage", type=int, default=1000)
     parser.add_argument("--people", type=int, default=80)
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="seconds to wait once the archive has caught up")
     parser.add_argument("--workdir")
     parser.add_argument("--database-url", help="e.g. postgresql+psycopg://postgres@127.0.0.1/x")
     sys.exit(asyncio.run(run(parser.parse_args())))

@@ -132,14 +132,18 @@ class NodeClients:
         correlation_id: str,
         purpose: str,
         timeout: float,
+        validate: bool = True,
     ) -> AsyncIterator[Envelope]:
+        """The patient's resources; with ``validate=False`` the caller validates them as
+        FHIR itself (e.g. in a worker thread, off the event loop) — site and type are
+        checked here either way."""
         request = node_agent_pb2.FetchPatientResourcesRequest(
             patient_id=patient_id, resource_types=resource_types,
             correlation_id=correlation_id, purpose_of_use=purpose,
         )
         try:
             async for msg in self._stub(site_id, endpoint).FetchPatientResources(request, timeout=timeout):
-                yield _checked(site_id, msg, None)
+                yield _checked(site_id, msg, None, validate=validate)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, site_id) from None
 
@@ -161,7 +165,8 @@ class NodeClients:
         await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
 
 
-def _checked(site_id: str, msg: object, expected_type: str | None) -> Envelope:
+def _checked(site_id: str, msg: object, expected_type: str | None, *,
+             validate: bool = True) -> Envelope:
     env = envelope_from_proto(msg)  # type: ignore[arg-type]
     if env.site_id != site_id:
         raise InvalidInput(f"node {site_id} returned {env.resource_type}/{env.id} labelled as "
@@ -169,7 +174,8 @@ def _checked(site_id: str, msg: object, expected_type: str | None) -> Envelope:
     if expected_type and env.resource_type != expected_type:
         raise InvalidInput(f"node {site_id} returned a {env.resource_type} where a "
                            f"{expected_type} was expected")
-    validate_resource(env)
+    if validate:
+        validate_resource(env)
     return env
 
 

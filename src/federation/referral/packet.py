@@ -9,10 +9,12 @@ Bundle (type ``collection``) with the referral's Task, ServiceRequest and Consen
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from federation.envelope import Envelope, validate_resource
 from federation.errors import NotFound, Unavailable
 from federation.gateway.node_clients import NodeClients
 from federation.store import GatewayStore
@@ -53,18 +55,22 @@ def select_recent(resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 async def fetch_packet(store: GatewayStore, clients: NodeClients, site_id: str,
                        patient_id: str, *, deadline_s: float,
                        purpose: str = "TREAT") -> list[dict[str, Any]]:
-    """The packet's clinical resources from ``site_id``'s node. Unavailable when the node
-    is not online or misses the deadline; NotFound when it has no such patient."""
-    import asyncio
-
+    """The packet's clinical resources from ``site_id``'s node, each validated as FHIR
+    R4 in a worker thread (not on the event loop). Unavailable when the node is not online
+    or misses the deadline; NotFound when it has no such patient."""
     node = await asyncio.to_thread(store.get_node, site_id)
     if node is None or node.state != "online":
         state = "never registered" if node is None else node.state
         raise Unavailable(f"site {site_id}'s node is {state}: the referral packet is read "
                           "from it, so the referral cannot be sent until it is online")
-    found = [env.resource() async for env in clients.fetch(
+    envelopes = [env async for env in clients.fetch(
         site_id, node.endpoint, patient_id, resource_types=list(PACKET_TYPES),
-        correlation_id=uuid.uuid4().hex, purpose=purpose, timeout=deadline_s)]
+        correlation_id=uuid.uuid4().hex, purpose=purpose, timeout=deadline_s, validate=False)]
+    found = await asyncio.to_thread(_validated, envelopes)
     if not any(r.get("resourceType") == "Patient" and r.get("id") == patient_id for r in found):
         raise NotFound(f"site {site_id} has no Patient/{patient_id}")
     return select_recent(found)
+
+
+def _validated(envelopes: list[Envelope]) -> list[dict[str, Any]]:
+    return [validate_resource(env) for env in envelopes]

@@ -74,6 +74,9 @@ PACKET_JOB = "packet"
 #: a packet the origin node could not give is asked for again after 2, 4, 8 … s (≤ 5 min)
 PACKET_RETRY_MAX_S = 300
 PACKET_LEASE = dt.timedelta(seconds=60)
+#: packets assembled at once by one replica: mapping and validating a record is CPU work,
+#: and interactive calls (create, triage) must not wait behind a backlog of packets
+PACKET_CONCURRENCY = 2
 CONSENT_METHODS = ("written", "verbal", "electronic")
 
 
@@ -117,6 +120,7 @@ class ReferralService:
         self._now = clock
         #: set when this replica queued a packet job (others' jobs are found by polling)
         self.packets_due = asyncio.Event()
+        self._assembling = asyncio.Semaphore(PACKET_CONCURRENCY)
 
     # ------------------------------------------------------------------ create
 
@@ -354,6 +358,8 @@ class ReferralService:
         now = self._now()
         leased = await asyncio.to_thread(self._workflows.lease_jobs, WORKFLOW, PACKET_JOB, now,
                                          lease=PACKET_LEASE, limit=limit)
+        if not leased:
+            return 0
         done = await asyncio.gather(*(self._assemble(task_id, attempt)
                                       for task_id, attempt in leased))
         return sum(done)
@@ -361,8 +367,9 @@ class ReferralService:
     async def _assemble(self, task_id: str, attempt: int) -> bool:
         task = await asyncio.to_thread(self._workflows.get, task_id, WORKFLOW)
         try:
-            clinical = await fetch_packet(self._store, self._clients, task.requester_site,
-                                          task.patient_id, deadline_s=self._deadline)
+            async with self._assembling:
+                clinical = await fetch_packet(self._store, self._clients, task.requester_site,
+                                              task.patient_id, deadline_s=self._deadline)
         except FederationError as exc:
             delay = min(PACKET_RETRY_MAX_S, 2 ** attempt)
             log.warning("packet of referral %s from %s not assembled (attempt %d), retry in "
