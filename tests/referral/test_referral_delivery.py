@@ -20,7 +20,13 @@ from federation.nodes.agent import start_node
 from federation.referral.moves import Details
 from tests.conftest import gateway_settings, node_settings
 from tests.pg_util import throwaway_database
-from tests.referral.conftest import about, start_consortium, stop_consortium, upward
+from tests.referral.conftest import (
+    about,
+    bundle,
+    start_consortium,
+    stop_consortium,
+    upward,
+)
 
 
 def _fast_rules(tmp_path) -> str:
@@ -73,6 +79,21 @@ async def test_nothing_lost_while_the_target_and_the_gateway_are_down(
         ids = [i.item_id for i in items]
         assert len(ids) == len(set(ids))                         # nothing twice
         assert not c.gateway.store.pending_for("city-1")         # everything acknowledged
+
+        # the origin node away: the referral goes at once, its packet when the node is back
+        await c.nodes["county-a"].stop(0.1)
+        ref, _ = await c.client("dr-wang").create(upward(c.linked("county-a")[0]))
+        await c.inbox("city-1", lambda i: bundle(i, ref.id, "referral"))
+        for _ in range(100):
+            pending = (await c.client("dr-wang").get(ref.id)).pending_work
+            if pending and "attempt" in pending[0] and "—" in pending[0]:
+                break
+            await asyncio.sleep(0.1)
+        assert pending and pending[0].startswith("packet: attempt") and "county-a" in pending[0]
+        c.nodes["county-a"] = await start_node(node_settings(
+            staff_pki, consortium, "county-a", port, tmp_path / "state"))
+        await c.inbox("city-1", lambda i: bundle(i, ref.id, "packet"), timeout=30)
+        assert (await c.client("dr-wang").get(ref.id)).pending_work == []
     finally:
         await stop_consortium(c)
 

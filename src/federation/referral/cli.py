@@ -234,6 +234,8 @@ async def show_cmd(client: ReferralClient, referral_id: str, as_json: bool) -> N
         deliveries.add_row(m["site"], m["kind"], m["purpose"], "yes" if m["delivered"] else
                            "[yellow]pending[/]", "yes" if m["acknowledged"] else "—")
     _out().print(deliveries)
+    for work in d.pending_work:
+        _out().print(f"  [yellow]still to do: {work}[/]")
     _out().print("  next: " + (", ".join(d.allowed_actions) or "nothing (finished)"))
 
 

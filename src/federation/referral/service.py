@@ -71,8 +71,8 @@ log = logging.getLogger("federation.referral")
 
 WORKFLOW = "referral"
 PACKET_JOB = "packet"
-#: a packet the origin node could not give is asked for again after 2, 4, 8 … s (≤ 5 min)
-PACKET_RETRY_MAX_S = 300
+#: a packet the origin node could not give is asked for again after 2, 4, 8 … s (≤ 1 min)
+PACKET_RETRY_MAX_S = 60
 PACKET_LEASE = dt.timedelta(seconds=60)
 #: packets assembled at once by one replica: mapping and validating a record is CPU work,
 #: and interactive calls (create, triage) must not wait behind a backlog of packets
@@ -103,6 +103,7 @@ class ReferralView:
     history: list[EventRow]
     deliveries: list[DeliveryRow]
     allowed: list[str]
+    pending: list[str] = field(default_factory=list)   # work the gateway still owes it
 
 
 class ReferralService:
@@ -445,7 +446,10 @@ class ReferralService:
         history = await asyncio.to_thread(self._workflows.history, task_id)
         deliveries = await asyncio.to_thread(self._workflows.deliveries, task_id)
         allowed = table_for(task.category).allowed(task.state(ReferralState))
-        return ReferralView(task, resources, history, deliveries, allowed)
+        jobs = await asyncio.to_thread(self._workflows.pending_jobs, task_id)
+        pending = [f"{kind}: attempt {n}" + (f" — {error}" if error else "")
+                   for kind, n, error in jobs]
+        return ReferralView(task, resources, history, deliveries, allowed, pending)
 
     async def search(self, who: Principal, where: TaskFilter, *, offset: int = 0,
                      limit: int = 20, sort: str = "-updated") -> tuple[list[TaskRow], int]:

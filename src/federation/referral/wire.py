@@ -58,6 +58,7 @@ class ReferralDetail:
     history: list[dict[str, Any]]
     deliveries: list[dict[str, Any]]
     allowed_actions: list[str] = field(default_factory=list)
+    pending_work: list[str] = field(default_factory=list)
 
 
 def referral_to_proto(row: TaskRow) -> pb.Referral:
@@ -151,7 +152,7 @@ def detail_to_proto(v: ReferralView) -> pb.ReferralDetail:
                                 purpose=d.purpose, delivered=d.delivered_at is not None,
                                 acknowledged=d.acked_at is not None, attempts=d.attempts)
                     for d in v.deliveries],
-        allowed_actions=v.allowed)
+        allowed_actions=v.allowed, pending_work=v.pending)
 
 
 def detail_from_proto(m: pb.ReferralDetail) -> ReferralDetail:
@@ -164,7 +165,7 @@ def detail_from_proto(m: pb.ReferralDetail) -> ReferralDetail:
         [{"item_id": d.item_id, "site": d.site_id, "kind": d.kind, "purpose": d.purpose,
           "delivered": d.delivered, "acknowledged": d.acknowledged, "attempts": d.attempts}
          for d in m.deliveries],
-        list(m.allowed_actions))
+        list(m.allowed_actions), list(m.pending_work))
 
 
 def _none(value: float | None) -> float:

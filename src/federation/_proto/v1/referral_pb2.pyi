@@ -207,18 +207,20 @@ class NamedResource(_message.Message):
     def __init__(self, name: _Optional[str] = ..., json: _Optional[bytes] = ...) -> None: ...
 
 class ReferralDetail(_message.Message):
-    __slots__ = ("referral", "resources", "history", "deliveries", "allowed_actions")
+    __slots__ = ("referral", "resources", "history", "deliveries", "allowed_actions", "pending_work")
     REFERRAL_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     DELIVERIES_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_WORK_FIELD_NUMBER: _ClassVar[int]
     referral: Referral
     resources: _containers.RepeatedCompositeFieldContainer[NamedResource]
     history: _containers.RepeatedCompositeFieldContainer[HistoryEvent]
     deliveries: _containers.RepeatedCompositeFieldContainer[Delivery]
     allowed_actions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, referral: _Optional[_Union[Referral, _Mapping]] = ..., resources: _Optional[_Iterable[_Union[NamedResource, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[HistoryEvent, _Mapping]]] = ..., deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., allowed_actions: _Optional[_Iterable[str]] = ...) -> None: ...
+    pending_work: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, referral: _Optional[_Union[Referral, _Mapping]] = ..., resources: _Optional[_Iterable[_Union[NamedResource, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[HistoryEvent, _Mapping]]] = ..., deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., allowed_actions: _Optional[_Iterable[str]] = ..., pending_work: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchReferralsRequest(_message.Message):
     __slots__ = ("practitioner", "status", "business_status", "owner_site", "requester_site", "person_id", "direction", "escalated_only", "offset", "limit")
