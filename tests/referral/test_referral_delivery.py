@@ -71,7 +71,7 @@ async def test_nothing_lost_while_the_target_and_the_gateway_are_down(
                 rid, what = body["about"][0]["reference"].split("/")[1], \
                     body["payload"][0]["contentString"].split()[0]
             per_referral[rid].append(what)
-        for n, rid in enumerate(made):        # in the order they happened, per referral
+        for rid in made:                      # in the order they happened, per referral
             got = per_referral[rid]
             assert got[0] == "referral" and sorted(got) == ["first", "packet", "referral",
                                                             "second"]

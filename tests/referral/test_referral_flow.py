@@ -115,6 +115,10 @@ async def test_refusals_are_clear_and_send_nothing(up):
     with pytest.raises(InvalidInput, match="urgency must be one of"):
         await doctor.create(upward(patient, urgency="whenever"))
     assert len(up.gateway.store.pending_for("city-1")) == pending
+    refused = [r for r in up.gateway.store.list_exchanges(limit=20)
+               if r.operation == "Referrals/Create" and r.outcome == "error"]
+    assert len(refused) >= 5 and all(patient not in r.detail for r in refused)
+    assert any(r.status_code == "not-found" for r in refused)
     _, total = await up.client("admin-zhao").search()
     assert total == before
 

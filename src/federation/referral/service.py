@@ -135,8 +135,11 @@ class ReferralService:
             self._log(who, "Referrals/Create", target, new.patient_id, "ok", "OK", started)
             return task, created
         except FederationError as exc:
+            # the log keeps a hash of the patient, never their id in clear
+            detail = exc.message.replace(new.patient_id, "<patient>") if new.patient_id \
+                else exc.message
             self._log(who, "Referrals/Create", target, new.patient_id, "error", exc.code,
-                      started, detail=exc.message)
+                      started, detail=detail)
             raise
 
     async def _create(self, who: Principal, new: NewReferral) -> tuple[TaskRow, bool]:
