@@ -21,8 +21,8 @@ __all__ = ["Inbox"]
 
 BATCH = 100
 log = logging.getLogger("federation.gateway.inbox")
-#: told of every acknowledgement (site, item id), e.g. to close a referral's loop
-AckListener = Callable[[str, str], Awaitable[object]]
+#: told of every acknowledgement (the acknowledged item), e.g. to close a referral's loop
+AckListener = Callable[[WorkItemRow], Awaitable[object]]
 
 
 class Inbox:
@@ -33,7 +33,7 @@ class Inbox:
         self._ack_listeners: list[AckListener] = []
 
     def on_ack(self, listener: AckListener) -> None:
-        """Call ``listener(site_id, item_id)`` after each acknowledgement is stored; its
+        """Call ``listener(item)`` after each acknowledgement is stored; its
         failure is logged and never fails the node's ack (the item is safe either way)."""
         self._ack_listeners.append(listener)
 
@@ -52,7 +52,7 @@ class Inbox:
         row = await asyncio.to_thread(self._store.ack, site_id, item_id, dt.datetime.now(dt.UTC))
         for listener in self._ack_listeners:
             try:
-                await listener(site_id, item_id)
+                await listener(row)
             except FederationError as exc:
                 log.warning("after the ack of %s by %s: %s", item_id, site_id, exc.message)
         return row

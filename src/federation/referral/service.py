@@ -49,7 +49,7 @@ from federation.referral.packet import fetch_packet
 from federation.referral.rules import ReferralRules, SiteFacts
 from federation.referral.state import ReferralState, table_for
 from federation.security.principal import SYSTEM, Principal
-from federation.store import ExchangeEntry, GatewayStore
+from federation.store import ExchangeEntry, GatewayStore, WorkItemRow
 from federation.workflow.records import (
     DeliveryRow,
     EventRow,
@@ -396,11 +396,13 @@ class ReferralService:
             self._wake(row.owner_site)
         return row is not None
 
-    async def receipt(self, site_id: str, item_id: str) -> TaskRow | None:
+    async def receipt(self, item: WorkItemRow) -> TaskRow | None:
         """A node acknowledged a work item: when it was a referral's result at the
         requester's site, the loop is closed (IHE 360X). Idempotent."""
-        found = await asyncio.to_thread(self._workflows.message, item_id)
-        if found is None or found[2] != "result" or found[1] != site_id:
+        if item.kind != "report":
+            return None                      # only reports carry results; spare the lookup
+        found = await asyncio.to_thread(self._workflows.message, item.item_id)
+        if found is None or found[2] != "result" or found[1] != item.site_id:
             return None
         try:
             return await asyncio.to_thread(
