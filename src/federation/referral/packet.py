@@ -60,9 +60,9 @@ async def fetch_packet(store: GatewayStore, clients: NodeClients, site_id: str,
     or misses the deadline; NotFound when it has no such patient."""
     node = await asyncio.to_thread(store.get_node, site_id)
     if node is None or node.state != "online":
-        state = "never registered" if node is None else node.state
-        raise Unavailable(f"site {site_id}'s node is {state}: the referral packet is read "
-                          "from it, so the referral cannot be sent until it is online")
+        state = "has never registered" if node is None else f"is {node.state}"
+        raise Unavailable(f"site {site_id}'s node {state}: the referral packet is read from "
+                          "it, and follows the referral once the node is online")
     envelopes = [env async for env in clients.fetch(
         site_id, node.endpoint, patient_id, resource_types=list(PACKET_TYPES),
         correlation_id=uuid.uuid4().hex, purpose=purpose, timeout=deadline_s, validate=False)]

@@ -132,14 +132,15 @@ class ReferralService:
         try:
             task, created = await self._create(who, new)
             target = task.owner_site
-            self._log(who, "Referrals/Create", target, new.patient_id, "ok", "OK", started)
+            await self._log(who, "Referrals/Create", target, new.patient_id, "ok", "OK",
+                            started)
             return task, created
         except FederationError as exc:
             # the log keeps a hash of the patient, never their id in clear
             detail = exc.message.replace(new.patient_id, "<patient>") if new.patient_id \
                 else exc.message
-            self._log(who, "Referrals/Create", target, new.patient_id, "error", exc.code,
-                      started, detail=detail)
+            await self._log(who, "Referrals/Create", target, new.patient_id, "error",
+                            exc.code, started, detail=detail)
             raise
 
     async def _create(self, who: Principal, new: NewReferral) -> tuple[TaskRow, bool]:
@@ -276,11 +277,11 @@ class ReferralService:
         try:
             row = await self._act(who, task_id, action, d, expected_version)
         except FederationError as exc:
-            self._log(who, f"Referrals/{action}", None, None, "error", exc.code, started,
-                      detail=exc.message, task_id=task_id)
+            await self._log(who, f"Referrals/{action}", None, None, "error", exc.code,
+                            started, detail=exc.message, task_id=task_id)
             raise
-        self._log(who, f"Referrals/{action}", row.owner_site, None, "ok", "OK", started,
-                  task_id=task_id, patient=(row.requester_site, row.patient_id))
+        await self._log(who, f"Referrals/{action}", row.owner_site, None, "ok", "OK", started,
+                        task_id=task_id, patient=(row.requester_site, row.patient_id))
         return row
 
     async def _act(self, who: Principal, task_id: str, action: str, d: Details,
@@ -376,8 +377,9 @@ class ReferralService:
                                               task.patient_id, deadline_s=self._deadline)
         except FederationError as exc:
             delay = min(PACKET_RETRY_MAX_S, 2 ** attempt)
-            log.warning("packet of referral %s from %s not assembled (attempt %d), retry in "
-                        "%d s: %s", task_id, task.requester_site, attempt, delay, exc.message)
+            level = logging.WARNING if attempt == 1 or attempt % 10 == 0 else logging.DEBUG
+            log.log(level, "packet of referral %s from %s not assembled (attempt %d), retry "
+                    "in %d s: %s", task_id, task.requester_site, attempt, delay, exc.message)
             await asyncio.to_thread(self._workflows.fail_job, task_id, PACKET_JOB, exc.message,
                                     self._now() + dt.timedelta(seconds=delay))
             return False
@@ -476,9 +478,10 @@ class ReferralService:
 
     # ------------------------------------------------------------------ exchange log
 
-    def _log(self, who: Principal, operation: str, target: str | None, patient_id: str | None,
-             outcome: str, code: str, started: float, *, detail: str = "",
-             task_id: str | None = None, patient: tuple[str, str] | None = None) -> None:
+    async def _log(self, who: Principal, operation: str, target: str | None,
+                   patient_id: str | None, outcome: str, code: str, started: float, *,
+                   detail: str = "", task_id: str | None = None,
+                   patient: tuple[str, str] | None = None) -> None:
         if patient is None and patient_id and who.site_id:
             patient = (who.site_id, patient_id)
         kind = {"person": "user", "node": "node", "operator": "operator"}.get(who.kind, "gateway")
@@ -490,9 +493,9 @@ class ReferralService:
             status_code=code, detail=detail[:500],
             duration_ms=(time.perf_counter() - started) * 1000)
         try:
-            self._store.log_exchange(entry)
-        except FederationError:
-            pass  # the log must not undo a referral that was stored
+            await asyncio.to_thread(self._store.log_exchange, entry)
+        except FederationError as exc:   # the log must not undo a referral that was stored
+            log.warning("exchange log of %s failed: %s", operation, exc.message)
 
 
 def _sees_all(who: Principal) -> bool:
