@@ -55,23 +55,48 @@ def ca_init(ca_dir: Path, consortium: str) -> None:
 
 @ca.command("issue")
 @click.option("--ca-dir", type=click.Path(path_type=Path), default=Path("pki/ca"), show_default=True)
-@click.option("--site", help="Site id for a node certificate (e.g. county-a).")
+@click.option("--site", help="Site id for a node certificate (e.g. county-a), or the site a "
+              "--person works at.")
 @click.option("--tier", type=TIER_CHOICE, help="The site's tier (node certificates).")
 @click.option("--gateway", "gateway_cert", is_flag=True, help="Issue the gateway's certificate.")
-@click.option("--operator", help="Issue an operator (tool/person) certificate with this name.")
+@click.option("--operator", help="Issue an operator (tool) certificate with this name.")
+@click.option("--person", help="Issue a member of staff's certificate for this user id "
+              "(with --site and --staff-role), e.g. for `federation referral`.")
+@click.option("--staff-role", "staff_roles", multiple=True,
+              type=click.Choice(["doctor", "specialist", "nurse", "site-admin", "regional-admin"]),
+              help="The person's staff role at the site (repeatable).")
 @click.option("--host", "hosts", multiple=True,
               help="DNS name or IP the holder serves on (repeatable); localhost/127.0.0.1 by default.")
 @click.option("--days", type=int, default=397, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default pki/<name>).")
 @friendly
 def ca_issue(ca_dir: Path, site: str | None, tier: str | None, gateway_cert: bool,
-             operator: str | None, hosts: tuple[str, ...], days: int, out: Path | None) -> None:
-    """Issue a node, gateway or operator certificate signed by the consortium CA."""
+             operator: str | None, person: str | None, staff_roles: tuple[str, ...],
+             hosts: tuple[str, ...], days: int, out: Path | None) -> None:
+    """Issue a node, gateway, operator or person (staff) certificate signed by the
+    consortium CA.
+
+    \b
+    federation ca issue --site county-a --tier county           # a node
+    federation ca issue --person dr-wang --site county-a --staff-role doctor
+    """
     from federation.security.ca import CertificateAuthority
 
+    if person:
+        if not site or not staff_roles or tier or gateway_cert or operator:
+            raise click.UsageError("--person needs --site and at least one --staff-role "
+                                   "(and none of --tier, --gateway, --operator)")
+        authority = CertificateAuthority.load(ca_dir)
+        issued = authority.issue_person(person, site, staff_roles, out or Path("pki") / person,
+                                        days=days)
+        click.echo(f"issued {issued.cert_path} for {person} at {site} "
+                   f"({', '.join(staff_roles)}; serial {issued.serial}, valid until "
+                   f"{issued.not_after:%Y-%m-%d})")
+        return
     chosen = [bool(site), gateway_cert, bool(operator)]
     if sum(chosen) != 1:
-        raise click.UsageError("give exactly one of --site (with --tier), --gateway, --operator")
+        raise click.UsageError("give exactly one of --site (with --tier), --gateway, "
+                               "--operator, --person (with --site)")
     authority = CertificateAuthority.load(ca_dir)
     kwargs: dict[str, Any] = {"days": days}
     if hosts:
@@ -383,10 +408,12 @@ def demo(workdir: Path, tour_only: bool, people: int) -> None:
 
 def _register_groups() -> None:
     from federation.identity.cli import identity
+    from federation.referral.cli import referral
     from federation.security.token_cli import account, token
     from federation.terminology.cli import terminology
 
     cli.add_command(identity)
+    cli.add_command(referral)
     cli.add_command(terminology)
     cli.add_command(token)
     cli.add_command(account)

@@ -7,6 +7,8 @@
     ├── NotFound                     a site, node, patient or work item that does not exist
     │   └── UnknownSite              a site that is not a member of the consortium registry
     ├── Conflict                     the request contradicts stored state (tier mismatch, dup)
+    │   ├── InvalidTransition        a workflow move the state machine does not allow now
+    │   └── ConcurrentUpdate         someone else changed it first (stale version): reload
     ├── AuthenticationError          no or unusable credentials (no client cert, bad chain)
     │   └── CertificateRevoked       the presented certificate is on the consortium CRL
     ├── PermissionDenied             authenticated, but this identity may not do this
@@ -32,6 +34,8 @@ __all__ = [
     "NotFound",
     "UnknownSite",
     "Conflict",
+    "InvalidTransition",
+    "ConcurrentUpdate",
     "AuthenticationError",
     "CertificateRevoked",
     "PermissionDenied",
@@ -80,6 +84,18 @@ class UnknownSite(NotFound):
 
 class Conflict(FederationError):
     default_code = "conflict"
+
+
+class InvalidTransition(Conflict):
+    """E.g. accepting a cancelled referral: names the state, the move and what is allowed."""
+
+    default_code = "invalid-transition"
+
+
+class ConcurrentUpdate(Conflict):
+    """Optimistic concurrency: the caller's version is not the stored one any more."""
+
+    default_code = "concurrent-update"
 
 
 class AuthenticationError(FederationError):

@@ -110,6 +110,10 @@ class GatewaySettings:
     #: key for research-export pseudonyms and date shifts (default: derived from the
     #: gateway's TLS key, so every replica agrees without another secret to distribute)
     archive_deid_key: str = ""
+    #: the consortium's referral rules (routing, time limits, reject reasons); None = packaged
+    referral_rules: Path | None = None
+    #: how often referral time limits are checked for escalation
+    referral_sweep_ms: int = 30_000
     log_level: str = "INFO"
     #: ``text`` or ``json`` (one object a line, for a log collector)
     log_format: str = "text"
@@ -346,6 +350,8 @@ def load_gateway_settings(
         archive_care_window_days=r.int("archive_care_window_days", 365),
         archive_alert_max_age_hours=r.int("archive_alert_max_age_hours", 72),
         archive_deid_key=r.opt_str("archive_deid_key") or "",
+        referral_rules=r.opt_path("referral_rules"),
+        referral_sweep_ms=r.int("referral_sweep_ms", 30_000, minimum=100),
         log_level=r.str("log_level", "INFO").upper(),
         log_format=r.choice("log_format", LOG_FORMATS, "text"),
     )

@@ -33,6 +33,9 @@ def test_demo_tour_reaches_all_six_sites_and_reruns(tmp_path):
     assert "ICD-10 C34" in first.stdout and "鳞状细胞癌" in first.stdout
     assert "纵隔淋巴结" in first.stdout and "laterality Left" in first.stdout
     assert "oru-bad.hl7" in first.stdout and "studies.csv" in first.stdout  # quarantined
+    # the referral tour: one upward and one downward referral, both loops closed
+    assert "Both referrals closed their loops" in first.stdout
+    assert "records a follow-up visit" in first.stdout
     for site in ("city-1", "county-a", "county-b", "township-a1", "township-a2", "township-b1"):
         assert site in first.stdout
     assert "all processes stopped" in first.stdout

@@ -280,3 +280,23 @@ def test_refresh_crl_re_signs_with_the_same_entries(ca: CertificateAuthority,
     assert set(_crl_serials(ca)) == {a.serial}
     after = _crl(ca).extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     assert after == before + 1
+
+
+def test_person_certificates_name_user_site_and_staff_roles(tmp_path):
+    from federation.security.identity import identity_from_pem
+
+    authority = init_ca(tmp_path / "ca", consortium="Test")
+    issued = authority.issue_person("dr-wang", "county-a", ["doctor", "specialist"],
+                                    tmp_path / "dr-wang")
+    who = identity_from_pem(issued.cert_path.read_bytes())
+    assert (who.role, who.name, who.site_id, who.tier) == ("person", "dr-wang", "county-a", None)
+    assert who.staff_roles == ("doctor", "specialist")
+    assert who.describe() == "person dr-wang at county-a"
+    assert (tmp_path / "dr-wang" / "ca.crt").exists()
+    assert authority.list_issued()[-1].kind == "person"
+    with pytest.raises(InvalidInput, match="staff role 'surgeon'"):
+        authority.issue_person("dr-x", "county-a", ["surgeon"], tmp_path / "x")
+    with pytest.raises(InvalidInput, match="at least one staff role"):
+        authority.issue_person("dr-x", "county-a", [], tmp_path / "x")
+    with pytest.raises(InvalidInput, match="site id"):
+        authority.issue_person("dr-x", "County A", ["doctor"], tmp_path / "x")

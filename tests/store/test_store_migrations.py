@@ -28,7 +28,9 @@ from federation.store.models import metadata
 TABLES = {"site", "node", "node_event", "exchange_log", "work_item", "site_resource",
           "feed_cursor", "identity_person", "identity_record", "identity_block",
           "identity_event", "identity_review", "identity_no_match", "identity_model",
-          "archive_consent", "export_job", "export_file"}
+          "archive_consent", "export_job", "export_file",
+          "workflow_task", "workflow_event", "workflow_resource", "workflow_message",
+          "workflow_notice", "workflow_job"}
 
 
 def _diffs(engine: Engine) -> list:

@@ -68,8 +68,12 @@ class Supervisor:
                           + self.tail("gateway"))
 
     def start_nodes(self) -> None:
-        for site_id, config in self.layout.node_configs.items():
-            self._spawn(site_id, ["node", "serve", "--config", str(config)])
+        for site_id in self.layout.node_configs:
+            self.start_node(site_id)
+
+    def start_node(self, site_id: str) -> None:
+        self._spawn(site_id, ["node", "serve", "--config",
+                              str(self.layout.node_configs[site_id])])
 
     def tail(self, name: str, lines: int = 15) -> str:
         path = self.layout.logs / f"{name}.log"

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from federation.client import GatewayClient
 from federation.demo.record_tour import run_record_tour
+from federation.demo.referral_tour import run_referral_tour
 from federation.demo.workspace import DemoLayout
 from federation.fhir_systems import RESIDENT_ID_SYSTEM, local_patient_id_system
 from federation.nodes.adapters import open_sources
@@ -120,7 +121,7 @@ async def run_tour(layout: DemoLayout, console: Console) -> bool:
     if not await run_record_tour(layout, by_person, console):
         return False
     console.print("\n[green]Records from every kind of source came back through the archive.[/]")
-    return True
+    return await run_referral_tour(layout, by_person, console)
 
 
 def _row(site_id: str, patient: dict, by_record: dict[tuple[str, str], str],

@@ -17,6 +17,8 @@ from federation.synth import ConsortiumManifest, SiteSpec, generate_consortium, 
 __all__ = ["DemoLayout", "prepare_workspace", "free_ports"]
 
 OPERATOR = "demo-tour"
+#: the tour's staff: user → (site, staff roles); each gets a person certificate
+STAFF = {"dr-wang": ("county-a", ("doctor",)), "dr-li": ("city-1", ("specialist",))}
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,7 @@ class DemoLayout:
     operator_key: Path
     ca_cert: Path
     logs: Path
+    staff: dict[str, Path]           # user → their certificate folder (person certs)
 
 
 #: below Linux's ephemeral range (32768+), so that a port we pick is not handed to some
@@ -87,6 +90,7 @@ def prepare_workspace(workdir: Path, *, people: int, seed: int = 20261121) -> De
         operator_cert=pki / OPERATOR / f"{OPERATOR}.crt",
         operator_key=pki / OPERATOR / f"{OPERATOR}.key",
         ca_cert=pki / "ca" / "ca.crt", logs=logs,
+        staff={user: pki / user for user in STAFF},
     )
 
 
@@ -98,6 +102,10 @@ def _issue_all(authority: CertificateAuthority, pki: Path, sites: tuple[SiteSpec
     for site in sites:
         if not (pki / site.site_id / f"{site.site_id}.crt").exists():
             authority.issue_node(site.site_id, site.tier, pki / site.site_id)
+    members = {s.site_id for s in sites}
+    for user, (site_id, roles) in STAFF.items():
+        if site_id in members and not (pki / user / f"{user}.crt").exists():
+            authority.issue_person(user, site_id, roles, pki / user)
 
 
 def _q(value: object) -> str:

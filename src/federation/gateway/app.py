@@ -28,6 +28,7 @@ from federation._proto.v1 import (
     diagnostics_pb2_grpc,
     gateway_pb2,
     gateway_pb2_grpc,
+    referral_pb2_grpc,
 )
 from federation._runtime import wait_for_shutdown_signal
 from federation.archive.alerts import CriticalAlerts
@@ -42,7 +43,7 @@ from federation.archive.servicer import ARCHIVE_POLICY, ArchiveServicer
 from federation.archive.servicer import SERVICE_NAME as ARCHIVE_SERVICE
 from federation.archive.store import ArchiveStore
 from federation.archive.sync import FeedPuller
-from federation.errors import Unavailable
+from federation.errors import FederationError, Unavailable
 from federation.gateway.diagnostics import DIAGNOSTICS_POLICY, DiagnosticsServicer
 from federation.gateway.http_app import create_http_app
 from federation.gateway.inbox import Inbox
@@ -53,6 +54,11 @@ from federation.gateway.search import FederatedSearch
 from federation.gateway.servicer import GATEWAY_POLICY, GatewayServicer
 from federation.identity.http_api import create_identity_api
 from federation.identity.store import IdentityStore
+from federation.referral.http import create_referral_router
+from federation.referral.rules import load_rules
+from federation.referral.service import ReferralService
+from federation.referral.servicer import REFERRALS_POLICY, ReferralsServicer
+from federation.referral.servicer import SERVICE as REFERRALS_SERVICE
 from federation.rpc.channels import server_options
 from federation.rpc.guard import CallGuard
 from federation.security.identity import RevocationList
@@ -61,6 +67,7 @@ from federation.security.tls import TlsMaterial, require_current, server_credent
 from federation.security.tokens import AccessTokens, TrustAnchor
 from federation.settings import GatewaySettings
 from federation.store import GatewayStore, make_engine, upgrade
+from federation.workflow.store import WorkflowStore
 
 __all__ = ["RunningGateway", "start_gateway", "serve"]
 
@@ -95,6 +102,7 @@ class RunningGateway:
     archive_service: ArchiveService
     alerts: CriticalAlerts
     exports: ExportRunner
+    referrals: ReferralService
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -154,10 +162,14 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     puller = FeedPuller(store, archive, clients, interval_s=settings.sync_interval_ms / 1000,
                         validate=settings.sync_validate, modes=settings.archive_modes(),
                         on_changes=alerts)
+    referrals = ReferralService(
+        store, WorkflowStore(engine), load_rules(settings.referral_rules), identity=identity,
+        clients=clients, packet_deadline_s=settings.search_deadline_ms / 1000, wake=inbox.wake)
+    inbox.on_ack(referrals.receipt)   # a result's receipt at the requester closes the loop
 
     server = grpc.aio.server(
-        interceptors=[CallGuard("gateway", GATEWAY_POLICY | DIAGNOSTICS_POLICY | ARCHIVE_POLICY,
-                                revocations)],
+        interceptors=[CallGuard("gateway", GATEWAY_POLICY | DIAGNOSTICS_POLICY | ARCHIVE_POLICY
+                                | REFERRALS_POLICY, revocations)],
         options=server_options(settings.max_message_bytes),
     )
     gateway_pb2_grpc.add_GatewayServicer_to_server(
@@ -166,10 +178,11 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         server)
     diagnostics_pb2_grpc.add_DiagnosticsServicer_to_server(DiagnosticsServicer(store), server)
     archive_pb2_grpc.add_ArchiveServicer_to_server(ArchiveServicer(service), server)
+    referral_pb2_grpc.add_ReferralsServicer_to_server(ReferralsServicer(referrals), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE, DIAGNOSTICS, ARCHIVE_SERVICE,
+        (SERVICE, DIAGNOSTICS, ARCHIVE_SERVICE, REFERRALS_SERVICE,
          health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     try:
@@ -178,7 +191,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         raise Unavailable(f"cannot listen for gRPC on {settings.grpc_listen}: address already "
                           "in use or not available") from None
     await server.start()
-    for name in ("", SERVICE, ARCHIVE_SERVICE):
+    for name in ("", SERVICE, ARCHIVE_SERVICE, REFERRALS_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     serving = {"up": True}
@@ -188,7 +201,8 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
                           archive=archive, identity_api=create_identity_api(identity),
                           identity=identity, auth=(tokens, trust),
                           routers=[create_archive_router(service, tokens, exports=exports.jobs,
-                                                         runner=exports)],
+                                                         runner=exports),
+                                   create_referral_router(referrals, store=store)],
                           limits=(RateLimiter(settings.http_rate_per_user,
                                               max(1, int(3 * settings.http_rate_per_user)),
                                               what="user"),
@@ -203,6 +217,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         grpc_port=port, http_port=sock.getsockname()[1], health=health_servicer, _http=http,
         clients=clients, archive=archive, identity=identity, puller=puller,
         archive_service=service, alerts=alerts, exports=exports,
+        referrals=referrals,
     )
     sweep_every = max(0.05, min(1.0, settings.heartbeat_interval_ms / 4000))
     flush_every = max(0.02, min(0.5, settings.unreachable_after_ms / 8000))
@@ -212,6 +227,10 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         asyncio.create_task(registry.flush_forever(flush_every, running._stop), name="flush"),
         asyncio.create_task(puller.run(running._stop), name="change-feed-puller"),
         asyncio.create_task(exports.run(running._stop), name="export-runner"),
+        asyncio.create_task(_escalate_forever(referrals, settings.referral_sweep_ms / 1000,
+                                              running._stop), name="referral-time-limits"),
+        asyncio.create_task(_assemble_forever(referrals, settings.inbox_poll_ms / 1000,
+                                              running._stop), name="referral-packets"),
     ]
     log.info("gateway serving gRPC on %s (port %d), HTTP on port %d",
              settings.grpc_listen, port, running.http_port)
@@ -239,6 +258,39 @@ def _archive_parts(settings: GatewaySettings, engine, store: GatewayStore,
         b"federation-deid:" + tls.key_pem).digest()
     exports = ExportRunner(ExportStore(engine), archive, people, Deidentifier(key), modes)
     return service, alerts, exports
+
+
+async def _escalate_forever(referrals: ReferralService, every: float,
+                            stop: asyncio.Event) -> None:
+    """Check referral time limits every ``every`` seconds (replicas split the work)."""
+    while not stop.is_set():
+        try:
+            escalated = await referrals.escalate()
+            if escalated:
+                log.warning("escalated %d referral(s) past their time limit: %s",
+                            len(escalated), ", ".join(r.task_id for r in escalated))
+        except FederationError as exc:
+            log.warning("referral time-limit check failed: %s", exc.message)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=every)
+        except TimeoutError:
+            pass
+
+
+async def _assemble_forever(referrals: ReferralService, poll: float,
+                            stop: asyncio.Event) -> None:
+    """Assemble referral packets: at once for referrals this replica created, and every
+    ``poll`` seconds for those of other replicas and for retries."""
+    while not stop.is_set():
+        referrals.packets_due.clear()
+        try:
+            await referrals.assemble_packets()
+        except FederationError as exc:
+            log.warning("referral packet assembly failed: %s", exc.message)
+        try:
+            await asyncio.wait_for(referrals.packets_due.wait(), timeout=poll)
+        except TimeoutError:
+            pass
 
 
 async def serve(settings: GatewaySettings) -> None:

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+from federation.errors import FederationError
 from federation.rpc.metrics import INBOX_DELIVERED
 from federation.store import GatewayStore, WorkItemRow
 
 __all__ = ["Inbox"]
 
 BATCH = 100
+log = logging.getLogger("federation.gateway.inbox")
+#: told of every acknowledgement (the acknowledged item), e.g. to close a referral's loop
+AckListener = Callable[[WorkItemRow], Awaitable[object]]
 
 
 class Inbox:
@@ -25,6 +30,12 @@ class Inbox:
         self._store = store
         self._poll = poll_seconds
         self._wakeups: dict[str, asyncio.Event] = {}
+        self._ack_listeners: list[AckListener] = []
+
+    def on_ack(self, listener: AckListener) -> None:
+        """Call ``listener(item)`` after each acknowledgement is stored; its
+        failure is logged and never fails the node's ack (the item is safe either way)."""
+        self._ack_listeners.append(listener)
 
     async def enqueue(
         self, site_id: str, kind: str, payload: bytes, *, source_site: str | None = None,
@@ -38,7 +49,13 @@ class Inbox:
         return row
 
     async def ack(self, site_id: str, item_id: str) -> WorkItemRow:
-        return await asyncio.to_thread(self._store.ack, site_id, item_id, dt.datetime.now(dt.UTC))
+        row = await asyncio.to_thread(self._store.ack, site_id, item_id, dt.datetime.now(dt.UTC))
+        for listener in self._ack_listeners:
+            try:
+                await listener(row)
+            except FederationError as exc:
+                log.warning("after the ack of %s by %s: %s", item_id, site_id, exc.message)
+        return row
 
     async def stream(self, site_id: str, after_seq: int) -> AsyncIterator[WorkItemRow]:
         """Yield the site's unacknowledged items with seq > ``after_seq``, forever."""
@@ -61,6 +78,11 @@ class Inbox:
                 await asyncio.wait_for(wakeup.wait(), timeout=self._poll)
             except TimeoutError:
                 pass
+
+    def wake(self, site_id: str) -> None:
+        """New items for ``site_id`` were committed (by anyone in this process): wake its
+        stream now rather than at the next poll."""
+        self._wake(site_id)
 
     def _wake(self, site_id: str) -> None:
         event = self._wakeups.get(site_id)

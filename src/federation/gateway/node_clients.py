@@ -135,8 +135,9 @@ class NodeClients:
         validate: bool = True,
     ) -> AsyncIterator[Envelope]:
         """The patient's resources as the node streams them; each checked to come from
-        ``site_id`` and, with ``validate``, re-validated against the FHIR R4 models
-        (the node did already; the archive's federated reads may skip it for speed)."""
+        ``site_id`` and of a known type; with ``validate`` re-validated against the FHIR R4
+        models (the node did already; callers may skip it for speed, or validate
+        themselves off the event loop)."""
         request = node_agent_pb2.FetchPatientResourcesRequest(
             patient_id=patient_id, resource_types=resource_types,
             correlation_id=correlation_id, purpose_of_use=purpose,

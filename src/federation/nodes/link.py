@@ -32,6 +32,8 @@ __all__ = ["GatewayLink", "LinkStatus"]
 
 log = logging.getLogger("federation.node.link")
 CALL_TIMEOUT = 10.0
+#: acknowledgements on their way to the gateway at once (each after its item is stored)
+ACKS_IN_FLIGHT = 32
 
 
 class _Reregister(Exception):
@@ -162,20 +164,43 @@ class GatewayLink:
                 self._feed_changed.clear()
 
     async def _receive(self, stub: gateway_pb2_grpc.GatewayStub) -> None:
-        """Store each inbound item, then acknowledge it; a redelivery is acked again only."""
+        """Store each inbound item, then acknowledge it; a redelivery is acked again only.
+
+        Items are stored one after another, in the order they arrive; acknowledgements
+        go out behind them, up to ``ACKS_IN_FLIGHT`` at once, so that a burst is not held
+        to one round trip per item. A failed ack ends the session: the gateway sends the
+        unacknowledged items again, and they are acked again (stored once)."""
         # resume from 0: the gateway sends only what is not yet acknowledged, and an
         # item stored here but not acked before a crash must be acked now
         stream = stub.StreamInbox(gateway_pb2.StreamInboxRequest(after_sequence=0))
-        async for item in stream:
-            fresh = await asyncio.to_thread(self._inbox.store, InboxItem(
-                item_id=item.item_id, sequence=item.sequence, kind=item.kind,
-                source_site=item.source_site or None, content_type=item.content_type,
-                payload=item.payload,
-                received_at=dt.datetime.now(dt.UTC),
-            ))
-            await stub.AckWorkItem(gateway_pb2.AckWorkItemRequest(item_id=item.item_id),
-                                   timeout=CALL_TIMEOUT)
-            if fresh:
-                self.status.received_items += 1
-                log.info("inbox: received %s item %s", item.kind, item.item_id)
+        window = asyncio.Semaphore(ACKS_IN_FLIGHT)
+        acks: set[asyncio.Task[None]] = set()
+
+        async def ack(item_id: str) -> None:
+            try:
+                await stub.AckWorkItem(gateway_pb2.AckWorkItemRequest(item_id=item_id),
+                                       timeout=CALL_TIMEOUT)
+            finally:
+                window.release()
+
+        try:
+            async for item in stream:
+                fresh = await asyncio.to_thread(self._inbox.store, InboxItem(
+                    item_id=item.item_id, sequence=item.sequence, kind=item.kind,
+                    source_site=item.source_site or None, content_type=item.content_type,
+                    payload=item.payload,
+                    received_at=dt.datetime.now(dt.UTC),
+                ))
+                for done in [t for t in acks if t.done()]:
+                    acks.discard(done)
+                    done.result()                   # a failed ack: reconnect
+                await window.acquire()
+                acks.add(asyncio.create_task(ack(item.item_id)))
+                if fresh:
+                    self.status.received_items += 1
+                    log.info("inbox: received %s item %s", item.kind, item.item_id)
+            await asyncio.gather(*acks)
+        finally:
+            for task in acks:
+                task.cancel()
         raise Unavailable("the gateway closed the inbox stream")  # a lost link: reconnect

@@ -84,6 +84,17 @@ HTTP_AUTHZ: dict[tuple[str, str], Rule] = {
         "Encounter", "MedicationRequest", "Observation")},
     ("POST", "/fhir/Consent"): Rule(CLINICIANS, CARE, ("Consent", "write")),
     ("GET", "/fhir/Consent/{consent_id}"): Rule(CLINICIANS, CARE, ("Consent", "read")),
+    # two-way referral, read side (writes go over gRPC with person or node certificates):
+    # staff see their own site's referrals, a regional administrator all of them
+    ("GET", "/fhir/Task"): Rule(CLINICIANS | ADMINS, CARE | OPERATIONS, ("Task", "read")),
+    ("GET", "/fhir/Task/{task_id}"): Rule(CLINICIANS | ADMINS, CARE | OPERATIONS,
+                                          ("Task", "read")),
+    ("GET", "/fhir/ServiceRequest"): Rule(CLINICIANS | ADMINS, CARE | OPERATIONS,
+                                          ("ServiceRequest", "read")),
+    ("GET", "/fhir/ServiceRequest/{request_id}"): Rule(CLINICIANS | ADMINS, CARE | OPERATIONS,
+                                                       ("ServiceRequest", "read")),
+    ("GET", "/api/referrals/turnaround"): Rule(ADMINS | {"auditor"}, OPERATIONS),
+    ("GET", "/api/referrals/alerts"): Rule(CLINICIANS | ADMINS, CARE | OPERATIONS),
     # research export (FHIR Bulk Data), de-identified: regional administrators only
     ("GET", "/fhir/Patient/$export"): Rule(frozenset({"regional-admin"}), frozenset({"HRESCH"})),
     ("GET", "/fhir/$export-status/{job_id}"):

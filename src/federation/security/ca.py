@@ -39,6 +39,7 @@ from federation.security.identity import (
     normalize_serial,
     validate_name,
     validate_site_id,
+    validate_staff_role,
     validate_tier,
 )
 
@@ -83,7 +84,7 @@ class IssuedCertificate:
     """What :meth:`CertificateAuthority.issue_node` and friends wrote."""
 
     serial: str
-    kind: str  # 'node' | 'gateway' | 'operator'
+    kind: str  # 'node' | 'gateway' | 'operator' | 'person'
     name: str
     site_id: str | None
     tier: str | None
@@ -289,6 +290,24 @@ class CertificateAuthority:
         uris = [f"{URN_PREFIX}role:operator", f"{URN_PREFIX}operator:{name}"]
         return self._issue("operator", name, out_dir, uris, list(hosts), days, not_before,
                            not_after)
+
+    def issue_person(
+        self, user_id: str, site_id: str, roles: Sequence[str], out_dir: Path, *,
+        days: int = 397, not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+    ) -> IssuedCertificate:
+        """A member of staff's client certificate (doctors in China hold CA certificates):
+        the site they work at and their staff roles, which workflows check per move."""
+        validate_name(user_id, "user id")
+        validate_site_id(site_id)
+        if not roles:
+            raise InvalidInput("a person certificate needs at least one staff role "
+                               "(--staff-role doctor)")
+        uris = [f"{URN_PREFIX}role:person", f"{URN_PREFIX}user:{user_id}",
+                f"{URN_PREFIX}site:{site_id}"]
+        uris += [f"{URN_PREFIX}staff-role:{validate_staff_role(r)}" for r in sorted(set(roles))]
+        return self._issue("person", user_id, out_dir, uris, [], days, not_before, not_after,
+                           site_id=site_id)
 
     def _validity(self, days: int, not_before: dt.datetime | None,
                   not_after: dt.datetime | None) -> tuple[dt.datetime, dt.datetime]:

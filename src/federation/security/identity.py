@@ -7,6 +7,8 @@ reading ``openssl x509 -text``::
     urn:federation:role:node        urn:federation:site:county-a    urn:federation:tier:county
     urn:federation:role:gateway
     urn:federation:role:operator    urn:federation:operator:demo-tour
+    urn:federation:role:person      urn:federation:user:dr-wang     urn:federation:site:county-a
+                                    urn:federation:staff-role:doctor  (one or more)
 
 Revocation is a plain X.509 CRL (RFC 5280 §5) signed by the consortium CA and written by
 ``federation ca revoke``; :class:`RevocationList` follows the file so a long-running
@@ -32,6 +34,9 @@ from federation.errors import AuthenticationError, CertificateRevoked, ConfigErr
 
 __all__ = [
     "ROLES",
+    "STAFF_ROLES",
+    "SITE_ROLES",
+    "CONSORTIUM_ROLES",
     "TIERS",
     "URN_PREFIX",
     "PeerIdentity",
@@ -43,12 +48,19 @@ __all__ = [
     "validate_site_id",
     "validate_tier",
     "validate_name",
+    "validate_staff_role",
 ]
 
 log = logging.getLogger("federation.security")
 
 URN_PREFIX = "urn:federation:"
-ROLES = ("node", "gateway", "operator")
+ROLES = ("node", "gateway", "operator", "person")
+#: what a member of staff does at a site; a person certificate names one or more
+STAFF_ROLES = ("doctor", "specialist", "nurse", "site-admin", "regional-admin", "auditor")
+#: roles a site may vouch for (node-signed assertions, a node acting for its staff); the
+#: consortium roles come only from the consortium (its CA, or an account at the gateway)
+SITE_ROLES = ("doctor", "specialist", "nurse", "site-admin")
+CONSORTIUM_ROLES = ("regional-admin", "auditor")
 TIERS = ("township", "county", "city")
 
 _SITE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
@@ -102,17 +114,28 @@ def normalize_serial(serial: str | int) -> str:
 class PeerIdentity:
     """The holder of a consortium certificate, as read from that certificate."""
 
-    role: str  # 'node' | 'gateway' | 'operator'
-    name: str  # the site id for nodes
-    site_id: str | None
-    tier: str | None
+    role: str  # 'node' | 'gateway' | 'operator' | 'person'
+    name: str  # the site id for nodes, the user id for persons
+    site_id: str | None  # a node's site, a person's site
+    tier: str | None  # nodes only
     serial: str  # lowercase hex
     fingerprint_sha256: str  # lowercase hex of the DER certificate
     not_after: dt.datetime  # aware, UTC
+    staff_roles: tuple[str, ...] = ()  # persons only: doctor, specialist, nurse …
 
     def describe(self) -> str:
-        """``site county-a`` / ``gateway gateway`` / ``operator demo-tour`` (for messages)."""
-        return f"site {self.site_id}" if self.role == "node" else f"{self.role} {self.name}"
+        """``site county-a`` / ``person dr-wang at county-a`` / ``operator demo-tour``."""
+        if self.role == "node":
+            return f"site {self.site_id}"
+        if self.role == "person":
+            return f"person {self.name} at {self.site_id}"
+        return f"{self.role} {self.name}"
+
+
+def validate_staff_role(role: str) -> str:
+    if role not in STAFF_ROLES:
+        raise InvalidInput(f"staff role {role!r} is not valid: use one of {', '.join(STAFF_ROLES)}")
+    return role
 
 
 def _common_name(cert: x509.Certificate) -> str:
@@ -155,6 +178,7 @@ def identity_from_certificate(cert: x509.Certificate) -> PeerIdentity:
         )
     role = _single(urns, "role", cn)
     site_id = tier = None
+    staff_roles: tuple[str, ...] = ()
     try:
         if role == "node":
             site_id = validate_site_id(_single(urns, "site", cn))
@@ -164,6 +188,15 @@ def identity_from_certificate(cert: x509.Certificate) -> PeerIdentity:
             name = validate_name(_single(urns, "operator", cn), "operator name")
         elif role == "gateway":
             name = cn
+        elif role == "person":
+            name = validate_name(_single(urns, "user", cn), "user id")
+            site_id = validate_site_id(_single(urns, "site", cn))
+            staff_roles = tuple(sorted({validate_staff_role(r)
+                                        for r in urns.get("staff-role", [])}))
+            if not staff_roles:
+                raise AuthenticationError(
+                    f"person certificate CN={cn} names no {URN_PREFIX}staff-role:…; issue one "
+                    f"with `federation ca issue --person … --staff-role doctor`")
         else:
             raise AuthenticationError(
                 f"certificate CN={cn} carries the unknown role {role!r}; known roles are "
@@ -179,6 +212,7 @@ def identity_from_certificate(cert: x509.Certificate) -> PeerIdentity:
         serial=normalize_serial(cert.serial_number),
         fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
         not_after=cert.not_valid_after_utc,
+        staff_roles=staff_roles,
     )
 
 

@@ -39,7 +39,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from federation.errors import AuthenticationError, InvalidInput, PermissionDenied
-from federation.security.identity import PeerIdentity, identity_from_certificate
+from federation.security.identity import (
+    CONSORTIUM_ROLES,
+    SITE_ROLES,
+    STAFF_ROLES,
+    PeerIdentity,
+    identity_from_certificate,
+)
 
 __all__ = [
     "ACCESS_SECONDS",
@@ -66,10 +72,6 @@ ACCESS_SECONDS = 900
 #: clocks at township sites drift; tolerated either way
 LEEWAY_SECONDS = 60
 
-STAFF_ROLES = ("doctor", "specialist", "nurse", "site-admin", "regional-admin", "auditor")
-#: roles a site may vouch for; the consortium roles are accounts the gateway keeps
-SITE_ROLES = ("doctor", "specialist", "nurse", "site-admin")
-CONSORTIUM_ROLES = ("regional-admin", "auditor")
 #: the site id of consortium accounts (not a member site: no node, no patients)
 CONSORTIUM = "consortium"
 #: HL7 v3 ActReason purposes of use the consortium recognises

@@ -56,7 +56,7 @@ from federation.store.models import (
     WorkItemRow,
 )
 
-__all__ = ["GatewayStore"]
+__all__ = ["GatewayStore", "StoreSessions", "insert_work_item", "lock_sites"]
 
 
 _node = Node.__table__.c
@@ -89,6 +89,10 @@ class StoreSessions:
         self._write_lock: AbstractContextManager[object] = (
             threading.Lock() if engine.dialect.name == "sqlite" else nullcontext())
 
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
     @contextmanager
     def _write(self) -> Iterator[Session]:
         with self._write_lock, _translated(self._engine), Session(self._engine) as s, s.begin():
@@ -101,10 +105,6 @@ class StoreSessions:
 
 
 class GatewayStore(StoreSessions):
-    @property
-    def engine(self) -> Engine:
-        return self._engine
-
     def ping(self) -> None:
         """Raise :class:`Unavailable` if the database cannot be reached."""
         check_connection(self._engine)
@@ -384,22 +384,9 @@ class GatewayStore(StoreSessions):
     ) -> WorkItemRow:
         """Queue an item for the site's node. Idempotent on ``item_id``: a repeat returns
         the first row; reusing an id for another site or kind is a Conflict."""
-        _choice("kind", kind, WORK_KINDS)
-        item_id = item_id or str(uuid.uuid4())
         with self._write() as s:
-            _lock_site(s, site_id)
-            s.exec(
-                _insert(s, WorkItem)
-                .values(item_id=item_id, site_id=site_id, kind=kind, source_site=source_site,
-                        created_at=_now(), content_type=content_type, payload=bytes(payload),
-                        attempts=0)
-                .on_conflict_do_nothing(index_elements=["item_id"])
-            )
-            item = s.exec(select(WorkItem).where(WorkItem.item_id == item_id)).one()
-            if (item.site_id, item.kind) != (site_id, kind):
-                raise Conflict(f"work item '{item_id}' already exists as a {item.kind} for site "
-                               f"'{item.site_id}'; use a new item id")
-            return WorkItemRow.of(item)
+            return insert_work_item(s, site_id, kind, payload, content_type=content_type,
+                                    source_site=source_site, item_id=item_id)
 
     def pending_for(self, site_id: str, after_seq: int = 0, limit: int = 100) -> list[WorkItemRow]:
         """The site's unacknowledged items with seq > ``after_seq``, in seq order."""
@@ -450,6 +437,42 @@ class GatewayStore(StoreSessions):
 def _account(row: GatewayAccount) -> AccountRow:
     return AccountRow(row.user_id, frozenset(row.roles.split()), row.password_hash,
                       row.created_at, row.disabled)
+
+
+def insert_work_item(
+    s: Session, site_id: str, kind: str, payload: bytes, *,
+    content_type: str = "application/fhir+json", source_site: str | None = None,
+    item_id: str | None = None,
+) -> WorkItemRow:
+    """Queue an item for the site's node inside the caller's transaction — the durable
+    outbox of anything that must reach a node exactly when its own change commits.
+
+    Locks the site's registry row first, so one site's ``seq`` values commit in order;
+    a transaction queueing for several sites must call :func:`lock_sites` first (one lock
+    order for every replica). Idempotent on ``item_id``; reusing an id for another site
+    or kind is a Conflict."""
+    _choice("kind", kind, WORK_KINDS)
+    item_id = item_id or str(uuid.uuid4())
+    _lock_site(s, site_id)
+    s.exec(
+        _insert(s, WorkItem)
+        .values(item_id=item_id, site_id=site_id, kind=kind, source_site=source_site,
+                created_at=_now(), content_type=content_type, payload=bytes(payload),
+                attempts=0)
+        .on_conflict_do_nothing(index_elements=["item_id"])
+    )
+    item = s.exec(select(WorkItem).where(WorkItem.item_id == item_id)).one()
+    if (item.site_id, item.kind) != (site_id, kind):
+        raise Conflict(f"work item '{item_id}' already exists as a {item.kind} for site "
+                       f"'{item.site_id}'; use a new item id")
+    return WorkItemRow.of(item)
+
+
+def lock_sites(s: Session, site_ids: Iterable[str]) -> None:
+    """Lock several sites' registry rows in one global order (sorted ids): replicas that
+    queue for the same sites in one transaction then never deadlock."""
+    for site_id in sorted(set(site_ids)):
+        _lock_site(s, site_id)
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -41,6 +42,8 @@ __all__ = [
     "Site", "Node", "NodeEvent", "ExchangeLog", "WorkItem", "SiteResource", "FeedCursor",
     "IdentityPerson", "IdentityRecord", "IdentityBlock", "IdentityEvent", "IdentityReview",
     "IdentityNoMatch", "IdentityModel", "ArchiveConsent", "ExportJob", "ExportFile",
+    "WorkflowTask", "WorkflowEvent", "WorkflowResource", "WorkflowMessage", "WorkflowNotice",
+    "WorkflowJob",
     "SiteRow", "NodeRow", "NodeEventRow", "ExchangeEntry", "WorkItemRow",
 ]
 
@@ -354,6 +357,134 @@ class IdentityModel(StoreModel, table=True):
     params: str = Field(sa_type=Text)
     note: str = Field(default="", sa_type=Text)
     actor: str = Field(sa_type=String(128))
+
+
+# ---------------------------------------------------------------- workflows (referral, consult)
+
+
+class WorkflowTask(StoreModel, table=True):
+    """One FHIR Task of a workflow (:mod:`federation.workflow`): its state, its parties,
+    and the moments turnaround reports and time limits need. ``version`` grows by one
+    with every event; moves lock the row (``FOR UPDATE``)."""
+
+    __tablename__ = "workflow_task"
+    __table_args__ = (
+        UniqueConstraint("requester_site", "request_id"),   # idempotent create
+        Index("ix_workflow_task_workflow_status", "workflow", "status"),
+        Index("ix_workflow_task_owner_site", "owner_site"),
+        Index("ix_workflow_task_requester_site", "requester_site"),
+        Index("ix_workflow_task_person_id", "person_id"),
+        Index("ix_workflow_task_ack_due_at", "ack_due_at"),
+    )
+
+    task_id: str = Field(sa_type=String(40), primary_key=True)
+    workflow: str = Field(sa_type=String(16))
+    category: str = Field(sa_type=String(32))
+    status: str = Field(sa_type=String(16))
+    business_status: str = Field(sa_type=String(32))
+    version: int = Field(default=1)
+    requester_site: str = Field(sa_type=String(64), foreign_key="site.site_id")
+    requester_user: str = Field(sa_type=String(128))
+    owner_site: str = Field(sa_type=String(64), foreign_key="site.site_id")
+    owner_department: str | None = Field(default=None, sa_type=String(64), nullable=True)
+    patient_id: str = Field(sa_type=String(64))       # the FHIR Patient id at the requester
+    person_id: str | None = Field(default=None, sa_type=String(40), nullable=True)
+    urgency: str = Field(sa_type=String(16))
+    request_id: str | None = Field(default=None, sa_type=String(64), nullable=True)
+    based_on: str | None = Field(default=None, sa_type=String(40), nullable=True)
+    replaces: str | None = Field(default=None, sa_type=String(40), nullable=True)
+    attributes: str = Field(default="{}", sa_type=Text)
+    created_at: dt.datetime = Field(sa_type=UtcDateTime)
+    updated_at: dt.datetime = Field(sa_type=UtcDateTime)
+    ack_due_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+    complete_due_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime,
+                                                nullable=True)
+    acknowledged_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime,
+                                                nullable=True)
+    completed_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+    closed_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+    escalated_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+
+
+class WorkflowEvent(StoreModel, table=True):
+    """A task's history, append-only: one row per move (``version`` = the task's after it)."""
+
+    __tablename__ = "workflow_event"
+    __table_args__ = (UniqueConstraint("task_id", "version"),)
+
+    id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
+    task_id: str = Field(sa_type=String(40), foreign_key="workflow_task.task_id")
+    version: int
+    at: dt.datetime = Field(sa_type=UtcDateTime)
+    action: str = Field(sa_type=String(32))
+    from_status: str | None = Field(default=None, sa_type=String(16), nullable=True)
+    from_business: str | None = Field(default=None, sa_type=String(32), nullable=True)
+    to_status: str = Field(sa_type=String(16))
+    to_business: str = Field(sa_type=String(32))
+    actor: str = Field(sa_type=String(200))
+    actor_site: str | None = Field(default=None, sa_type=String(64), nullable=True)
+    note: str | None = Field(default=None, sa_type=Text, nullable=True)
+    detail: str = Field(default="{}", sa_type=Text)
+
+
+class WorkflowResource(StoreModel, table=True):
+    """FHIR resources a task carries (ServiceRequest, Consent, the packet Bundle,
+    Appointment, the result, a CarePlan), newest version by name."""
+
+    __tablename__ = "workflow_resource"
+
+    task_id: str = Field(sa_type=String(40), primary_key=True,
+                         foreign_key="workflow_task.task_id")
+    name: str = Field(sa_type=String(64), primary_key=True)
+    body: str = Field(sa_type=Text)
+    updated_at: dt.datetime = Field(sa_type=UtcDateTime)
+
+
+class WorkflowMessage(StoreModel, table=True):
+    """Which task (and which of its events) a work item in a node inbox belongs to: the
+    durable outbox is ``work_item``, written in the same transaction as the move."""
+
+    __tablename__ = "workflow_message"
+    __table_args__ = (Index("ix_workflow_message_task_id", "task_id"),)
+
+    item_id: str = Field(sa_type=String(64), primary_key=True)
+    task_id: str = Field(sa_type=String(40), foreign_key="workflow_task.task_id")
+    version: int
+    site_id: str = Field(sa_type=String(64))
+    purpose: str = Field(sa_type=String(24))
+    created_at: dt.datetime = Field(sa_type=UtcDateTime)
+
+
+class WorkflowNotice(StoreModel, table=True):
+    """An alert (a missed time limit) for a site's duty list or the regional admins."""
+
+    __tablename__ = "workflow_notice"
+    __table_args__ = (Index("ix_workflow_notice_audience", "audience"),)
+
+    id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
+    task_id: str = Field(sa_type=String(40), foreign_key="workflow_task.task_id")
+    at: dt.datetime = Field(sa_type=UtcDateTime)
+    audience: str = Field(sa_type=String(80))
+    reason: str = Field(sa_type=String(300))
+    item_id: str | None = Field(default=None, sa_type=String(64), nullable=True)
+
+
+class WorkflowJob(StoreModel, table=True):
+    """Work the gateway owes a task after its move committed (e.g. assembling a
+    referral's packet from the origin node): leased by one replica at a time, retried
+    with backoff until done."""
+
+    __tablename__ = "workflow_job"
+    __table_args__ = (Index("ix_workflow_job_due_at", "due_at"),)
+
+    task_id: str = Field(sa_type=String(40), primary_key=True,
+                         foreign_key="workflow_task.task_id")
+    kind: str = Field(sa_type=String(24), primary_key=True)
+    due_at: dt.datetime = Field(sa_type=UtcDateTime)
+    leased_until: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+    attempts: int = Field(default=0)
+    last_error: str | None = Field(default=None, sa_type=String(300), nullable=True)
+    done_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
 
 
 # ---------------------------------------------------------------- rows handed to callers

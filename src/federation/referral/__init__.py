@@ -1,0 +1,22 @@
+"""Two-way referral (双向转诊): upward (township → county → city; emergencies straight to
+the city) and downward (with a discharge summary and a follow-up plan), closed-loop in the
+spirit of IHE 360X, on the shared workflow machinery (:mod:`federation.workflow`).
+
+* :mod:`.rules` + ``consortium.toml`` — who may refer to whom, time limits, reject reasons;
+* :mod:`.state` — the referral's states and its one table of allowed moves;
+* :mod:`.fhir` — ServiceRequest, Task, Consent, Appointment, DocumentReference, CarePlan;
+* :mod:`.moves` — what each move writes and whom it tells (pure);
+* :mod:`.packet` — the referral packet from the origin node;
+* :mod:`.service` — create, move, read, search, close the loop, escalate;
+* :mod:`.servicer` / :mod:`.wire` / :mod:`.client` — gRPC ``Referrals``;
+* :mod:`.http` — FHIR search and read of Task and ServiceRequest;
+* :mod:`.cli` — ``federation referral …``.
+"""
+
+from federation.referral.moves import Details
+from federation.referral.rules import ReferralRules, load_rules
+from federation.referral.service import NewReferral, ReferralService, ReferralView
+from federation.referral.state import DOWNWARD, UPWARD, ReferralState, table_for
+
+__all__ = ["Details", "DOWNWARD", "NewReferral", "ReferralRules", "ReferralService",
+           "ReferralState", "ReferralView", "UPWARD", "load_rules", "table_for"]
