@@ -116,6 +116,7 @@ async def _gateway(args: argparse.Namespace) -> None:
 
     manifest = load_manifest(args.data)
     settings = GatewaySettings(
+        grpc_rate_per_node=1e6, http_rate_per_user=1e6,  # measure the server, not the limits
         database_url=f"sqlite:///{args.work / f'gateway-{args.mode}.db'}",
         grpc_listen=f"127.0.0.1:{args.grpc_port}", http_listen=f"127.0.0.1:{args.http_port}",
         tls=_tls(args.pki, "gateway"),

@@ -148,6 +148,7 @@ async def _gateway(args: argparse.Namespace) -> None:
     commands = _stdin_lines(loop)
     manifest = load_manifest(args.consortium)
     settings = GatewaySettings(
+        grpc_rate_per_node=1e6, http_rate_per_user=1e6,  # measure the server, not the limits
         database_url=f"sqlite:///{args.state / 'gateway.db'}",
         grpc_listen=f"127.0.0.1:{args.gateway_port}", http_listen="127.0.0.1:0",
         tls=_tls(args.pki, "gateway"),

@@ -63,6 +63,7 @@ async def _serve_gateway(root: Path, ready: mp.Queue) -> None:
     from federation.settings import GatewaySettings, SiteEntry, TlsSettings
 
     settings = GatewaySettings(
+        grpc_rate_per_node=1e6, http_rate_per_user=1e6,  # measure the server, not the limits
         database_url=f"sqlite:///{root / 'gateway.db'}", grpc_listen="127.0.0.1:0",
         http_listen="127.0.0.1:0",
         tls=TlsSettings(root / "gateway" / "gateway.crt", root / "gateway" / "gateway.key",

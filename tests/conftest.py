@@ -83,6 +83,7 @@ def gateway_settings(pki: Pki, db_url: str, manifest: ConsortiumManifest, **over
         tls=pki.tls("gateway"), sites=sites, heartbeat_interval_ms=200,
         unreachable_after_ms=1000, search_deadline_ms=3000, inbox_poll_ms=100,
         signin_rate_per_minute=600.0,     # tests sign in often from one loopback address
+        privacy_keyring=pki.root / "privacy-keys.json",
     )
     return replace(base, **over)
 

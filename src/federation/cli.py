@@ -407,6 +407,7 @@ def demo(workdir: Path, tour_only: bool, people: int) -> None:
 
 
 def _register_groups() -> None:
+    from federation.audit.cli import audit, keys
     from federation.identity.cli import identity
     from federation.referral.cli import referral
     from federation.security.token_cli import account, token
@@ -417,6 +418,8 @@ def _register_groups() -> None:
     cli.add_command(terminology)
     cli.add_command(token)
     cli.add_command(account)
+    cli.add_command(audit)
+    cli.add_command(keys)
 
 
 _register_groups()

@@ -15,6 +15,8 @@
     ├── RateLimited                  this caller sent too many requests; retry after a while
     ├── SourceError                  a site's own system (database, export) failed or is malformed
     ├── MappingError                 a source record could not be mapped to valid FHIR
+    ├── IntegrityError               stored or served data fails a check: a tampered audit
+    │                                log, a bad signature or proof, a forked history
     └── Unavailable                  a peer (node or gateway) could not be reached in time
         └── DeadlineExceeded         the peer did not answer within the deadline
 
@@ -42,6 +44,7 @@ __all__ = [
     "RateLimited",
     "SourceError",
     "MappingError",
+    "IntegrityError",
     "Unavailable",
     "DeadlineExceeded",
 ]
@@ -125,6 +128,10 @@ class SourceError(FederationError):
 
 class MappingError(FederationError):
     default_code = "mapping"
+
+
+class IntegrityError(FederationError):
+    default_code = "integrity"
 
 
 class Unavailable(FederationError):

@@ -14,6 +14,7 @@ Gateway file (``gateway.toml``)::
     http_listen = "127.0.0.1:8080"             # FEDERATION_HTTP_LISTEN
     [tls]                                      # FEDERATION_TLS_CERT / _KEY / _CA / _CRL
     cert = "pki/gateway.crt"
+    privacy_keyring = "privacy-keys.json"      # FEDERATION_PRIVACY_KEYRING (created if missing)
     [[sites]]                                  # consortium registry, seeded at start
     id = "city-1"; name = "市第一人民医院"; tier = "city"
     archive = "replicate"                      # or "federate" (see ARCHIVE_MODES)
@@ -114,6 +115,12 @@ class GatewaySettings:
     referral_rules: Path | None = None
     #: how often referral time limits are checked for escalation
     referral_sweep_ms: int = 30_000
+    #: how often the audit log's head is signed while it grows (nodes' receipt fetches
+    #: also sign it on demand)
+    audit_sth_interval_ms: int = 10_000
+    #: the privacy key ring (AES-GCM keys for resident IDs and phones at rest, and the
+    #: key of the EMPI's keyed hashes); None stores them in clear
+    privacy_keyring: Path | None = None
     log_level: str = "INFO"
     #: ``text`` or ``json`` (one object a line, for a log collector)
     log_format: str = "text"
@@ -121,6 +128,9 @@ class GatewaySettings:
     #: (bursts of 3 × that), and sign-in attempts a minute from one client address
     http_rate_per_user: float = 20.0
     signin_rate_per_minute: float = 30.0
+    #: per replica: gRPC calls a second one certificate (a site's node, an operator) may
+    #: make (bursts of 3 × that); a node's steady load is a few calls a second
+    grpc_rate_per_node: float = 200.0
 
     def archive_modes(self) -> dict[str, str]:
         """{site id: archive mode} of the configured registry."""
@@ -154,6 +164,8 @@ class NodeSettings:
     backoff_max_ms: int = 15000
     #: how often the node rescans its source for the change feed (skipped when unchanged)
     feed_scan_interval_ms: int = 60_000
+    #: how often the node fetches its audit receipts from the gateway
+    audit_receipts_interval_ms: int = 30_000
     log_level: str = "INFO"
     log_format: str = "text"
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -346,12 +358,15 @@ def load_gateway_settings(
         sync_validate=r.bool("sync_validate", True),
         http_rate_per_user=r.float("http_rate_per_user", 20.0, minimum=0.1),
         signin_rate_per_minute=r.float("signin_rate_per_minute", 30.0, minimum=1.0),
+        grpc_rate_per_node=r.float("grpc_rate_per_node", 200.0, minimum=1.0),
         archive_deadline_ms=r.int("archive_deadline_ms", 2000, minimum=10),
         archive_care_window_days=r.int("archive_care_window_days", 365),
         archive_alert_max_age_hours=r.int("archive_alert_max_age_hours", 72),
         archive_deid_key=r.opt_str("archive_deid_key") or "",
         referral_rules=r.opt_path("referral_rules"),
         referral_sweep_ms=r.int("referral_sweep_ms", 30_000, minimum=100),
+        audit_sth_interval_ms=r.int("audit_sth_interval_ms", 10_000, minimum=100),
+        privacy_keyring=r.path("privacy_keyring", base / "privacy-keys.json"),
         log_level=r.str("log_level", "INFO").upper(),
         log_format=r.choice("log_format", LOG_FORMATS, "text"),
     )
@@ -415,6 +430,7 @@ def load_node_settings(path: Path | None = None, env: Mapping[str, str] | None =
         backoff_initial_ms=r.int("backoff_initial_ms", 500, minimum=10),
         backoff_max_ms=r.int("backoff_max_ms", 15000, minimum=10),
         feed_scan_interval_ms=r.int("feed_scan_interval_ms", 60_000, minimum=100),
+        audit_receipts_interval_ms=r.int("audit_receipts_interval_ms", 30_000, minimum=100),
         log_level=r.str("log_level", "INFO").upper(),
         log_format=r.choice("log_format", LOG_FORMATS, "text"),
     )

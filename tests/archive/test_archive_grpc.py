@@ -91,7 +91,10 @@ async def test_nodes_read_the_archive_as_their_site(gateway, pki, seeded):
     assert [(r.requester_site, r.outcome) for r in reversed(rows)] == [
         ("city-1", "ok"), ("city-1", "ok"), ("city-1", "ok"), ("city-1", "refused"),
         ("city-1", "error"), ("city-1", "error"), ("city-1", "error"),
-        ("county-b", "refused"), ("county-b", "ok")]
-    assert {r.requester_id for r in rows} == {"dr.zhou@city-1", "dr.zhou@county-b",
-                                              "(no practitioner)@city-1"}
-    assert all(r.requester_kind == "node" for r in rows)
+        ("county-b", "refused"), ("county-b", "ok"),
+        (None, "refused")]          # the operator certificate: logged, with no site
+    *sites, operator = reversed(rows)
+    assert {r.requester_id for r in sites} == {"dr.zhou@city-1", "dr.zhou@county-b",
+                                               "(no practitioner)@city-1"}
+    assert all(r.requester_kind == "node" for r in sites)
+    assert (operator.requester_kind, operator.requester_id) == ("operator", "tester")

@@ -48,9 +48,17 @@ async def test_full_history_arrives_with_every_source_kind(gateway, start_nodes)
         assert held.get(rtype, 0) > 0, rtype
     cursor = await asyncio.to_thread(gateway.archive.cursor, "county-b")
     assert cursor.rejected == 0 and cursor.caught_up_at is not None
-    log = [e for e in await asyncio.to_thread(gateway.store.list_exchanges, limit=50)
-           if e.operation == "NodeAgent/StreamChanges" and e.target_site == "county-b"]
-    assert log and log[0].outcome == "ok" and sum(e.records for e in log) == sum(held.values())
+
+    async def pulls() -> list:
+        return [e for e in await asyncio.to_thread(gateway.store.list_exchanges, limit=50)
+                if e.operation == "NodeAgent/StreamChanges" and e.target_site == "county-b"]
+
+    async def logged_whole() -> bool:  # a pull's row is written just after its last batch
+        return sum(e.records for e in await pulls()) == sum(held.values())
+
+    await until(logged_whole)
+    log = await pulls()
+    assert log and log[0].outcome == "ok"
 
 
 async def test_a_change_at_the_site_arrives_as_an_increment(
@@ -127,6 +135,13 @@ async def test_a_node_that_lost_its_feed_is_read_again_whole(pki, gateway, conso
     (settings.state_dir / "feed.sqlite").unlink()
     node = await start_node(settings)
     try:
+        # the new feed has as many changes as the old one: the old cursor alone would
+        # already look caught up, so wait for the new epoch
+        async def new_epoch() -> bool:
+            cursor = await asyncio.to_thread(gateway.archive.cursor, "township-a2")
+            return cursor is not None and cursor.epoch == node.feed.epoch
+
+        await until(new_epoch)
         await until(caught_up(gateway, node))
         cursor = await asyncio.to_thread(gateway.archive.cursor, "township-a2")
         assert cursor.epoch == node.feed.epoch != old_epoch
@@ -194,7 +209,9 @@ async def test_an_operator_reads_a_synced_record_and_the_read_is_logged(
             await as_node.read_patient_record("county-b", patient.resource_id)
     reads = [e for e in await asyncio.to_thread(gateway.store.list_exchanges, limit=20)
              if e.operation == "Gateway/ReadPatientRecord"]
-    assert [e.outcome for e in reads] == ["error", "ok"]        # newest first
-    assert reads[1].patient_ref == patient_ref("county-b", patient.resource_id)
-    assert reads[1].records == len(record)
+    # newest first; the node's refused attempt is an exchange too (audit trail)
+    assert [e.outcome for e in reads] == ["refused", "error", "ok"]
+    assert reads[0].requester_site == "county-a" and reads[0].status_code == "forbidden"
+    assert reads[2].patient_ref == patient_ref("county-b", patient.resource_id)
+    assert reads[2].records == len(record)
     assert all(patient.resource_id not in (e.patient_ref or "") + e.detail for e in reads)

@@ -298,3 +298,41 @@ async def test_http_limits_answer_429_with_retry_after(pki, consortium, tmp_path
             assert signins[-1].json()["error"] == "slow_down"
     finally:
         await gw.stop(0.1)
+
+
+async def test_grpc_limits_one_certificate_not_the_others(pki, consortium, tmp_path) -> None:
+    import dataclasses
+
+    import grpc
+
+    from federation._proto.v1 import diagnostics_pb2, diagnostics_pb2_grpc
+    from federation.gateway.app import start_gateway
+    from federation.rpc.channels import secure_channel
+    from federation.security.ca import GATEWAY_SERVER_NAME
+    from tests.conftest import gateway_settings
+    settings = dataclasses.replace(
+        gateway_settings(pki, f"sqlite:///{tmp_path}/gw.db", consortium), grpc_rate_per_node=1.0)
+    gw = await start_gateway(settings)
+    try:
+        async def calls(site: str, n: int) -> list[grpc.StatusCode | None]:
+            out: list[grpc.StatusCode | None] = []
+            async with secure_channel(f"127.0.0.1:{gw.grpc_port}", pki.material(site), 1 << 20,
+                                      server_name=GATEWAY_SERVER_NAME) as channel:
+                stub = diagnostics_pb2_grpc.DiagnosticsStub(channel)
+                for _ in range(n):
+                    try:
+                        answer = await stub.CheckCaller(diagnostics_pb2.CheckCallerRequest())
+                        assert answer.name == site
+                        out.append(None)
+                    except grpc.aio.AioRpcError as err:
+                        assert "too many requests from certificate " + site in err.details()
+                        assert "try again in" in err.details()
+                        out.append(err.code())
+            return out
+
+        busy = await calls("county-a", 6)
+        assert busy[:3] == [None, None, None]          # a burst of 3 × the rate
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in busy[3:]
+        assert await calls("city-1", 3) == [None, None, None]   # another site is not slowed
+    finally:
+        await gw.stop(0.1)

@@ -3,8 +3,8 @@ the online backup API (taken while a writer keeps writing), PostgreSQL with pg_d
 pg_restore into a fresh database. The restored store must hold the same registry, node
 state, work items, exchange log, archive rows and EMPI tables, row for row, and work.
 
-``RESTORE_CHECKS`` are run on every restored store: the audit trail (another branch) adds
-its chain verification there — one function taking (original engine, restored engine).
+``RESTORE_CHECKS`` are run on every restored store, each taking (original engine, restored
+engine): the EMPI still links, the audit log's Merkle chain recomputes to the same size.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session
 
 from federation.archive.store import ArchiveStore, StoredChange
+from federation.audit.verify import verify_store
 from federation.errors import ConfigError
 from federation.identity.store import IdentityStore
 from federation.store import (
@@ -90,10 +91,16 @@ def _identity_is_linked(engine: Engine) -> None:
     assert a is not None and a == identity.person_of(RecordRef("city-1", "pc"))
 
 
-#: run on every restored store with (original, restored); the audit trail adds its chain
-#: verification here (``verify_audit_log(restored)`` must pass and match the original's head)
+def _audit_log_intact(original: Engine, restored: Engine) -> None:
+    report = verify_store(restored, b"")
+    assert report.ok, report.first()
+    assert report.tree_size == verify_store(original, b"").tree_size > 0
+
+
+#: run on every restored store with (original, restored)
 RESTORE_CHECKS: list[Callable[[Engine, Engine], None]] = [
     lambda original, restored: _identity_is_linked(restored),
+    lambda original, restored: _audit_log_intact(original, restored),
 ]
 
 
@@ -160,12 +167,25 @@ def test_sqlite_online_backup_restores_intact(tmp_path):
         got = snapshot(restored)
         busy = [r for r in got["exchange_log"] if r[2].startswith("busy-")]
         assert len(busy) <= len(written)    # a consistent moment during the writes
-        got["exchange_log"] = [r for r in got["exchange_log"] if not r[2].startswith("busy-")]
-        assert got == expected
-        with restored.begin() as conn:      # drop the writer's rows, then compare everything
-            conn.exec_driver_sql("DELETE FROM exchange_log WHERE correlation_id LIKE 'busy-%'")
-        with engine.begin() as conn:
-            conn.exec_driver_sql("DELETE FROM exchange_log WHERE correlation_id LIKE 'busy-%'")
+        # every exchange the backup holds has its audit leaf, and the head covers them all
+        (head,) = got["audit_head"]
+        assert len(got["audit_leaf"]) == len(got["exchange_log"]) == head[1]
+        # the rows from before the backup are there unchanged; the writer's are extra
+        for table, rows in got.items():
+            if table == "exchange_log":
+                rows = [r for r in rows if not r[2].startswith("busy-")]
+            elif table == "audit_leaf":
+                rows = rows[:len(expected[table])]
+            elif table in ("audit_head", "audit_tile"):
+                continue                    # they describe the longer log
+            assert rows == expected[table], table
+        assert verify_store(restored, b"").ok
+    finally:
+        restored.dispose()
+    # once the writer has stopped, a second backup is the live store exactly
+    again = backup_sqlite(sqlite_path(str(engine.url)), tmp_path / "backups" / "gw2.db")
+    restored = make_engine(f"sqlite:///{again}")
+    try:
         check_restored(engine, restored)
     finally:
         restored.dispose()

@@ -14,6 +14,7 @@ from federation.errors import Conflict, NotFound, UnknownSite
 from federation.fhir_systems import RESIDENT_ID_SYSTEM, local_patient_id_system
 from federation.identity.index import RecordRef
 from federation.identity.store import IdentityStore
+from federation.security.privacy import FieldCipher, create_keyring
 from federation.store import GatewayStore
 from federation.store.models import IdentityEvent, IdentityRecord
 from federation.synth.people import resident_id
@@ -28,9 +29,14 @@ def wei(**over: object) -> dict[str, object]:
     return {**base, **over}
 
 
-@pytest.fixture
-def empi(sites: GatewayStore, engine: Engine) -> IdentityStore:
-    return IdentityStore(engine)
+@pytest.fixture(params=["clear", "encrypted"])
+def empi(request: pytest.FixtureRequest, sites: GatewayStore, engine: Engine,
+         tmp_path) -> IdentityStore:
+    """The EMPI as it was, and with IDs and phones encrypted at rest: same behaviour."""
+    if request.param == "clear":
+        return IdentityStore(engine)
+    create_keyring(tmp_path / "keys.json")
+    return IdentityStore(engine, cipher=FieldCipher(tmp_path / "keys.json"))
 
 
 def test_same_person_at_two_sites_is_one_person_with_reasons(empi: IdentityStore) -> None:

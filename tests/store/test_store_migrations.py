@@ -30,7 +30,8 @@ TABLES = {"site", "node", "node_event", "exchange_log", "work_item", "site_resou
           "identity_event", "identity_review", "identity_no_match", "identity_model",
           "archive_consent", "export_job", "export_file",
           "workflow_task", "workflow_event", "workflow_resource", "workflow_message",
-          "workflow_notice", "workflow_job"}
+          "workflow_notice", "workflow_job",
+          "audit_head", "audit_leaf", "audit_tile", "audit_party", "audit_tree_head"}
 
 
 def _diffs(engine: Engine) -> list:

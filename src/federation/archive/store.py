@@ -10,7 +10,9 @@ never mentions are removed by :meth:`drop_other_epochs` once the site has caught
 SQLite and PostgreSQL both run the same ``INSERT … ON CONFLICT DO UPDATE … WHERE``.
 
 Every Patient in a batch is linked to a person by the EMPI in the same transaction
-(:mod:`federation.identity.index`): a stored Patient is always a linked one.
+(:mod:`federation.identity.index`): a stored Patient is always a linked one. With the
+EMPI's cipher configured, Patient bodies (resident ID, phone) are stored AES-GCM
+encrypted (:mod:`federation.security.privacy`) and decrypted on read.
 """
 
 from __future__ import annotations
@@ -26,13 +28,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, delete, select
 
 from federation.archive.dedup import identity_keys, keys_text
-from federation.errors import UnknownSite
+from federation.errors import ConfigError, UnknownSite
 from federation.identity.index import IdentityIndex
 from federation.identity.store import patient_fields
+from federation.security.privacy import BYTES_MAGIC
 from federation.store.gateway_store import StoreSessions
 from federation.store.models import FeedCursor, Site, SiteResource
 
-__all__ = ["ArchiveStore", "CursorRow", "StoredChange", "StoredResource"]
+__all__ = ["ArchiveStore", "CursorRow", "StoredChange", "StoredResource", "SEALED_TYPES",
+           "resource_aad"]
+
+#: resource types whose stored bodies carry resident IDs and phones: encrypted at rest
+SEALED_TYPES = frozenset({"Patient"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +104,33 @@ class ArchiveStore(StoreSessions):
     def __init__(self, engine: Engine, identity: IdentityIndex | None = None) -> None:
         super().__init__(engine)
         self.identity = identity if identity is not None else IdentityIndex()
+        #: Patient bodies (identifiers, telecom) are encrypted at rest with the EMPI's cipher
+        self.cipher = self.identity.cipher
+
+    def _seal(self, site_id: str, c: StoredChange) -> bytes | None:
+        if c.deleted or c.body is None:
+            return None
+        if self.cipher is not None and c.resource_type in SEALED_TYPES:
+            return self.cipher.encrypt_bytes(c.body, resource_aad(site_id, c.resource_type,
+                                                          c.resource_id))
+        return c.body
+
+    def _plain(self, site_id: str, resource_type: str, resource_id: str,
+               stored: bytes | None) -> bytes:
+        """A stored body as JSON: decrypted when it was sealed (every read path goes here)."""
+        body = bytes(stored or b"")
+        if body.startswith(BYTES_MAGIC):
+            if self.cipher is None:
+                raise ConfigError("the archive's Patient records are encrypted; configure the "
+                                  "privacy key ring (privacy_keyring) to read them")
+            body = self.cipher.decrypt_bytes(body, resource_aad(site_id, resource_type,
+                                                                resource_id))
+        return body
+
+    def _open(self, m: SiteResource) -> StoredResource:
+        return StoredResource(m.site_id, m.resource_type, m.resource_id, m.seq, m.patient_id,
+                              self._plain(m.site_id, m.resource_type, m.resource_id, m.body),
+                              m.received_at)
 
     # ------------------------------------------------------------------ cursors
 
@@ -135,7 +169,7 @@ class ArchiveStore(StoreSessions):
                     {"site_id": site_id, "resource_type": c.resource_type,
                      "resource_id": c.resource_id, "epoch": epoch, "seq": c.seq,
                      "deleted": c.deleted, "patient_id": c.patient_id,
-                     "body": None if c.deleted else c.body, "received_at": now,
+                     "body": self._seal(site_id, c), "received_at": now,
                      "dedup_keys": _stored_keys(c)}
                     for c in changes])
                 written = max(result.rowcount, 0)
@@ -228,9 +262,7 @@ class ArchiveStore(StoreSessions):
                 & (col(SiteResource.resource_id) == patient_id)))
             .order_by(col(SiteResource.seq)))
         with self._read() as s:
-            return [StoredResource(m.site_id, m.resource_type, m.resource_id, m.seq,
-                                   m.patient_id, m.body or b"", m.received_at)
-                    for m in s.exec(query)]
+            return [self._open(m) for m in s.exec(query)]
 
     def person_resources(self, refs: Sequence[tuple[str, str]],
                          types: Sequence[str] | None = None, *, bodies: bool = True
@@ -254,7 +286,8 @@ class ArchiveStore(StoreSessions):
             query = query.where(col(SiteResource.resource_type).in_(list(types)))
         query = query.order_by(col(SiteResource.site_id), col(SiteResource.seq))
         with self._read() as s:
-            return [StoredResource(site, rtype, rid, seq, pid, body or b"", at, _keys(keys))
+            return [StoredResource(site, rtype, rid, seq, pid,
+                                   self._plain(site, rtype, rid, body), at, _keys(keys))
                     for site, rtype, rid, seq, pid, body, at, keys in s.exec(query)]
 
     def bodies(self, keys: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str, str], bytes]:
@@ -266,7 +299,8 @@ class ArchiveStore(StoreSessions):
             tuple_(col(SiteResource.site_id), col(SiteResource.resource_type),
                    col(SiteResource.resource_id)).in_(list(keys)))
         with self._read() as s:
-            return {(site, rtype, rid): body or b"" for site, rtype, rid, body in s.exec(query)}
+            return {(site, rtype, rid): self._plain(site, rtype, rid, body)
+                    for site, rtype, rid, body in s.exec(query)}
 
     def of_type(self, resource_type: str, site_id: str | None = None
                 ) -> list[StoredResource]:
@@ -276,17 +310,19 @@ class ArchiveStore(StoreSessions):
         if site_id is not None:
             query = query.where(col(SiteResource.site_id) == site_id)
         with self._read() as s:
-            return [StoredResource(m.site_id, m.resource_type, m.resource_id, m.seq,
-                                   m.patient_id, m.body or b"", m.received_at)
-                    for m in s.exec(query)]
+            return [self._open(m) for m in s.exec(query)]
 
     def get(self, site_id: str, resource_type: str, resource_id: str) -> StoredResource | None:
         with self._read() as s:
             m = s.get(SiteResource, (site_id, resource_type, resource_id))
             if m is None or m.deleted:
                 return None
-            return StoredResource(m.site_id, m.resource_type, m.resource_id, m.seq,
-                                  m.patient_id, m.body or b"", m.received_at)
+            return self._open(m)
+
+
+def resource_aad(site_id: str, resource_type: str, resource_id: str) -> str:
+    """Associated data binding an encrypted body to its row."""
+    return f"site_resource/{site_id}/{resource_type}/{resource_id}"
 
 
 def _insert(s: Session, model: type) -> sqlite.Insert | postgresql.Insert:

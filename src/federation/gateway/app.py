@@ -24,6 +24,8 @@ from grpc_reflection.v1alpha import reflection
 
 from federation._proto.v1 import (
     archive_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     diagnostics_pb2,
     diagnostics_pb2_grpc,
     gateway_pb2,
@@ -43,6 +45,10 @@ from federation.archive.servicer import ARCHIVE_POLICY, ArchiveServicer
 from federation.archive.servicer import SERVICE_NAME as ARCHIVE_SERVICE
 from federation.archive.store import ArchiveStore
 from federation.archive.sync import FeedPuller
+from federation.audit.log import AuditLog
+from federation.audit.refusals import refusal_logger
+from federation.audit.service import AUDIT_POLICY, AuditServicer
+from federation.audit.tree_heads import TreeHeadSigner
 from federation.errors import FederationError, Unavailable
 from federation.gateway.diagnostics import DIAGNOSTICS_POLICY, DiagnosticsServicer
 from federation.gateway.http_app import create_http_app
@@ -63,6 +69,8 @@ from federation.rpc.channels import server_options
 from federation.rpc.guard import CallGuard
 from federation.security.identity import RevocationList
 from federation.security.limits import RateLimiter
+from federation.security.privacy import FieldCipher, create_keyring
+from federation.security.signing import Signer
 from federation.security.tls import TlsMaterial, require_current, server_credentials
 from federation.security.tokens import AccessTokens, TrustAnchor
 from federation.settings import GatewaySettings
@@ -74,6 +82,7 @@ __all__ = ["RunningGateway", "start_gateway", "serve"]
 log = logging.getLogger("federation.gateway")
 SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 DIAGNOSTICS = diagnostics_pb2.DESCRIPTOR.services_by_name["Diagnostics"].full_name
+AUDIT_SERVICE = audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -103,6 +112,8 @@ class RunningGateway:
     alerts: CriticalAlerts
     exports: ExportRunner
     referrals: ReferralService
+    audit: AuditLog
+    tree_heads: TreeHeadSigner
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -155,7 +166,11 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     inbox = Inbox(store, poll_seconds=settings.inbox_poll_ms / 1000)
     clients = NodeClients(tls, settings.max_message_bytes)
     search = FederatedSearch(store, clients, default_deadline_ms=settings.search_deadline_ms)
-    identity = IdentityStore(engine)
+    cipher = None
+    if settings.privacy_keyring is not None:
+        create_keyring(settings.privacy_keyring)   # the embedded default makes its own
+        cipher = FieldCipher(settings.privacy_keyring)
+    identity = IdentityStore(engine, cipher=cipher)
     archive = ArchiveStore(engine, identity.index)
     service, alerts, exports = _archive_parts(settings, engine, store, archive, clients, inbox,
                                               tls)
@@ -167,11 +182,18 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         clients=clients, packet_deadline_s=settings.search_deadline_ms / 1000, wake=inbox.wake)
     inbox.on_ack(referrals.receipt)   # a result's receipt at the requester closes the loop
 
+    audit = AuditLog(engine)
+    tree_heads = TreeHeadSigner(audit, Signer.from_tls(tls))
     server = grpc.aio.server(
         interceptors=[CallGuard("gateway", GATEWAY_POLICY | DIAGNOSTICS_POLICY | ARCHIVE_POLICY
-                                | REFERRALS_POLICY, revocations)],
+                                | REFERRALS_POLICY | AUDIT_POLICY, revocations,
+                                on_refused=refusal_logger(store),
+                                limiter=RateLimiter(settings.grpc_rate_per_node,
+                                                    max(1, int(3 * settings.grpc_rate_per_node)),
+                                                    what="certificate"))],
         options=server_options(settings.max_message_bytes),
     )
+    audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(audit, tree_heads), server)
     gateway_pb2_grpc.add_GatewayServicer_to_server(
         GatewayServicer(registry, inbox, search, heartbeat_ms=settings.heartbeat_interval_ms,
                         puller=puller, archive=(store, archive), identity=identity),
@@ -182,7 +204,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE, DIAGNOSTICS, ARCHIVE_SERVICE, REFERRALS_SERVICE,
+        (SERVICE, DIAGNOSTICS, ARCHIVE_SERVICE, REFERRALS_SERVICE, AUDIT_SERVICE,
          health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     try:
@@ -191,7 +213,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         raise Unavailable(f"cannot listen for gRPC on {settings.grpc_listen}: address already "
                           "in use or not available") from None
     await server.start()
-    for name in ("", SERVICE, ARCHIVE_SERVICE, REFERRALS_SERVICE):
+    for name in ("", SERVICE, ARCHIVE_SERVICE, REFERRALS_SERVICE, AUDIT_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     serving = {"up": True}
@@ -199,7 +221,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     tokens = AccessTokens(tls.key_pem, tls.cert_pem, trust)
     app = create_http_app(store, registry, quality, grpc_serving=lambda: serving["up"],
                           archive=archive, identity_api=create_identity_api(identity),
-                          identity=identity, auth=(tokens, trust),
+                          identity=identity, audit=audit, auth=(tokens, trust),
                           routers=[create_archive_router(service, tokens, exports=exports.jobs,
                                                          runner=exports),
                                    create_referral_router(referrals, store=store)],
@@ -215,8 +237,8 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     running = RunningGateway(
         settings=settings, store=store, inbox=inbox, registry=registry, grpc_server=server,
         grpc_port=port, http_port=sock.getsockname()[1], health=health_servicer, _http=http,
-        clients=clients, archive=archive, identity=identity, puller=puller,
-        archive_service=service, alerts=alerts, exports=exports,
+        clients=clients, archive=archive, identity=identity, puller=puller, audit=audit,
+        tree_heads=tree_heads, archive_service=service, alerts=alerts, exports=exports,
         referrals=referrals,
     )
     sweep_every = max(0.05, min(1.0, settings.heartbeat_interval_ms / 4000))
@@ -231,6 +253,8 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
                                               running._stop), name="referral-time-limits"),
         asyncio.create_task(_assemble_forever(referrals, settings.inbox_poll_ms / 1000,
                                               running._stop), name="referral-packets"),
+        asyncio.create_task(tree_heads.run(settings.audit_sth_interval_ms / 1000, running._stop),
+                            name="audit-tree-heads"),
     ]
     log.info("gateway serving gRPC on %s (port %d), HTTP on port %d",
              settings.grpc_listen, port, running.http_port)

@@ -114,11 +114,7 @@ async def fan_out(
         )
 
     entries = await asyncio.gather(*(one(s, e) for s, e in targets))
-    await asyncio.to_thread(_log_all, store, entries)
+    await asyncio.to_thread(store.log_exchanges, entries)  # one transaction, one audit append
     result.issues.sort(key=lambda i: i.site_id)
     return result
 
-
-def _log_all(store: GatewayStore, entries: list[ExchangeEntry]) -> None:
-    for entry in entries:
-        store.log_exchange(entry)

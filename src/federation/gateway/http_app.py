@@ -18,6 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from federation import errors
 from federation.archive.store import ArchiveStore
+from federation.audit.http import create_audit_router
+from federation.audit.log import AuditLog
 from federation.gateway.auth_api import Authorize, create_auth_router, requester_of
 from federation.gateway.ops_metrics import store_registry
 from federation.gateway.outcomes import operation_outcome
@@ -39,7 +41,7 @@ def create_http_app(
     auth: tuple[AccessTokens, TrustAnchor],
     limits: tuple[RateLimiter, RateLimiter] | None = None,
     archive: ArchiveStore | None = None, identity_api: Any = None,
-    identity: IdentityStore | None = None,
+    identity: IdentityStore | None = None, audit: AuditLog | None = None,
     routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     """``grpc_serving`` is a zero-argument callable telling whether the gRPC server is up;
@@ -103,6 +105,8 @@ def create_http_app(
         ]
         return body
 
+    if audit is not None:  # reports, tree head, AuditEvent/{leaf}, proofs
+        app.include_router(create_audit_router(audit))
     app.include_router(create_terminology_router())  # FHIR $translate, Condition/$normalize
     if identity is not None:  # FHIR Patient/$ihe-pix, Patient?…, Person/{id}
         app.include_router(create_identity_router(identity, archive, store=store))

@@ -23,7 +23,8 @@ np     name letters + postcode
 dp     birth date + postcode
 =====  =====================================================================
 
-A key is hashed to a signed 64-bit integer (BLAKE2b), stable across processes, so the
+A key is hashed to a signed 64-bit integer (BLAKE2b, keyed in the gateway's store — see
+:mod:`federation.security.privacy`), stable across processes, so the
 online index stores and looks up integers; its low 4 bits are the kind's index in
 :data:`KINDS`, so which kinds two records share can be read off their keys. Keys shared by very many records (a clinic's
 switchboard number given as every patient's phone) carry no information; callers cap the
@@ -45,9 +46,11 @@ KINDS = ("id", "oi", "ph", "nt", "nb", "fb", "gb", "ny", "np", "dp", "od")
 _KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
 
 
-def key_hash(kind: str, key: str) -> int:
-    h = int.from_bytes(hashlib.blake2b(f"{kind}:{key}".encode(), digest_size=8).digest(),
-                       "big", signed=True)
+def key_hash(kind: str, key: str, secret: bytes | None = None) -> int:
+    """The key as a signed 64-bit integer; with ``secret`` a keyed BLAKE2b (a MAC), so the
+    gateway's stored keys cannot be reversed by hashing every possible phone or ID."""
+    digest = hashlib.blake2b(f"{kind}:{key}".encode(), digest_size=8, key=secret or b"")
+    h = int.from_bytes(digest.digest(), "big", signed=True)
     return (h & ~0xF) | _KIND_INDEX[kind]
 
 
@@ -91,5 +94,5 @@ def block_keys(f: Features) -> list[tuple[str, str]]:
     return list(dict.fromkeys(keys))
 
 
-def hashed_keys(f: Features) -> list[int]:
-    return [key_hash(kind, key) for kind, key in block_keys(f)]
+def hashed_keys(f: Features, secret: bytes | None = None) -> list[int]:
+    return [key_hash(kind, key, secret) for kind, key in block_keys(f)]

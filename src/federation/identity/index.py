@@ -35,10 +35,11 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, insert, or_, select, text, tuple_, update
 from sqlmodel import Session, col
 
-from federation.errors import Conflict, InvalidInput, NotFound
+from federation.errors import ConfigError, Conflict, InvalidInput, NotFound
 from federation.identity.blocking import hashed_keys
 from federation.identity.features import Features, extract
 from federation.identity.model import LINK, REVIEW, LinkageModel, Score
+from federation.security.privacy import TEXT_PREFIX, FieldCipher
 from federation.store.models import (
     IdentityBlock,
     IdentityEvent,
@@ -79,9 +80,17 @@ class LinkOutcome:
     weight: float | None = None
 
 
+#: features encrypted at rest when the index has a cipher (resident ID, phone, other ID)
+PROTECTED = ("national_id", "phone", "other_id")
+
+
 def _digest(features: Features) -> str:
     body = json.dumps(features.as_json(), sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _aad(site_id: str, record_id: str, name: str) -> str:
+    return f"identity_record/{site_id}/{record_id}/{name}"
 
 
 def _new_person_id() -> str:
@@ -93,14 +102,55 @@ def _pair(a: RecordRef, b: RecordRef) -> tuple[RecordRef, RecordRef]:
 
 
 class IdentityIndex:
-    """EMPI operations on an open session; the caller owns the transaction."""
+    """EMPI operations on an open session; the caller owns the transaction.
 
-    def __init__(self, model: LinkageModel | None = None, *, max_block: int = MAX_BLOCK) -> None:
+    With a ``cipher`` (:class:`~federation.security.privacy.FieldCipher`) the resident ID,
+    phone and other identifier in each record's stored features are AES-GCM encrypted and
+    blocking keys and digests are keyed hashes; matching works on the decrypted features,
+    so linkage decisions are the same either way.
+    """
+
+    def __init__(self, model: LinkageModel | None = None, *, max_block: int = MAX_BLOCK,
+                 cipher: FieldCipher | None = None) -> None:
         self._model = model
         self.max_block = max_block
         #: the newest stored model, parsed once per version (another replica may store
         #: a newer one at any time, so the version is read in every transaction)
         self._cached: tuple[int, LinkageModel] | None = None
+        self.cipher = cipher
+        self.secret = cipher.index_key if cipher is not None else None
+
+    # ------------------------------------------------------------------ features at rest
+
+    def dump_features(self, f: Features) -> str:
+        data = f.as_json()
+        if self.cipher is not None:
+            for name in PROTECTED:
+                if data.get(name):
+                    data[name] = self.cipher.encrypt_text(str(data[name]),
+                                                          _aad(f.site, f.record_id, name))
+        return json.dumps(data, ensure_ascii=False)
+
+    def load_features(self, site_id: str, record_id: str, text_: str) -> Features:
+        data = json.loads(text_)
+        for name in PROTECTED:
+            value = data.get(name)
+            if isinstance(value, str) and value.startswith(TEXT_PREFIX):
+                if self.cipher is None:
+                    raise ConfigError("the EMPI's records are encrypted; configure the "
+                                      "privacy key ring (privacy_keyring) to read them")
+                data[name] = self.cipher.decrypt_text(value, _aad(site_id, record_id, name))
+        return Features.from_json(site_id, record_id, data)
+
+    def keys(self, f: Features) -> list[int]:
+        return hashed_keys(f, self.secret)
+
+    def digest(self, features: Features) -> str:
+        """What tells an unchanged record: a keyed hash when the index has a cipher."""
+        if self.cipher is None:
+            return _digest(features)
+        body = json.dumps(features.as_json(), sort_keys=True, ensure_ascii=False).encode()
+        return self.cipher.keyed_digest(body)
 
     # ------------------------------------------------------------------ model
 
@@ -129,12 +179,11 @@ class IdentityIndex:
 
     # ------------------------------------------------------------------ linking
 
-    @staticmethod
-    def lock_keys(s: Session, features: Iterable[Features]) -> None:
+    def lock_keys(self, s: Session, features: Iterable[Features]) -> None:
         """Serialise concurrent linkers that could meet: advisory locks on every key."""
         if s.get_bind().dialect.name != "postgresql":
             return
-        keys = sorted({h for f in features if not f.blank for h in hashed_keys(f)})
+        keys = sorted({h for f in features if not f.blank for h in self.keys(f)})
         for key in keys:
             s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
@@ -172,11 +221,11 @@ class IdentityIndex:
         ref = RecordRef(f.site, f.record_id)
         if not f.site or not f.record_id:
             raise InvalidInput("a record to link needs its site and record id")
-        digest = _digest(f)
+        digest = self.digest(f)
         row = s.get(IdentityRecord, (f.site, f.record_id))
         if row is not None and row.digest == digest and row.state != "retired":
             return LinkOutcome(ref, row.person_id, "unchanged")
-        features_json = json.dumps(f.as_json(), ensure_ascii=False)
+        features_json = self.dump_features(f)
         if row is None:
             row = IdentityRecord(site_id=f.site, record_id=f.record_id, local_id=local_id,
                                  person_id=None, state="linked", pinned=False,
@@ -193,7 +242,7 @@ class IdentityIndex:
             self._event(s, "blank", ref, None, previous, None, EMPI,
                         {"problems": [p.code for p in f.problems]})
             return LinkOutcome(ref, None, "blank")
-        keys = hashed_keys(f)
+        keys = self.keys(f)
         stays = row.person_id is not None and (row.pinned or self._members(s, row.person_id) > 1)
         if stays:
             # a person placed it, or others share its person: new data does not move it
@@ -260,7 +309,7 @@ class IdentityIndex:
 
     def candidates(self, s: Session, model: LinkageModel, f: Features,
                    keys: Sequence[int] | None = None) -> list[Candidate]:
-        keys = list(keys if keys is not None else hashed_keys(f))
+        keys = list(keys if keys is not None else self.keys(f))
         if not keys:
             return []
         # one round trip: the members of every block not larger than max_block
@@ -276,7 +325,7 @@ class IdentityIndex:
             col(IdentityRecord.state) == "linked")).scalars().all()
         out = []
         for r in rows:
-            other = Features.from_json(r.site_id, r.record_id, json.loads(r.features))
+            other = self.load_features(r.site_id, r.record_id, r.features)
             out.append(Candidate(RecordRef(r.site_id, r.record_id), str(r.person_id),
                                  model.score(f, other)))
         return out
@@ -298,14 +347,15 @@ class IdentityIndex:
         )).scalars().all()
         return {p for p in persons if p}
 
-    @staticmethod
-    def _id_conflict(s: Session, f: Features, person_id: str) -> bool:
+    def _id_conflict(self, s: Session, f: Features, person_id: str) -> bool:
         """The person already holds a valid resident ID other than this record's."""
         if not f.national_id:
             return False
-        rows = s.execute(select(IdentityRecord.features).where(
-            col(IdentityRecord.person_id) == person_id)).scalars().all()
-        return bool({json.loads(r).get("national_id") for r in rows} - {None, f.national_id})
+        rows = s.execute(select(IdentityRecord.site_id, IdentityRecord.record_id,
+                                IdentityRecord.features).where(
+            col(IdentityRecord.person_id) == person_id)).all()
+        ids = {self.load_features(a, b, c).national_id for a, b, c in rows}
+        return bool(ids - {None, f.national_id})
 
     @staticmethod
     def _members(s: Session, person_id: str) -> int:

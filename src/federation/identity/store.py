@@ -27,6 +27,7 @@ from federation.identity.blocking import key_hash
 from federation.identity.features import Features, extract
 from federation.identity.index import IdentityIndex, LinkOutcome, RecordRef, golden
 from federation.identity.model import LinkageModel
+from federation.security.privacy import FieldCipher
 from federation.store.gateway_store import StoreSessions
 from federation.store.models import (
     IdentityBlock,
@@ -85,9 +86,10 @@ class PersonView:
 
 
 class IdentityStore(StoreSessions):
-    def __init__(self, engine: Any, model: LinkageModel | None = None) -> None:
+    def __init__(self, engine: Any, model: LinkageModel | None = None, *,
+                 cipher: FieldCipher | None = None) -> None:
         super().__init__(engine)
-        self.index = IdentityIndex(model)
+        self.index = IdentityIndex(model, cipher=cipher)
 
     # ------------------------------------------------------------------ linking
 
@@ -141,7 +143,7 @@ class IdentityStore(StoreSessions):
             rows = s.execute(select(IdentityRecord.site_id, IdentityRecord.record_id,
                                     IdentityRecord.features).where(
                 col(IdentityRecord.state) == "linked")).all()
-            return [Features.from_json(a, b, json.loads(c)) for a, b, c in rows]
+            return [self.index.load_features(a, b, c) for a, b, c in rows]
 
     def decisions(self) -> dict[tuple[str, str], str]:
         """Each linked record's current person (for ``tune`` previews)."""
@@ -182,7 +184,8 @@ class IdentityStore(StoreSessions):
         with self._read() as s:
             if system == RESIDENT_ID_SYSTEM:
                 refs = s.execute(select(IdentityBlock.site_id, IdentityBlock.record_id).where(
-                    col(IdentityBlock.key) == key_hash("id", _resident_key(value)))).all()
+                    col(IdentityBlock.key) == key_hash("id", _resident_key(value),
+                                                       self.index.secret))).all()
             else:
                 site = site_of_system(system)
                 if site is None:
@@ -241,7 +244,7 @@ class IdentityStore(StoreSessions):
             rows = s.execute(select(IdentityRecord, Site.tier).join(
                 Site, col(Site.site_id) == col(IdentityRecord.site_id), isouter=True).where(
                 col(IdentityRecord.person_id) == person_id)).all()
-            feats = [(Features.from_json(r.site_id, r.record_id, json.loads(r.features)),
+            feats = [(self.index.load_features(r.site_id, r.record_id, r.features),
                       r.updated_at, tier or "") for r, tier in rows]
             events = s.execute(select(IdentityEvent).where(or_(
                 col(IdentityEvent.person_id) == person_id,

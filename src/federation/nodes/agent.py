@@ -24,6 +24,7 @@ from federation.nodes.adapters import open_sources
 from federation.nodes.feed import ChangeFeed, ScanInterrupted
 from federation.nodes.inbox import NodeInbox
 from federation.nodes.link import GatewayLink
+from federation.nodes.receipts import NodeReceipts
 from federation.nodes.server import create_node_server, mark_serving
 from federation.nodes.service import NodeService
 from federation.security.identity import RevocationList, identity_from_pem
@@ -42,6 +43,7 @@ class RunningNode:
     service: NodeService
     link: GatewayLink
     inbox: NodeInbox
+    receipts: NodeReceipts
     feed: ChangeFeed
     server: grpc.aio.Server
     port: int
@@ -57,6 +59,7 @@ class RunningNode:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self.inbox.close()
+        self.receipts.close()
         log.info("node %s stopped", self.settings.site_id)
 
 
@@ -79,8 +82,10 @@ async def start_node(settings: NodeSettings) -> RunningNode:
     await server.start()
     await mark_serving(health_servicer)
     inbox = NodeInbox(settings.state_dir / "inbox.sqlite")
-    link = GatewayLink(_with_port(settings, port), tls, service, inbox)
-    running = RunningNode(settings, service, link, inbox, feed, server, port, health_servicer)
+    receipts = NodeReceipts(settings.state_dir / "receipts.sqlite")
+    link = GatewayLink(_with_port(settings, port), tls, service, inbox, receipts)
+    running = RunningNode(settings, service, link, inbox, receipts, feed, server, port,
+                          health_servicer)
     running._tasks.append(asyncio.create_task(link.run(running._stop), name="gateway-link"))
     running._tasks.append(asyncio.create_task(
         _scan_loop(service, feed, link, settings.feed_scan_interval_ms / 1000, running._stop,

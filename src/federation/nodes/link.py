@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 import grpc
 
 from federation import __version__
-from federation._proto.v1 import gateway_pb2, gateway_pb2_grpc
-from federation.errors import FederationError, Unavailable
+from federation._proto.v1 import audit_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from federation.audit.receipts import fetch_receipts
+from federation.errors import FederationError, IntegrityError, Unavailable
 from federation.nodes.inbox import InboxItem, NodeInbox
+from federation.nodes.receipts import NodeReceipts
 from federation.nodes.service import RESOURCE_TYPES, NodeService
 from federation.rpc.channels import secure_channel
 from federation.rpc.status import error_from_rpc
@@ -49,13 +51,18 @@ class LinkStatus:
     last_error: str = ""
     last_heartbeat_at: dt.datetime | None = None
     received_items: int = 0
+    #: audit receipts kept, and the last integrity alarm (a forked gateway log)
+    receipts: int = 0
+    audit_alarm: str = ""
     connected_event: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class GatewayLink:
     def __init__(
-        self, settings: NodeSettings, tls: TlsMaterial, service: NodeService, inbox: NodeInbox
+        self, settings: NodeSettings, tls: TlsMaterial, service: NodeService, inbox: NodeInbox,
+        receipts: NodeReceipts | None = None,
     ) -> None:
+        self._receipts = receipts
         self._settings = settings
         self._tls = tls
         self._service = service
@@ -127,6 +134,8 @@ class GatewayLink:
                 asyncio.create_task(self._notices(stub)),
                 asyncio.create_task(stop.wait()),
             ]
+            if self._receipts is not None:
+                tasks.append(asyncio.create_task(self._audit(audit_pb2_grpc.AuditStub(channel))))
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -162,6 +171,28 @@ class GatewayLink:
                                      timeout=CALL_TIMEOUT)
             if self._feed_notice == (epoch, head):
                 self._feed_changed.clear()
+
+    async def _audit(self, stub: audit_pb2_grpc.AuditStub) -> None:
+        """Fetch and check this node's audit receipts now and then. A gateway whose log
+        does not check out raises an alarm (logged, in the status); nothing is kept."""
+        assert self._receipts is not None
+        interval = self._settings.audit_receipts_interval_ms / 1000
+        while True:
+            try:
+                new = await fetch_receipts(stub, self._receipts, self._tls.ca_pem,
+                                           self._settings.site_id)
+                self.status.receipts += new
+            except IntegrityError as exc:
+                self.status.audit_alarm = exc.message
+                log.error("AUDIT ALARM: the gateway's audit log does not check out: %s",
+                          exc.message)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise  # the link is down: the session starts over
+                log.warning("the gateway serves no audit trail (an older version): this "
+                            "node keeps no receipts until it does")
+                await asyncio.Event().wait()  # never returns: the session goes on
+            await asyncio.sleep(interval)
 
     async def _receive(self, stub: gateway_pb2_grpc.GatewayStub) -> None:
         """Store each inbound item, then acknowledge it; a redelivery is acked again only.

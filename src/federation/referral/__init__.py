@@ -11,12 +11,21 @@ spirit of IHE 360X, on the shared workflow machinery (:mod:`federation.workflow`
 * :mod:`.servicer` / :mod:`.wire` / :mod:`.client` — gRPC ``Referrals``;
 * :mod:`.http` — FHIR search and read of Task and ServiceRequest;
 * :mod:`.cli` — ``federation referral …``.
+
+Importing the package registers referrals with the archive's care sources
+(:func:`federation.workflow.care.register_workflow`).
 """
 
 from federation.referral.moves import Details
 from federation.referral.rules import ReferralRules, load_rules
 from federation.referral.service import NewReferral, ReferralService, ReferralView
+from federation.referral.service import WORKFLOW
 from federation.referral.state import DOWNWARD, UPWARD, ReferralState, table_for
+from federation.workflow.care import register_workflow
+
+# an open (or recently completed) referral gives both its sites a care relationship with
+# the person in the regional archive, and makes critical results reach them
+register_workflow(WORKFLOW)
 
 __all__ = ["Details", "DOWNWARD", "NewReferral", "ReferralRules", "ReferralService",
            "ReferralState", "ReferralView", "UPWARD", "load_rules", "table_for"]

@@ -3,7 +3,8 @@
 For each call it (1) reads the caller's identity from its client certificate — never
 from a request field, (2) refuses revoked certificates, (3) checks the caller's role
 against the server's policy table (default deny: a method missing from the table is
-refused), (4) translates :class:`~federation.errors.FederationError` to a gRPC status
+refused), (3a) takes a token from the caller certificate's rate-limit bucket, where the
+server has one (RESOURCE_EXHAUSTED with the wait in the message), (4) translates :class:`~federation.errors.FederationError` to a gRPC status
 through :mod:`federation.rpc.status`, and (5) records duration and status as metrics
 and a log line that carries method, peer and code only — no patient data.
 
@@ -18,16 +19,17 @@ import contextvars
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
 
-from federation.errors import FederationError, PermissionDenied
+from federation.errors import AuthenticationError, FederationError, PermissionDenied
 from federation.logs import describe_exception
 from federation.rpc.metrics import RPC_SECONDS
 from federation.rpc.status import ERROR_CODE_KEY, status_for
 from federation.security.identity import PeerIdentity, RevocationList
+from federation.security.limits import RateLimiter
 from federation.security.tls import peer_identity
 
 __all__ = ["CallGuard", "current_peer", "EXEMPT_PREFIXES"]
@@ -45,7 +47,10 @@ class CallGuard(grpc.aio.ServerInterceptor):
     """Authenticate, authorise, translate errors and measure every call.
 
     ``policy`` maps a full method name (``/federation.v1.Gateway/Heartbeat``) to the
-    certificate roles allowed to call it.
+    certificate roles allowed to call it; ``on_refused`` hears of every refused call
+    (the gateway writes it to the exchange log and the audit trail); ``limiter`` holds a
+    bucket per caller certificate (a node, an operator), so one runaway site cannot starve
+    the others — a refusal by rate is answered, not audited as a refused exchange.
     """
 
     def __init__(
@@ -53,10 +58,15 @@ class CallGuard(grpc.aio.ServerInterceptor):
         component: str,
         policy: Mapping[str, frozenset[str]],
         revocations: RevocationList | None = None,
+        on_refused: Callable[[str, grpc.aio.ServicerContext, FederationError],
+                             Awaitable[None]] | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._component = component
+        self._limiter = limiter
         self._policy = dict(policy)
         self._revocations = revocations
+        self._on_refused = on_refused
 
     async def intercept_service(
         self,
@@ -83,6 +93,8 @@ class CallGuard(grpc.aio.ServerInterceptor):
                 f"it is open to: {', '.join(sorted(allowed))}"
             )
         current_peer.set(identity)
+        if self._limiter is not None:
+            self._limiter.take(identity.name)
         return identity
 
     # ------------------------------------------------------------------ wrapping
@@ -114,7 +126,12 @@ class CallGuard(grpc.aio.ServerInterceptor):
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            self.authorize(context, method)
+            try:
+                self.authorize(context, method)
+            except (AuthenticationError, PermissionDenied) as exc:
+                if self._on_refused is not None:  # refusals are exchanges too (audit)
+                    await self._on_refused(method, context, exc)
+                raise
             yield
         except FederationError as exc:
             code = status_for(exc)

@@ -31,6 +31,7 @@ _TO_STATUS: tuple[tuple[type[errors.FederationError], grpc.StatusCode], ...] = (
     (errors.RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.SourceError, grpc.StatusCode.UNAVAILABLE),
     (errors.MappingError, grpc.StatusCode.INTERNAL),
+    (errors.IntegrityError, grpc.StatusCode.DATA_LOSS),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
 )
 
@@ -44,6 +45,7 @@ _FROM_STATUS: dict[grpc.StatusCode, type[errors.FederationError]] = {
     grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DATA_LOSS: errors.IntegrityError,
 }
 
 

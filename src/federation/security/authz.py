@@ -95,6 +95,12 @@ HTTP_AUTHZ: dict[tuple[str, str], Rule] = {
                                                        ("ServiceRequest", "read")),
     ("GET", "/api/referrals/turnaround"): Rule(ADMINS | {"auditor"}, OPERATIONS),
     ("GET", "/api/referrals/alerts"): Rule(CLINICIANS | ADMINS, CARE | OPERATIONS),
+    # the audit trail: administrators' reports; tree heads and proofs for checking it
+    ("GET", "/api/audit/report"): Rule(frozenset({"auditor", "regional-admin"}), OPERATIONS),
+    ("GET", "/fhir/AuditEvent/{leaf}"): Rule(frozenset({"auditor", "regional-admin"}),
+                                             OPERATIONS, ("AuditEvent", "read")),
+    ("GET", "/api/audit/tree-head"): Rule(ADMINS | {"auditor"}, OPERATIONS),
+    ("GET", "/api/audit/proof/{leaf}"): Rule(ADMINS | {"auditor"}, OPERATIONS),
     # research export (FHIR Bulk Data), de-identified: regional administrators only
     ("GET", "/fhir/Patient/$export"): Rule(frozenset({"regional-admin"}), frozenset({"HRESCH"})),
     ("GET", "/fhir/$export-status/{job_id}"):

@@ -29,12 +29,13 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
-from sqlalchemy import Engine, bindparam, case, delete, func, or_, update
+from sqlalchemy import Connection, Engine, bindparam, case, delete, func, insert, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, col, select
 
 from federation.errors import Conflict, InvalidInput, NotFound, Unavailable, UnknownSite
+from federation.store.audit_append import append_exchanges
 from federation.store.database import check_connection, describe, failure_reason, read_only
 from federation.store.models import (
     OUTCOMES,
@@ -73,6 +74,23 @@ _HEARTBEAT = (
     )
     .returning(*Node.__table__.columns)
 )
+
+
+_INSERT_EXCHANGES = insert(ExchangeLog.__table__)
+_RETURNING_IDS = _INSERT_EXCHANGES.returning(ExchangeLog.__table__.c.id,
+                                             sort_by_parameter_order=True)
+
+
+def _insert_exchanges(conn: Connection, rows: list[dict[str, object]]) -> list[int]:
+    """Insert exchange rows; their ids in order. PostgreSQL: batched ``RETURNING``.
+    SQLite cannot order ``RETURNING`` of a multi-row insert (SQLAlchemy would send one
+    statement per row), but its writer holds the database alone (``BEGIN IMMEDIATE``), so
+    an ``executemany`` assigns consecutive rowids ending at ``last_insert_rowid()``."""
+    if conn.dialect.name != "sqlite":
+        return [int(i) for i in conn.execute(_RETURNING_IDS, rows).scalars()]
+    conn.execute(_INSERT_EXCHANGES, rows)
+    last = int(conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one())
+    return list(range(last - len(rows) + 1, last + 1))
 
 
 class StoreSessions:
@@ -285,22 +303,22 @@ class GatewayStore(StoreSessions):
     # ------------------------------------------------------------------ exchange log
 
     def log_exchange(self, entry: ExchangeEntry) -> int:
-        """Append one exchange to the log; returns its id."""
-        _choice("requester_kind", entry.requester_kind, REQUESTER_KINDS)
-        _choice("outcome", entry.outcome, OUTCOMES)
-        row = ExchangeLog(
-            at=_utc("at", entry.at), correlation_id=entry.correlation_id,
-            requester_kind=entry.requester_kind, requester_id=entry.requester_id[:200],
-            requester_site=entry.requester_site, target_site=entry.target_site,
-            operation=entry.operation, purpose=entry.purpose, patient_ref=entry.patient_ref,
-            outcome=entry.outcome, status_code=entry.status_code[:64],
-            detail=entry.detail[:500], records=entry.records, duration_ms=entry.duration_ms,
-        )
-        with self._write() as s:
-            s.add(row)
-            s.flush()
-            assert row.id is not None
-            return row.id
+        """Append one exchange to the log, and its AuditEvent to the audit trail in the
+        same transaction; returns its id."""
+        return self.log_exchanges([entry])[0]
+
+    def log_exchanges(self, entries: Sequence[ExchangeEntry]) -> list[int]:
+        """Append exchanges (and their AuditEvents) in one transaction; returns their ids.
+
+        Core statements, not the ORM: this runs for every cross-site call."""
+        rows = [_exchange_row(entry) for entry in entries]
+        if not rows:
+            return []
+        with self._write_lock, _translated(self._engine), self._engine.begin() as conn:
+            ids = _insert_exchanges(conn, rows)
+            append_exchanges(conn, [(ExchangeEntry(**row, id=i), i)
+                                    for row, i in zip(rows, ids, strict=True)])
+            return ids
 
     def list_exchanges(
         self, *, site: str | None = None, since: dt.datetime | None = None, limit: int = 100
@@ -483,6 +501,19 @@ def _translated(engine: Engine) -> Iterator[None]:
     except (OperationalError, InterfaceError) as exc:
         raise Unavailable(f"the gateway database ({describe(engine.url)}) failed: "
                           f"{failure_reason(exc, engine.url)}") from exc
+
+
+def _exchange_row(entry: ExchangeEntry) -> dict[str, object]:
+    _choice("requester_kind", entry.requester_kind, REQUESTER_KINDS)
+    _choice("outcome", entry.outcome, OUTCOMES)
+    return dict(
+        at=_utc("at", entry.at), correlation_id=entry.correlation_id[:64],
+        requester_kind=entry.requester_kind, requester_id=entry.requester_id[:200],
+        requester_site=entry.requester_site, target_site=entry.target_site,
+        operation=entry.operation[:128], purpose=entry.purpose, patient_ref=entry.patient_ref,
+        outcome=entry.outcome, status_code=entry.status_code[:64],
+        detail=entry.detail[:500], records=entry.records, duration_ms=entry.duration_ms,
+    )
 
 
 def _insert(s: Session, model: type) -> sqlite.Insert | postgresql.Insert:

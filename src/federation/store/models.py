@@ -44,6 +44,7 @@ __all__ = [
     "IdentityNoMatch", "IdentityModel", "ArchiveConsent", "ExportJob", "ExportFile",
     "WorkflowTask", "WorkflowEvent", "WorkflowResource", "WorkflowMessage", "WorkflowNotice",
     "WorkflowJob",
+    "AuditHead", "AuditLeaf", "AuditTile", "AuditParty", "AuditTreeHead",
     "SiteRow", "NodeRow", "NodeEventRow", "ExchangeEntry", "WorkItemRow",
 ]
 
@@ -485,6 +486,67 @@ class WorkflowJob(StoreModel, table=True):
     attempts: int = Field(default=0)
     last_error: str | None = Field(default=None, sa_type=String(300), nullable=True)
     done_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+
+
+# ---------------------------------------------------------------- audit trail
+
+
+class AuditHead(StoreModel, table=True):
+    """The audit log's head (one row, id 1): size, root and compact range (frontier).
+
+    Every append locks this row, which serialises leaf numbering across replicas."""
+
+    __tablename__ = "audit_head"
+
+    id: int = Field(sa_type=Integer, primary_key=True)
+    tree_size: int = Field(default=0, sa_type=BigInteger)
+    root_hash: bytes = Field(sa_type=LargeBinary)
+    frontier: bytes = Field(sa_type=LargeBinary)    # 32 bytes per set bit of tree_size
+    updated_at: dt.datetime = Field(sa_type=UtcDateTime)
+
+
+class AuditLeaf(StoreModel, table=True):
+    """One leaf of the Merkle log: a FHIR AuditEvent (canonical JSON) and its leaf hash."""
+
+    __tablename__ = "audit_leaf"
+
+    idx: int = Field(sa_type=BigInteger, primary_key=True, sa_column_kwargs={"autoincrement": False})
+    exchange_id: int | None = Field(default=None, sa_type=BigInteger, nullable=True,
+                                    index=True)
+    leaf: bytes = Field(sa_type=LargeBinary)
+    leaf_hash: bytes = Field(sa_type=LargeBinary)
+
+
+class AuditTile(StoreModel, table=True):
+    """Hashes of perfect subtrees at every 4th level (2**4, 2**8, 2**12 … leaves): a proof
+    in a log of millions of leaves reads at most 16 hashes per path step, never them all."""
+
+    __tablename__ = "audit_tile"
+
+    level: int = Field(sa_type=Integer, primary_key=True, sa_column_kwargs={"autoincrement": False})
+    idx: int = Field(sa_type=BigInteger, primary_key=True, sa_column_kwargs={"autoincrement": False})
+    hash: bytes = Field(sa_type=LargeBinary)
+
+
+class AuditParty(StoreModel, table=True):
+    """Which nodes took part in the exchange a leaf records (they get its receipt)."""
+
+    __tablename__ = "audit_party"
+
+    site_id: str = Field(sa_type=String(64), primary_key=True)
+    leaf_idx: int = Field(sa_type=BigInteger, primary_key=True, sa_column_kwargs={"autoincrement": False})
+
+
+class AuditTreeHead(StoreModel, table=True):
+    """A signed tree head (RFC 6962 §3.5): one per tree size, signed by a gateway."""
+
+    __tablename__ = "audit_tree_head"
+
+    tree_size: int = Field(sa_type=BigInteger, primary_key=True, sa_column_kwargs={"autoincrement": False})
+    root_hash: bytes = Field(sa_type=LargeBinary)
+    timestamp_ms: int = Field(sa_type=BigInteger)
+    signature: bytes = Field(sa_type=LargeBinary)
+    signer_cert: str = Field(sa_type=Text)         # PEM of the signing gateway certificate
 
 
 # ---------------------------------------------------------------- rows handed to callers
