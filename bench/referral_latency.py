@@ -131,7 +131,7 @@ def _caught_up(url: str) -> bool:
 
 def _node_state(layout: DemoLayout, site: str) -> str:
     state = {s["site_id"]: (s.get("node") or {}).get("state")
-             for s in consortium_state(layout.http_url)}
+             for s in consortium_state(layout)}
     return state.get(site) or "none"
 
 
