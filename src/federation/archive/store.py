@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
-from sqlalchemy import Engine, func, literal, or_, tuple_, update
+from sqlalchemy import Engine, func, literal, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, delete, select
 
@@ -32,6 +32,7 @@ from federation.errors import ConfigError, UnknownSite
 from federation.identity.index import IdentityIndex
 from federation.identity.store import patient_fields
 from federation.security.privacy import BYTES_MAGIC
+from federation.store.database import keys_in
 from federation.store.gateway_store import StoreSessions
 from federation.store.models import FeedCursor, Site, SiteResource
 
@@ -296,8 +297,8 @@ class ArchiveStore(StoreSessions):
             return {}
         query = select(SiteResource.site_id, SiteResource.resource_type,
                        SiteResource.resource_id, SiteResource.body).where(
-            tuple_(col(SiteResource.site_id), col(SiteResource.resource_type),
-                   col(SiteResource.resource_id)).in_(list(keys)))
+            keys_in((col(SiteResource.site_id), col(SiteResource.resource_type),
+                     col(SiteResource.resource_id)), keys))
         with self._read() as s:
             return {(site, rtype, rid): self._plain(site, rtype, rid, body)
                     for site, rtype, rid, body in s.exec(query)}

@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, insert, or_, select, text, tuple_, update
+from sqlalchemy import delete, func, insert, or_, select, text, update
 from sqlmodel import Session, col
 
 from federation.errors import ConfigError, Conflict, InvalidInput, NotFound
@@ -40,6 +40,7 @@ from federation.identity.blocking import hashed_keys
 from federation.identity.features import Features, extract
 from federation.identity.model import LINK, REVIEW, LinkageModel, Score
 from federation.security.privacy import TEXT_PREFIX, FieldCipher
+from federation.store.database import keys_in
 from federation.store.models import (
     IdentityBlock,
     IdentityEvent,
@@ -321,7 +322,7 @@ class IdentityIndex:
         if not refs:
             return []
         rows = s.execute(select(IdentityRecord).where(
-            tuple_(col(IdentityRecord.site_id), col(IdentityRecord.record_id)).in_(refs),
+            keys_in((col(IdentityRecord.site_id), col(IdentityRecord.record_id)), refs),
             col(IdentityRecord.state) == "linked")).scalars().all()
         out = []
         for r in rows:
@@ -343,7 +344,7 @@ class IdentityIndex:
         if not others:
             return set()
         persons = s.execute(select(IdentityRecord.person_id).where(
-            tuple_(col(IdentityRecord.site_id), col(IdentityRecord.record_id)).in_(list(others))
+            keys_in((col(IdentityRecord.site_id), col(IdentityRecord.record_id)), others)
         )).scalars().all()
         return {p for p in persons if p}
 
@@ -513,9 +514,9 @@ class IdentityIndex:
         pairs = [_pair(a, b) for a in left for b in right]
         if not pairs:
             return
-        found = s.execute(select(IdentityNoMatch).where(tuple_(
-            col(IdentityNoMatch.a_site_id), col(IdentityNoMatch.a_record_id),
-            col(IdentityNoMatch.b_site_id), col(IdentityNoMatch.b_record_id)).in_(
+        found = s.execute(select(IdentityNoMatch).where(keys_in(
+            (col(IdentityNoMatch.a_site_id), col(IdentityNoMatch.a_record_id),
+             col(IdentityNoMatch.b_site_id), col(IdentityNoMatch.b_record_id)),
             [(a.site_id, a.record_id, b.site_id, b.record_id) for a, b in pairs])
         )).scalars().first()
         if found is not None:
