@@ -120,8 +120,10 @@ def _loaded(url: str) -> int:
 
 def _load_once(url: str, people, seed: int, built: dict) -> float | None:  # type: ignore[no-untyped-def]
     have = _loaded(url)
-    if have == len(people):
-        print(f"{url.split('@')[-1]}: {have:,} people already loaded", flush=True)
+    if have >= len(people):     # earlier runs' probes may have added new people
+        print(f"{url.split('@')[-1]}: {len(people):,} people already loaded"
+              + (f" (+{have - len(people):,} from earlier runs' probes)"
+                 if have > len(people) else ""), flush=True)
         return None
     if have:
         raise SystemExit(f"{url} holds {have:,} people, not {len(people):,}; use another")
@@ -136,8 +138,10 @@ def _load_once(url: str, people, seed: int, built: dict) -> float | None:  # typ
 def probe(url: str, people, probes: int, seed: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
     engine = make_engine(url)
     store = IdentityStore(engine)
-    rng, log = random.Random(f"{seed}:probe"), NoiseLog()
-    fresh = make_population(random.Random(f"{seed}:fresh"), probes)
+    # each run's probes are new arrivals, even in an index kept from an earlier run
+    run = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
+    rng, log = random.Random(f"{seed}:probe:{run}"), NoiseLog()
+    fresh = make_population(random.Random(f"{seed}:fresh:{run}"), probes)
     latencies, right = [], 0
     for n in range(probes):
         if n % 2 == 0:
@@ -147,7 +151,7 @@ def probe(url: str, people, probes: int, seed: int) -> dict[str, object]:  # typ
             p, expect = fresh.people[n // 2], None
         app = apply_noise(rng, p, "city-1", "city", NoiseRates(), log)
         t = time.perf_counter()
-        out = store.link("city-1", f"probe-{n}", _fields(app))
+        out = store.link("city-1", f"probe-{run}-{n}", _fields(app))
         latencies.append((time.perf_counter() - t) * 1000)
         right += (out.person_id == expect) if expect else (out.outcome in ("new", "review"))
     engine.dispose()

@@ -227,6 +227,7 @@ class IdentityIndex:
         if row is not None and row.digest == digest and row.state != "retired":
             return LinkOutcome(ref, row.person_id, "unchanged")
         features_json = self.dump_features(f)
+        arriving = row is None      # no reviewer can have said "not the same" about it yet
         if row is None:
             row = IdentityRecord(site_id=f.site, record_id=f.record_id, local_id=local_id,
                                  person_id=None, state="linked", pinned=False,
@@ -254,7 +255,8 @@ class IdentityIndex:
             return LinkOutcome(ref, row.person_id, "unchanged")
         candidates = self.candidates(s, model, f, keys)
         previous = row.person_id
-        outcome, person_id, weight, detail = self._decide(s, model, f, ref, candidates)
+        outcome, person_id, weight, detail = self._decide(s, model, f, ref, candidates,
+                                                          arriving=arriving)
         if person_id is None:
             person_id = previous or self._create_person(s, now)
         row.person_id, row.state = person_id, "linked"
@@ -277,10 +279,11 @@ class IdentityIndex:
         return LinkOutcome(ref, person_id, outcome, weight)
 
     def _decide(self, s: Session, model: LinkageModel, f: Features, ref: RecordRef,
-                candidates: list[Candidate]
+                candidates: list[Candidate], *, arriving: bool = False
                 ) -> tuple[str, str | None, float | None, dict[str, object]]:
         """(outcome, person to link to or None for a new one, weight, detail)."""
-        refused = self._no_match_persons(s, ref, candidates)
+        refused = (self._no_match_persons(s, ref, candidates) if candidates and not arriving
+                   else set())
         best: dict[str, Candidate] = {}
         for c in candidates:
             if c.person_id in refused:
