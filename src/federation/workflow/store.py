@@ -44,6 +44,7 @@ from federation.store.models import (
     WorkItem,
 )
 from federation.workflow.records import (
+    KEEP,
     Change,
     DeliveryRow,
     EventRow,
@@ -121,8 +122,8 @@ class WorkflowStore(StoreSessions):
                     f"you had version {expected_version}): reload it and decide again")
             actor = Actor(principal.describe(), parties_of(
                 principal.kind, principal.site_id, principal.roles,
-                requester_site=task.requester_site, owner_site=task.owner_site),
-                principal.roles)
+                requester_site=task.requester_site, owner_site=task.owner_site,
+                actor_id=principal.actor_id, assignee=task.assignee), principal.roles)
             for action, build in steps:
                 state = table.states.of(task.status, task.business_status)
                 rule = table.transition(state, action, actor, subject=subject)
@@ -324,7 +325,7 @@ def _conditions(workflow: str, w: TaskFilter) -> list[Any]:
                            (t.person_id, w.person_ids), (t.patient_id, w.patient_ids),
                            (t.task_id, w.task_ids),
                            (t.category, w.categories), (t.urgency, w.urgencies),
-                           (t.based_on, w.based_on)):
+                           (t.based_on, w.based_on), (t.assignee, w.assignees)):
         if values:
             out.append(col(column).in_(values))
     if w.escalated is not None:
@@ -365,6 +366,8 @@ def _apply(s: Session, task: WorkflowTask, rule: Rule, change: Change, actor: Pr
     task.status, task.business_status = str(rule.target.status), rule.target.business
     task.version += 1
     task.updated_at = now
+    if change.assignee != KEEP:
+        task.assignee = change.assignee
     for milestone in rule.marks:
         column = _MILESTONE_COLUMN[milestone]
         if getattr(task, column) is None:
