@@ -18,8 +18,7 @@ Importing the package registers referrals with the archive's care sources
 
 from federation.referral.moves import Details
 from federation.referral.rules import ReferralRules, load_rules
-from federation.referral.service import NewReferral, ReferralService, ReferralView
-from federation.referral.service import WORKFLOW
+from federation.referral.service import WORKFLOW, NewReferral, ReferralService, ReferralView
 from federation.referral.state import DOWNWARD, UPWARD, ReferralState, table_for
 from federation.workflow.care import register_workflow
 
