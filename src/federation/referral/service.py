@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from federation.archive.read import patient_ref as patient_hash
 from federation.errors import (
     FederationError,
     InvalidInput,
@@ -49,7 +48,8 @@ from federation.referral.packet import fetch_packet
 from federation.referral.rules import ReferralRules, SiteFacts
 from federation.referral.state import ReferralState, table_for
 from federation.security.principal import SYSTEM, Principal
-from federation.store import ExchangeEntry, GatewayStore, WorkItemRow
+from federation.store import GatewayStore, WorkItemRow
+from federation.workflow.exchange import log_call
 from federation.workflow.records import (
     DeliveryRow,
     EventRow,
@@ -484,18 +484,9 @@ class ReferralService:
                    patient: tuple[str, str] | None = None) -> None:
         if patient is None and patient_id and who.site_id:
             patient = (who.site_id, patient_id)
-        kind = {"person": "user", "node": "node", "operator": "operator"}.get(who.kind, "gateway")
-        entry = ExchangeEntry(
-            at=self._now(), correlation_id=task_id or uuid.uuid4().hex, requester_kind=kind,
-            requester_id=who.actor_id, requester_site=who.site_id, target_site=target,
-            operation=operation, purpose="TREAT",
-            patient_ref=patient_hash(*patient) if patient else None, outcome=outcome,
-            status_code=code, detail=detail[:500],
-            duration_ms=(time.perf_counter() - started) * 1000)
-        try:
-            await asyncio.to_thread(self._store.log_exchange, entry)
-        except FederationError as exc:   # the log must not undo a referral that was stored
-            log.warning("exchange log of %s failed: %s", operation, exc.message)
+        await log_call(self._store, who, operation, now=self._now(), started=started,
+                       target=target, outcome=outcome, code=code, detail=detail,
+                       task_id=task_id, patient=patient)
 
 
 def _sees_all(who: Principal) -> bool:

@@ -190,5 +190,6 @@ class TaskFilter:
     urgencies: tuple[str, ...] = ()
     based_on: tuple[str, ...] = ()
     assignees: tuple[str, ...] = ()     # ``<site>/<user>``
+    owner_departments: tuple[str, ...] = ()   # a referral's department, a consult's pool
     escalated: bool | None = None
     involving_site: str | None = None   # requester or owner (what a site may see)

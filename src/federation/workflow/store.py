@@ -325,7 +325,8 @@ def _conditions(workflow: str, w: TaskFilter) -> list[Any]:
                            (t.person_id, w.person_ids), (t.patient_id, w.patient_ids),
                            (t.task_id, w.task_ids),
                            (t.category, w.categories), (t.urgency, w.urgencies),
-                           (t.based_on, w.based_on), (t.assignee, w.assignees)):
+                           (t.based_on, w.based_on), (t.assignee, w.assignees),
+                           (t.owner_department, w.owner_departments)):
         if values:
             out.append(col(column).in_(values))
     if w.escalated is not None:
