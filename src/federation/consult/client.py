@@ -33,6 +33,7 @@ from federation.rpc.channels import secure_channel
 from federation.rpc.status import error_from_rpc
 from federation.rpc.wire import timestamp
 from federation.security.ca import GATEWAY_SERVER_NAME
+from federation.security.identity import identity_from_pem
 from federation.security.signing import Signer
 from federation.security.tls import TlsMaterial
 
@@ -93,7 +94,11 @@ class ConsultClient:
         c = detail.consult
         n = sum(1 for name in detail.resources if name.startswith("Report.v")) + 1
         signer = signer or Signer(self._tls.cert_pem, self._tls.key_pem)
-        site, _, user = (c.assignee or "/").partition("/")
+        if self._practitioner is not None:
+            site, user = c.hub_site, self._practitioner.user_id
+        else:
+            me = identity_from_pem(self._tls.cert_pem)
+            site, user = me.site_id or "", me.name
         report = diagnostic_report(
             consult_id, n, kind=c.kind, conclusion=conclusion, codes=codes,
             author_site=site, author_user=user,

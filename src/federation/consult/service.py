@@ -44,7 +44,7 @@ from federation.security.principal import SYSTEM, Principal
 from federation.store import GatewayStore
 from federation.workflow.exchange import log_call
 from federation.workflow.records import EventRow, Message, NewTask, TaskFilter, TaskRow
-from federation.workflow.state import Actor, Party
+from federation.workflow.state import Actor, Party, parties_of
 from federation.workflow.store import WorkflowStore
 
 __all__ = ["ConsultService", "NewConsult", "ConsultView", "WORKFLOW", "MODES"]
@@ -239,6 +239,14 @@ class ConsultService:
             if who.kind not in ("person", "node"):
                 raise PermissionDenied("only the specialist who carries the consult reports")
             task = await asyncio.to_thread(self._workflows.get, consult_id, WORKFLOW)
+            self._may_read(who, task)
+            # who may report is the table's to say, before any signature is looked at
+            TABLE.transition(task.state(ConsultState), action, Actor(
+                who.describe(), parties_of(who.kind, who.site_id, who.roles,
+                                           requester_site=task.requester_site,
+                                           owner_site=task.owner_site, actor_id=who.actor_id,
+                                           assignee=task.assignee), who.roles),
+                subject=f"consult {consult_id}")
             _check_report(task, report)
             signer = await asyncio.to_thread(verify_report, report, {}, self._ca_pem,
                                              signature=signature, cert_pem=cert_pem)
