@@ -65,3 +65,11 @@ def test_bad_rules_name_what_is_wrong(change: dict, message: str) -> None:
             "time_limits": {"routine": {"acknowledge": "1h"}}} | change
     with pytest.raises(ConfigError, match=message):
         parse_rules(data, "test")
+
+
+def test_pools_are_valid_practitioner_roles() -> None:
+    from federation.consult.fhir import practitioner_role
+    from federation.referral.fhir import validated
+    for pool in load_rules().pools:
+        validated(practitioner_role(pool))
+        validated(practitioner_role(pool, "dr-li"))

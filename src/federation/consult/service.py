@@ -202,6 +202,9 @@ class ConsultService:
         try:
             if who.kind == "operator":
                 raise PermissionDenied("operator certificates read consults; staff act on them")
+            if action not in TABLE.actions:
+                raise InvalidInput(f"'{action}' is not a consult action; actions are "
+                                   f"{', '.join(a for a in TABLE.actions if a != 'create')}")
             if action in ("report", "amend", "create"):
                 raise InvalidInput(f"'{action}' is not a move of Act: report and amend go "
                                    "through Report with a signed DiagnosticReport")

@@ -50,6 +50,7 @@ from federation.audit.log import AuditLog
 from federation.audit.refusals import refusal_logger
 from federation.audit.service import AUDIT_POLICY, AuditServicer
 from federation.audit.tree_heads import TreeHeadSigner
+from federation.consult.http import create_consult_router
 from federation.consult.rules import load_rules as load_consult_rules
 from federation.consult.service import ConsultService
 from federation.consult.servicer import CONSULT_POLICY, ConsultsServicer
@@ -238,7 +239,8 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
                           identity=identity, audit=audit, auth=(tokens, trust),
                           routers=[create_archive_router(service, tokens, exports=exports.jobs,
                                                          runner=exports),
-                                   create_referral_router(referrals, store=store)],
+                                   create_referral_router(referrals, store=store),
+                                   create_consult_router(consults, store=store)],
                           limits=(RateLimiter(settings.http_rate_per_user,
                                               max(1, int(3 * settings.http_rate_per_user)),
                                               what="user"),
