@@ -36,6 +36,10 @@ def test_demo_tour_reaches_all_six_sites_and_reruns(tmp_path):
     # the referral tour: one upward and one downward referral, both loops closed
     assert "Both referrals closed their loops" in first.stdout
     assert "records a follow-up visit" in first.stdout
+    # the consult tour: one ECG and one imaging consult, signed reports verified, closed
+    assert "Both consults closed: signed reports are back" in first.stdout
+    assert first.stdout.count("signature valid") == 2 and "books the slot" in first.stdout
+    assert "every chunk SHA-256 checked" in first.stdout
     for site in ("city-1", "county-a", "county-b", "township-a1", "township-a2", "township-b1"):
         assert site in first.stdout
     assert "all processes stopped" in first.stdout
