@@ -52,8 +52,7 @@ class ConsultWorld(Consortium):
 async def world(consult_pki, consortium, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("consult")
     gw = await start_gateway(gateway_settings(consult_pki, f"sqlite:///{root}/gateway.db",
-                                              consortium, search_deadline_ms=10_000,
-                                              ))
+                                              consortium, search_deadline_ms=10_000))
     nodes, studies = {}, {}
     for site in SITES:
         studies[site] = root / "studies" / site

@@ -76,6 +76,10 @@ async def test_an_ecg_consult_closes_its_loop_and_keeps_its_amended_history(
     original = (folder / "ecg-12lead.csv").read_bytes()
     assert got.path.read_bytes() == original and got.resumed_from == 0
 
+    # the case material followed the request to the hub, as a referral's packet does
+    (packet,) = await inbox(world, "city-1", lambda b: b.get("id") == f"{consult.id}-packet")
+    kinds = [e["resource"]["resourceType"] for e in packet["entry"]]
+    assert kinds[:2] == ["Task", "Patient"] and "Encounter" in kinds
     reported = await li.report(consult.id, "窦性心律，下壁导联ST段抬高，考虑急性下壁心肌梗死",
                                [ST_ELEVATION])
     assert (reported.status, reported.business_status) == ("completed", "reported")
@@ -101,8 +105,9 @@ async def test_an_ecg_consult_closes_its_loop_and_keeps_its_amended_history(
 
     detail = await doctor.get(consult.id)
     assert {"Report.v1", "Report.v2", "Provenance.v1", "Provenance.v2"} <= set(detail.resources)
-    assert [h["action"] for h in detail.history] == [
+    assert [h["action"] for h in detail.history if h["action"] != "attach-packet"] == [
         "create", "claim", "report", "ack", "amend", "ack"]
+    assert [h["action"] for h in detail.history].count("attach-packet") == 1
     ops = exchange_ops(world, consult.id)
     assert [op for op, ok in ops if ok == "ok"] == [
         "Consults/Request", "Consults/claim", "Consults/FetchStudy", "Consults/report",
@@ -196,7 +201,7 @@ async def test_refusals_are_clear_and_change_nothing(world, tmp_path: Path) -> N
         async for _ in world.consult("cdr-ma").stream(consult.id, "ecg-flow-2",
                                                       "ecg-12lead.csv")(0):
             pass
-    await li.act(consult.id, "claim")
+    held = await li.act(consult.id, "claim")
     with pytest.raises(PermissionDenied, match="assigned to"):
         await sun.report(consult.id, "not mine")
     # signed with a key the consortium CA did not certify: refused, nothing stored
@@ -224,7 +229,10 @@ async def test_refusals_are_clear_and_change_nothing(world, tmp_path: Path) -> N
     with pytest.raises(InvalidInput, match="report and amend go through Report"):
         await li.act(consult.id, "report")
     after = await li.get(consult.id)
-    assert after.consult.business_status == "claimed" and after.consult.version == 2
+    assert after.consult.business_status == "claimed"
+    assert after.consult.assignee == held.assignee
+    assert [h["action"] for h in after.history if h["action"] != "attach-packet"] == [
+        "create", "claim"]
     assert not any(k.startswith("Report") for k in after.resources)
     ops = exchange_ops(world, consult.id)
     assert ops.count(("Consults/report", "error")) == 5    # four reports and one Act

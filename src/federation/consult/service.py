@@ -43,6 +43,7 @@ from federation.referral.fhir import communication, consent
 from federation.security.principal import SYSTEM, Principal
 from federation.store import GatewayStore
 from federation.workflow.exchange import log_call
+from federation.workflow.packet import PACKET_JOB, PacketJobs
 from federation.workflow.records import EventRow, Message, NewTask, TaskFilter, TaskRow
 from federation.workflow.state import Actor, Party, parties_of
 from federation.workflow.store import WorkflowStore
@@ -95,9 +96,13 @@ class ConsultService:
         self._sources = StudySources(store, clients, deadline_s)
         self._ca_pem = ca_pem
         self._is_revoked = is_revoked or (lambda serial: None)
-        self._deadline = deadline_s
         self._wake = wake or (lambda site: None)
         self._now = clock
+        # the case material (the patient's recent record) follows the request, as a
+        # referral's packet follows the referral: the same leased, retried job
+        self._packets = PacketJobs(
+            store, workflows, clients, workflow=WORKFLOW, deliver=_deliver_packet,
+            deadline_s=deadline_s, bundle=fhir.bundle, wake=self._wake, clock=clock)
 
     # ------------------------------------------------------------------ request
 
@@ -178,9 +183,10 @@ class ConsultService:
                           who.site_id)
         stored, created = await asyncio.to_thread(
             self._workflows.create, task, resources, [message], actor=who, now=now,
-            note=new.question)
+            note=new.question, jobs=(PACKET_JOB,))
         if created:
             self._wake(pool.site_id)
+            self._packets.due.set()
         return stored, created
 
     async def _person(self, site_id: str, patient_id: str) -> str:
@@ -192,6 +198,14 @@ class ConsultService:
             raise NotFound(f"Patient/{patient_id} at {site_id} is not (yet) in the master "
                            "patient index")
         return person
+
+    async def assemble_packets(self, limit: int = 20) -> int:
+        """Fetch and queue the case material consults are owed (:class:`PacketJobs`)."""
+        return await self._packets.assemble(limit)
+
+    @property
+    def packets_due(self) -> asyncio.Event:
+        return self._packets.due
 
     # ------------------------------------------------------------------ moves
 
@@ -398,6 +412,15 @@ class ConsultService:
                        target=target, outcome=outcome, code=code, purpose=PURPOSE,
                        detail=detail, task_id=task_id, patient=patient, records=records)
 
+
+
+def _deliver_packet(after: TaskRow, packet: dict[str, Any], now: dt.datetime) -> list[Message]:
+    """The case material follows the request to the hub: the Task and the record."""
+    entries = [e["resource"] for e in packet.get("entry", [])]
+    material = fhir.bundle(f"{after.task_id}-packet", [fhir.task_resource(after), *entries],
+                           now)
+    return [Message(after.owner_site, "consult", "packet", payload(material),
+                    after.requester_site)]
 
 
 def _sees_all(who: Principal) -> bool:

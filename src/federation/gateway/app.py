@@ -271,6 +271,8 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
                                               running._stop), name="consult-time-limits"),
         asyncio.create_task(_assemble_forever(referrals, settings.inbox_poll_ms / 1000,
                                               running._stop), name="referral-packets"),
+        asyncio.create_task(_assemble_forever(consults, settings.inbox_poll_ms / 1000,
+                                              running._stop), name="consult-packets"),
         asyncio.create_task(tree_heads.run(settings.audit_sth_interval_ms / 1000, running._stop),
                             name="audit-tree-heads"),
     ]
@@ -320,18 +322,18 @@ async def _escalate_forever(workflow: ReferralService | ConsultService, every: f
             pass
 
 
-async def _assemble_forever(referrals: ReferralService, poll: float,
+async def _assemble_forever(workflow: ReferralService | ConsultService, poll: float,
                             stop: asyncio.Event) -> None:
-    """Assemble referral packets: at once for referrals this replica created, and every
+    """Assemble a workflow's packets: at once for tasks this replica created, and every
     ``poll`` seconds for those of other replicas and for retries."""
     while not stop.is_set():
-        referrals.packets_due.clear()
+        workflow.packets_due.clear()
         try:
-            await referrals.assemble_packets()
+            await workflow.assemble_packets()
         except FederationError as exc:
-            log.warning("referral packet assembly failed: %s", exc.message)
+            log.warning("packet assembly failed: %s", exc.message)
         try:
-            await asyncio.wait_for(referrals.packets_due.wait(), timeout=poll)
+            await asyncio.wait_for(workflow.packets_due.wait(), timeout=poll)
         except TimeoutError:
             pass
 

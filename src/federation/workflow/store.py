@@ -138,15 +138,20 @@ class WorkflowStore(StoreSessions):
         """Take up to ``limit`` due jobs for ``lease`` (another replica skips them; a
         lease that runs out — the replica died — makes the job due again): their
         (task id, attempt number)."""
+        due_now = (select(WorkflowJob)
+                   .join(WorkflowTask, col(WorkflowTask.task_id) == col(WorkflowJob.task_id))
+                   .where(WorkflowTask.workflow == workflow, WorkflowJob.kind == kind,
+                          col(WorkflowJob.done_at).is_(None), col(WorkflowJob.due_at) <= now,
+                          or_(col(WorkflowJob.leased_until).is_(None),
+                              col(WorkflowJob.leased_until) < now)))
+        # polled several times a second by every replica: look before taking the writer
+        # (on SQLite one writer serves heartbeats, moves and the exchange log)
+        with self._read() as s:
+            if s.execute(due_now.limit(1)).first() is None:
+                return []
         with self._write() as s:
             due = s.execute(
-                select(WorkflowJob)
-                .join(WorkflowTask, col(WorkflowTask.task_id) == col(WorkflowJob.task_id))
-                .where(WorkflowTask.workflow == workflow, WorkflowJob.kind == kind,
-                       col(WorkflowJob.done_at).is_(None), col(WorkflowJob.due_at) <= now,
-                       or_(col(WorkflowJob.leased_until).is_(None),
-                           col(WorkflowJob.leased_until) < now))
-                .order_by(col(WorkflowJob.due_at)).limit(limit)
+                due_now.order_by(col(WorkflowJob.due_at)).limit(limit)
                 .with_for_update(skip_locked=True, of=WorkflowJob)
             ).scalars().all()
             for job in due:
