@@ -52,7 +52,10 @@ class ConsultWorld(Consortium):
 async def world(consult_pki, consortium, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("consult")
     gw = await start_gateway(gateway_settings(consult_pki, f"sqlite:///{root}/gateway.db",
-                                              consortium, search_deadline_ms=10_000))
+                                              consortium, search_deadline_ms=10_000,
+                                              # a busy 2-core machine: no false alarms
+                                              heartbeat_interval_ms=500,
+                                              unreachable_after_ms=15_000))
     nodes, studies = {}, {}
     for site in SITES:
         studies[site] = root / "studies" / site
@@ -63,7 +66,7 @@ async def world(consult_pki, consortium, tmp_path_factory: pytest.TempPathFactor
     await asyncio.wait_for(asyncio.gather(
         *(n.link.status.connected_event.wait() for n in nodes.values())), timeout=30)
     w = ConsultWorld(gw, nodes, consult_pki, studies=studies)
-    for _ in range(600):
+    for _ in range(1200):
         if all(w.linked(site) for site in SITES):
             break
         await asyncio.sleep(0.1)

@@ -138,6 +138,14 @@ async def test_an_interactive_imaging_consult_books_a_slot_with_a_meeting_link(
         f"/consult/{consult.id}?slot={slot:%Y%m%dT%H%MZ}")
     assert [p["actor"]["identifier"]["value"] for p in appt["participant"]] == [
         "csp-sun", "csp-li", "cdr-ma"]
+    from federation.referral.fhir import validated
+    validated(appt)
+    other, _ = await doctor.request(ask(patient, "imaging", mode="interactive",
+                                        question="另一个问题"))
+    await sun.act(other.id, "claim")
+    with pytest.raises(InvalidInput, match="already have a session at"):
+        await sun.act(other.id, "schedule", slot_start=slot)
+    await sun.act(other.id, "decline")
     with pytest.raises(Exception, match="cannot report"):
         await sun.report(consult.id, "too early")
     await sun.act(consult.id, "start")

@@ -235,6 +235,8 @@ class ConsultService:
     async def _move(self, who: Principal, consult_id: str, action: str, d: Details,
                     expected_version: int | None) -> TaskRow:
         now = self._now()
+        if action == "schedule" and d.slot_start is not None:
+            await self._slot_free(who, consult_id, d.slot_start)
         row = await asyncio.to_thread(
             self._workflows.act, consult_id, [(action, builder(action, who, d, now,
                                                                self.rules))],
@@ -243,6 +245,18 @@ class ConsultService:
         self._wake(row.requester_site)
         self._wake(row.owner_site)
         return row
+
+    async def _slot_free(self, who: Principal, consult_id: str, start: dt.datetime) -> None:
+        """The specialist has no other session booked in that slot (a check, not a lock:
+        two bookings racing for one slot are both kept; the pool sees them in its inbox)."""
+        rows, _ = await asyncio.to_thread(
+            self._workflows.search, WORKFLOW, TaskFilter(
+                assignees=(who.actor_id,), business_statuses=("scheduled",)), limit=200)
+        taken = fhir.iso(start)
+        for row in rows:
+            if row.task_id != consult_id and row.attributes.get("appointment_start") == taken:
+                raise InvalidInput(f"you already have a session at {taken} (consult "
+                                   f"{row.task_id}); choose another slot")
 
     async def report(self, who: Principal, consult_id: str, report: dict[str, Any],
                      signature: bytes, cert_pem: bytes, *, amend: bool = False,
