@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from federation.consult.report import diagnostic_report, sign_report, verify_bundle
 from federation.consult.service import NewConsult
+from federation.consult.studies import CHUNK_SIZE
 from federation.errors import IntegrityError, InvalidInput, NotFound, PermissionDenied
 from federation.security.signing import Signer
 from federation.store.models import ExchangeLog
@@ -161,7 +162,7 @@ async def test_an_interactive_imaging_consult_books_a_slot_with_a_meeting_link(
 async def test_a_cut_stream_resumes_and_a_corrupted_chunk_is_refused(
         world, tmp_path: Path) -> None:
     patient = world.linked("county-a")[1]
-    size = 12 * 256 * 1024 + 999
+    size = 8 * CHUNK_SIZE + 999
     folder = write_blob_study(world.studies["county-a"], "slide-flow-1", patient, size)
     doctor, li = world.consult("cdr-wang"), world.consult("csp-li")
     consult, _ = await doctor.request(ask(patient, "pathology", question="请会诊病理切片",
@@ -170,18 +171,18 @@ async def test_a_cut_stream_resumes_and_a_corrupted_chunk_is_refused(
     with pytest.raises(ConnectionError):
         await li.fetch_study(consult.id, "slide-flow-1", tmp_path, interrupt_after=5)
     (got,) = await li.fetch_study(consult.id, "slide-flow-1", tmp_path)
-    assert got.resumed_from == 5 * 256 * 1024 and got.received == size - got.resumed_from
+    assert got.resumed_from == 5 * CHUNK_SIZE and got.received == size - got.resumed_from
     data = (folder / "slide.tif").read_bytes()
     assert hashlib.sha256(got.path.read_bytes()).digest() == hashlib.sha256(data).digest()
 
     # the origin's copy changes after the request: the gateway refuses the changed chunk
     with (folder / "slide.tif").open("r+b") as f:
-        f.seek(7 * 256 * 1024 + 10)
+        f.seek(7 * CHUNK_SIZE + 10)
         f.write(b"tampered")
     again = tmp_path / "again"
     with pytest.raises(IntegrityError, match="chunk 7 of slide.tif .* does not match"):
         await li.fetch_study(consult.id, "slide-flow-1", again)
-    assert (again / "slide-flow-1" / "slide.tif.part").stat().st_size == 7 * 256 * 1024
+    assert (again / "slide-flow-1" / "slide.tif.part").stat().st_size == 7 * CHUNK_SIZE
     fetches = [ok for op, ok in exchange_ops(world, consult.id) if op == "Consults/FetchStudy"]
     assert fetches == ["error", "ok", "error"] or fetches.count("ok") == 1
 

@@ -13,12 +13,13 @@ import httpx
 import pytest
 
 from federation.consult.report import diagnostic_report, sign_report
+from federation.consult.studies import CHUNK_SIZE
 from federation.security.signing import Signer
 from federation.synth.studies import write_blob_study
 from tests.conftest import bearer, staff_token
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-CHUNK = 256 * 1024
+CHUNK = CHUNK_SIZE
 
 
 async def test_a_consult_over_http(world) -> None:
