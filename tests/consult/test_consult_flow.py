@@ -245,3 +245,19 @@ async def test_refusals_are_clear_and_change_nothing(world, tmp_path: Path) -> N
     assert not any(k.startswith("Report") for k in after.resources)
     ops = exchange_ops(world, consult.id)
     assert ops.count(("Consults/report", "error")) == 5    # four reports and one Act
+
+
+async def test_a_node_acts_for_its_staff_and_reads_its_own_consults(world) -> None:
+    patient = world.linked("township-a1")[1]
+    node = world.consult("township-a1", practitioner=("cdr-ma", "doctor"))
+    consult, _ = await node.request(ask(patient, question="请判读心电图"))
+    assert (consult.requester_site, consult.requester_user) == ("township-a1", "cdr-ma")
+    own = world.consult("township-a1")          # the node itself, reading: no practitioner
+    rows, _ = await own.inbox(limit=200)
+    assert consult.id in [c.id for c in rows]
+    assert all("township-a1" in (c.requester_site, c.hub_site) for c in rows)
+    with pytest.raises(PermissionDenied, match="may vouch for"):
+        await world.consult("city-1", practitioner=("zz-admin", "regional-admin")).act(
+            consult.id, "cancel")
+    cancelled = await node.act(consult.id, "cancel", note="patient transferred")
+    assert (cancelled.status, cancelled.business_status) == ("cancelled", "cancelled")

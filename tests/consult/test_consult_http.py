@@ -16,7 +16,7 @@ from federation.consult.report import diagnostic_report, sign_report
 from federation.consult.studies import CHUNK_SIZE
 from federation.security.signing import Signer
 from federation.synth.studies import write_blob_study
-from tests.conftest import bearer, staff_token
+from tests.conftest import admin_token, bearer, staff_token
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 CHUNK = CHUNK_SIZE
@@ -84,3 +84,12 @@ async def test_a_consult_over_http(world) -> None:
         pools = (await http.get("/fhir/PractitionerRole", params={"specialty": "ecg"},
                                 headers=bearer(doctor))).json()
         assert [e["resource"]["id"] for e in pools["entry"]] == ["city-1-ecg"]
+    admin = await asyncio.to_thread(admin_token, gw, user="consult-admin")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}",
+                                 timeout=30) as http:
+        lines = (await http.get("/api/consults/turnaround", headers=bearer(admin))).json()
+        (pool,) = [line for line in lines["lines"] if line["department"] == "city-1-pathology"]
+        assert pool["site_id"] == "city-1" and pool["closed_loop"] >= 1
+        assert pool["ack_median_min"] is not None
+        alerts = await http.get("/api/consults/alerts", headers=bearer(admin))
+        assert alerts.status_code == 200

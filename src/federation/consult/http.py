@@ -17,7 +17,8 @@
 * ``GET /api/consults/{id}/studies/{study}/{object}`` streams one object, chunk by chunk
   (``Range: bytes=<offset>-`` resumes from a chunk boundary; ``Digest`` /
   ``X-Object-SHA256`` carry the recorded SHA-256);
-* ``GET /fhir/PractitionerRole`` — the specialist pools with their availability.
+* ``GET /fhir/PractitionerRole`` — the specialist pools with their availability;
+* ``GET /api/consults/turnaround`` — per hub site and pool: time to claim, report, close.
 
 Errors are FHIR OperationOutcomes (the gateway's one table). Moves and fetches are logged
 by the service; reads here log one exchange each.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -145,6 +147,10 @@ def create_consult_router(service: ConsultService, *,
         found = await service.alerts(principal_of_request(request))
         return {"alerts": [{"consult": n.task_id, "at": n.at.isoformat(),
                             "audience": n.audience, "reason": n.reason} for n in found]}
+
+    @router.get("/api/consults/turnaround")
+    async def turnaround_report() -> dict[str, Any]:
+        return {"lines": [asdict(t) for t in await service.turnaround()]}
 
     @router.get("/api/consults/{consult_id}")
     async def read(consult_id: str, request: Request) -> JSONResponse:

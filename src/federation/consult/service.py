@@ -47,6 +47,7 @@ from federation.workflow.packet import PACKET_JOB, PacketJobs
 from federation.workflow.records import EventRow, Message, NewTask, TaskFilter, TaskRow
 from federation.workflow.state import Actor, Party, parties_of
 from federation.workflow.store import WorkflowStore
+from federation.workflow.turnaround import Turnaround, turnaround
 
 __all__ = ["ConsultService", "NewConsult", "ConsultView", "WORKFLOW", "MODES"]
 
@@ -406,6 +407,11 @@ class ConsultService:
                      else TaskFilter(statuses=statuses, involving_site=who.site_id))
         return await asyncio.to_thread(self._workflows.search, WORKFLOW, where, offset=offset,
                                        limit=limit, sort="-updated")
+
+    async def turnaround(self, since: dt.datetime | None = None) -> list[Turnaround]:
+        """Per hub site and pool: minutes to claim, hours to report and to close."""
+        rows = await asyncio.to_thread(self._workflows.all_tasks, WORKFLOW, since)
+        return turnaround(rows, self._now())
 
     async def alerts(self, who: Principal, limit: int = 100) -> list[Any]:
         audience = None if _sees_all(who) else f"site:{who.site_id}"

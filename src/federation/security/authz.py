@@ -101,6 +101,7 @@ HTTP_AUTHZ: dict[tuple[str, str], Rule] = {
     ("POST", "/api/consults"): Rule(frozenset({"doctor", "specialist"}), CARE,
                                     ("Task", "write")),
     ("GET", "/api/consults/alerts"): Rule(CLINICIANS | ADMINS, CARE | OPERATIONS),
+    ("GET", "/api/consults/turnaround"): Rule(ADMINS | {"auditor"}, OPERATIONS),
     ("GET", "/api/consults/{consult_id}"): Rule(CLINICIANS | ADMINS, CARE | OPERATIONS,
                                                 ("Task", "read")),
     ("GET", "/api/consults/{consult_id}/studies"): Rule(CLINICIANS | ADMINS,
