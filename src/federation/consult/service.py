@@ -326,6 +326,15 @@ class ConsultService:
                             "error", exc.code, started, detail=exc.message, task_id=consult_id,
                             records=sent)
             raise
+        except (asyncio.CancelledError, GeneratorExit):
+            # the reader went away mid-stream (a cut connection): still one row, saying
+            # how far it got — it resumes from there
+            await asyncio.shield(self._log(
+                who, "Consults/FetchStudy", task.requester_site if task else None, "error",
+                "cancelled", started, task_id=consult_id, records=sent,
+                detail=f"study {study_id} object {name}: the reader stopped after bytes "
+                       f"{offset}-{offset + sent}"))
+            raise
         await self._log(who, "Consults/FetchStudy", task.requester_site, "ok", "OK", started,
                         task_id=consult_id, patient=(task.requester_site, task.patient_id),
                         detail=f"study {study_id} object {name} bytes {offset}-{offset + sent}",
