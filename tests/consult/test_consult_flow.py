@@ -266,3 +266,25 @@ async def test_a_node_acts_for_its_staff_and_reads_its_own_consults(world) -> No
             consult.id, "cancel")
     cancelled = await node.act(consult.id, "cancel", note="patient transferred")
     assert (cancelled.status, cancelled.business_status) == ("cancelled", "cancelled")
+
+
+async def test_a_report_signed_with_a_revoked_certificate_is_refused(world, tmp_path) -> None:
+    patient = world.linked("county-a")[7]
+    doctor, li = world.consult("cdr-wang"), world.consult("csp-li")
+    consult, _ = await doctor.request(ask(patient))
+    await li.act(consult.id, "claim")
+    # csp-li's second certificate (a lost smart card), revoked by the CA
+    lost = world.pki.ca.issue_person("csp-li", "city-1", ["specialist"], tmp_path / "csp-li")
+    world.pki.ca.revoke(lost.serial, reason="key_compromise")
+    detail = await li.get(consult.id)
+    report = diagnostic_report(consult.id, 1, kind="ecg", conclusion="正常心电图", codes=[],
+                               author_site="city-1", author_user="csp-li",
+                               subject=detail.consult.task["for"],
+                               issued=dt.datetime.now(dt.UTC))
+    signed = sign_report(report, Signer(lost.cert_path.read_bytes(),
+                                        lost.key_path.read_bytes()))
+    await asyncio.sleep(2.1)          # the gateway re-reads the CRL every 2 s
+    with pytest.raises(IntegrityError, match="revoked certificate"):
+        await li.send_report(consult.id, signed.report, signed.signature, signed.cert_pem)
+    good = await li.report(consult.id, "正常心电图")     # the current certificate still signs
+    assert good.business_status == "reported"

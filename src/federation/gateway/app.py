@@ -167,7 +167,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     tls = TlsMaterial.load(settings.tls.cert, settings.tls.key, settings.tls.ca)
     require_current(tls, settings.tls.cert)
     revocations = RevocationList(settings.tls.crl, tls.ca_pem) if settings.tls.crl else None
-    trust = TrustAnchor(tls.ca_pem, revocations.is_revoked if revocations else None)
+    trust = TrustAnchor(tls.ca_pem, revocations.is_revoked if revocations is not None else None)
     registry = NodeRegistry(store, unreachable_after=dt.timedelta(
         milliseconds=settings.unreachable_after_ms))
     inbox = Inbox(store, poll_seconds=settings.inbox_poll_ms / 1000)
@@ -191,7 +191,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     consults = ConsultService(
         store, WorkflowStore(engine), load_consult_rules(settings.consult_rules),
         identity=identity, clients=clients, ca_pem=tls.ca_pem,
-        is_revoked=revocations.is_revoked if revocations else None,
+        is_revoked=revocations.is_revoked if revocations is not None else None,
         deadline_s=settings.search_deadline_ms / 1000, wake=inbox.wake)
 
     audit = AuditLog(engine)
