@@ -191,11 +191,22 @@ def _persons(db: Path) -> dict[str, dict[str, str]]:
     return {p: r for p, r in out.items() if len(r) == len(SITES)}
 
 
-async def _wait_synced(http, patients_only: bool) -> None:
+def _synced(db: Path) -> bool:
+    """Every site's feed read to its head, and resources stored for it (read from the
+    gateway's database: the sync status on the HTTP API is for administrators)."""
+    try:
+        with sqlite3.connect(db) as conn:
+            cursors = conn.execute("SELECT site_id FROM feed_cursor WHERE node_head > 0 AND "
+                                   "after = node_head").fetchall()
+            stored = conn.execute("SELECT DISTINCT site_id FROM site_resource").fetchall()
+    except sqlite3.Error:       # not created or not migrated yet
+        return False
+    return len(cursors) == len(SITES) and len(stored) == len(SITES)
+
+
+async def _wait_synced(db: Path) -> None:
     for _ in range(1200):
-        sync = (await http.get("/api/archive/sync")).json()["sites"]
-        if len(sync) == len(SITES) and all(s["behind"] == 0 and s["node_head"] > 0
-                                           and s["resources"] for s in sync):
+        if await asyncio.to_thread(_synced, db):
             await asyncio.sleep(1.0)            # let the EMPI's last links commit
             return
         await asyncio.sleep(0.25)
@@ -221,7 +232,7 @@ async def _measure_gateway(args, http_port: int, mode: str, count: int) -> dict[
     limits = httpx.Limits(max_connections=args.readers)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=60,
                                  limits=limits) as http:
-        await _wait_synced(http, mode == "federate")
+        await _wait_synced(args.work / f"gateway-{mode}.db")
         persons = _persons(args.work / f"gateway-{mode}.db")
         headers = {"Authorization": f"Bearer {await _token(http, args.pki)}"}
         sizes: list[int] = []

@@ -40,7 +40,6 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from sqlalchemy import text
@@ -113,21 +112,26 @@ def _linked_patients(url: str) -> list[str]:
         engine.dispose()
 
 
-def _caught_up(layout: DemoLayout) -> bool:
+def _caught_up(url: str) -> bool:
     """The archive has read both nodes' change feeds to their heads (the start-up's heavy
     work — first scans, pulls, EMPI linking — is over)."""
+    engine = make_engine(url)
     try:
-        with urllib.request.urlopen(layout.http_url + "/api/archive/sync", timeout=5) as r:
-            sites = {s["site_id"]: s for s in json.load(r)["sites"]}
-    except (OSError, ValueError, KeyError):
+        with engine.connect() as conn:
+            rows = {r.site_id: r for r in conn.execute(text(
+                "SELECT site_id, after, node_head, caught_up_at FROM feed_cursor"))}
+    except Exception:  # not migrated yet
         return False
-    return all(site in sites and sites[site]["caught_up_at"] and sites[site]["behind"] == 0
-               and sites[site]["node_head"] > 0 for site in (ORIGIN, TARGET))
+    finally:
+        engine.dispose()
+    return all(site in rows and rows[site].caught_up_at is not None and
+               rows[site].node_head > 0 and rows[site].after == rows[site].node_head
+               for site in (ORIGIN, TARGET))
 
 
 def _node_state(layout: DemoLayout, site: str) -> str:
     state = {s["site_id"]: (s.get("node") or {}).get("state")
-             for s in consortium_state(layout.http_url)}
+             for s in consortium_state(layout)}
     return state.get(site) or "none"
 
 
@@ -175,7 +179,7 @@ async def run(args: argparse.Namespace) -> int:
         patients: list[str] = []
         for _ in range(3000):
             if all(_node_state(layout, s) == "online" for s in (ORIGIN, TARGET)) and \
-                    await asyncio.to_thread(_caught_up, layout):
+                    await asyncio.to_thread(_caught_up, url):
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(args.settle)

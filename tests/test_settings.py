@@ -93,3 +93,32 @@ def test_database_url_can_come_from_a_secret_file(tmp_path):
         load_gateway_settings(config, env={})
     with pytest.raises(ConfigError, match="cannot be read"):
         load_gateway_settings(config, env={"FEDERATION_DATABASE_URL_FILE": str(tmp_path / "no")})
+
+
+@pytest.mark.parametrize(("gateway", "expected"), [
+    ("10.0.0.5:50051", "10.0.0.5:50051"),
+    ("10.0.0.5:50051, 10.0.0.6:50051", "10.0.0.5:50051,10.0.0.6:50051"),
+    ("[fd00::5]:50051,[fd00::6]:50051", "[fd00::5]:50051,[fd00::6]:50051"),
+])
+def test_a_node_may_be_given_several_gateway_replicas(tmp_path, gateway, expected):
+    from federation.rpc.channels import channel_target
+    text = (f'site_id = "county-a"\ngateway = "{gateway}"\n[tls]\ncert="a"\nkey="b"\nca="c"\n'
+            '[source]\nkind="csv"\npath="x"\n')
+    settings = load_node_settings(_write(tmp_path, text, "site.toml"), env={})
+    assert settings.gateway == expected
+    target, balanced = channel_target(settings.gateway)
+    assert balanced == ("," in expected)
+    assert target.startswith(("ipv4:", "ipv6:")) == balanced
+
+
+@pytest.mark.parametrize(("gateway", "words"), [
+    ("gw-1.example:50051,gw-2.example:50051", "several gateways must be given as IP addresses"),
+    ("10.0.0.5:50051,[fd00::6]:50051", "mix IPv4 and IPv6"),
+    ("10.0.0.5:50051,", "comma-separated list"),
+])
+def test_a_bad_replica_list_is_refused_with_the_reason(tmp_path, gateway, words):
+    text = (f'site_id = "county-a"\ngateway = "{gateway}"\n[tls]\ncert="a"\nkey="b"\nca="c"\n'
+            '[source]\nkind="csv"\npath="x"\n')
+    with pytest.raises(ConfigError, match="setting 'gateway'") as err:
+        load_node_settings(_write(tmp_path, text, "site.toml"), env={})
+    assert words in err.value.message

@@ -23,7 +23,7 @@ Node file (``site.toml``)::
 
     site_id = "county-a"                       # must match the node certificate
     listen = "127.0.0.1:50061"
-    gateway = "127.0.0.1:50051"
+    gateway = "127.0.0.1:50051"                # or replicas: "10.0.0.5:50051,10.0.0.6:50051"
     [source]
     kind = "sql"; path = "his.sqlite"; mapping = "vendor_a"
     [[source.extra]]                           # more systems of the same site
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from federation.errors import ConfigError
+from federation.rpc.channels import channel_target
 
 __all__ = [
     "TlsSettings",
@@ -294,6 +295,21 @@ class _Reader:
             raise ConfigError(f"setting '{key}' must be host:port, got {value!r}")
         return value
 
+    def hostports(self, key: str, default: str) -> str:
+        """One ``host:port`` or several, comma-separated (gateway replicas)."""
+        value = self.str(key, default)
+        parts = [p.strip() for p in value.split(",")]
+        for part in parts:
+            m = _HOSTPORT.match(part)
+            if not m or not 0 <= int(m.group(2)) <= 65535:
+                raise ConfigError(f"setting '{key}' must be host:port or a comma-separated "
+                                  f"list of them, got {value!r}")
+        try:
+            channel_target(",".join(parts))
+        except ConfigError as exc:
+            raise ConfigError(f"setting '{key}': {exc.message}") from None
+        return ",".join(parts)
+
     def tls(self) -> TlsSettings:
         return TlsSettings(
             cert=self.path("tls.cert"),
@@ -428,7 +444,7 @@ def load_node_settings(path: Path | None = None, env: Mapping[str, str] | None =
     return NodeSettings(
         site_id=r.str("site_id"),
         listen=r.hostport("listen", "127.0.0.1:50061"),
-        gateway=r.hostport("gateway", "127.0.0.1:50051"),
+        gateway=r.hostports("gateway", "127.0.0.1:50051"),
         advertise=r.opt_str("advertise") or "",
         tls=r.tls(),
         source=SourceSettings(kind=kind, path=r.path("source.path"),

@@ -41,8 +41,10 @@ def test_only_the_store_writes_exchange_rows_and_it_always_appends_the_audit() -
     source = WRITER.read_text(encoding="utf-8")
     body = source[source.index("def log_exchanges"):source.index("def list_exchanges")]
     assert "_insert_exchanges(conn, rows)" in body and "append_exchanges(conn," in body
-    # the insert statement is used nowhere else in the store
-    assert source.count("_INSERT_EXCHANGES") == 3       # defined, RETURNING form, one use
+    # the insert statements are used nowhere else in the store: both live in _insert_exchanges
+    assert source.count("_INSERT_EXCHANGES") == 2       # defined, its RETURNING form
+    assert source.count("_RETURNING_IDS") == 2          # defined, used on PostgreSQL
+    assert source.count("INSERT INTO exchange_log") == 1    # SQLite's executemany
     assert source.count("_insert_exchanges(") == 2      # defined, called by log_exchanges
 
 

@@ -40,6 +40,11 @@ def test_demo_tour_reaches_all_six_sites_and_reruns(tmp_path):
     assert "Both consults closed: signed reports are back" in first.stdout
     assert first.stdout.count("signature valid") == 2 and "books the slot" in first.stdout
     assert "every chunk SHA-256 checked" in first.stdout
+    # the audit step: a CA-checked tree head, an inclusion proof, the whole log verified
+    flat = " ".join(first.stdout.split())          # rich wraps long lines
+    assert "signature checked against the consortium CA" in flat
+    assert "leads to the signed root" in flat
+    assert "nothing edited, deleted, reordered or forked" in flat
     for site in ("city-1", "county-a", "county-b", "township-a1", "township-a2", "township-b1"):
         assert site in first.stdout
     assert "all processes stopped" in first.stdout

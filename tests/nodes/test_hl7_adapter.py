@@ -7,12 +7,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import tempfile
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from federation.errors import SourceError
 from federation.nodes.adapters.hl7v2 import Hl7Adapter, parse_ts, unescape
@@ -355,3 +358,54 @@ def test_the_folder_is_looked_at_once_per_recheck_interval(tmp_path: Path) -> No
         stamp = adapter.source_stamp()                       # the node's scan loop asks
         assert len(adapter.clinical("P0001")) == 8          # and the scan then sees it
         assert adapter._load().stamp == stamp
+
+
+# ----------------------------------------------------------------- fuzzing
+
+_HL7_NOISE = st.text(alphabet=st.sampled_from(list("|^~\\&\r\n\x00\x0b\x1c 0123456789.-+TZ"
+                                                  "ABCDEFGHIJKLMNOPQRSTUVWXYZ王秀英血糖")),
+                     max_size=30)
+
+
+@st.composite
+def _mangled_oru(draw: st.DrawFn) -> str:
+    """A valid ORU^R01 with random damage: fields replaced by delimiter soup, cut at any
+    point, segments dropped or repeated."""
+    segments = oru("FUZZ1", local_id="RFUZZ").split("\r")
+    for _ in range(draw(st.integers(0, 4))):
+        i = draw(st.integers(0, len(segments) - 1))
+        fields = segments[i].split("|")
+        n = draw(st.integers(0, len(fields) + 2))
+        fields += [""] * (n + 1 - len(fields))
+        fields[n] = draw(_HL7_NOISE)
+        segments[i] = "|".join(fields)
+    if draw(st.booleans()):
+        del segments[draw(st.integers(0, len(segments) - 1))]
+    if draw(st.booleans()):
+        i = draw(st.integers(0, len(segments) - 1))
+        segments.insert(i, segments[i])
+    message = "\r".join(segments)
+    if draw(st.booleans()):
+        message = message[:draw(st.integers(0, len(message)))]
+    return message
+
+
+@settings(max_examples=150, deadline=None)
+@given(_mangled_oru())
+def test_fuzzed_messages_never_crash_the_adapter(message: str) -> None:
+    """Whatever arrives, the adapter loads: the damaged message is read or quarantined
+    with a reason, and the good message after it is read whole (so is the one before,
+    unless the damage took the MSH: segments without one continue the message before)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder)
+        write_hl7_file(path / "feed.hl7", [oru("OK1"), message, oru("OK2", local_id="R2")])
+        with Hl7Adapter(path) as adapter:
+            records = adapter.clinical("P0001")
+            adapter.search_patients(PatientQuery())
+            found = reasons(adapter)
+    reports = {r.local_id for r in records if isinstance(r, LabReportRecord)}
+    assert "R2" in reports                      # the next message is read whole
+    if message.startswith("MSH|"):
+        assert "R20240503001" in reports
+        assert not any(key.split("/")[0] == "feed.hl7#1" for key in found), found
+    assert all(isinstance(why, str) and why.strip() for why in found.values())

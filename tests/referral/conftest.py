@@ -73,7 +73,7 @@ class Consortium:
         assert row is not None, f"no person is known at both {a} and {b}"
         return row[0], row[1]
 
-    async def inbox(self, site: str, want, timeout: float = 10.0) -> list:
+    async def inbox(self, site: str, want, timeout: float = 60.0) -> list:
         """Wait until the site's node inbox holds items satisfying ``want(items)``."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
@@ -125,9 +125,9 @@ async def start_consortium(pki: Pki, consortium, state_dir: Path, db_url: str, *
         nodes[site] = await start_node(node_settings(pki, consortium, site, gw.grpc_port,
                                                      state_dir))
     await asyncio.wait_for(asyncio.gather(
-        *(n.link.status.connected_event.wait() for n in nodes.values())), timeout=30)
+        *(n.link.status.connected_event.wait() for n in nodes.values())), timeout=90)
     result = Consortium(gw, nodes, pki)
-    for _ in range(600):   # the archive pulls each feed after registration and links it
+    for _ in range(1800):  # the archive pulls each feed after registration and links it
         if all(result.linked(site) for site in SITES):
             break
         await asyncio.sleep(0.1)

@@ -61,7 +61,7 @@ async def test_nothing_lost_while_the_target_and_the_gateway_are_down(
         c.nodes["city-1"] = await start_node(node_settings(   # the target comes back
             staff_pki, consortium, "city-1", port, tmp_path / "state"))
         items = await c.inbox("city-1", lambda i: all(len(about(i, r)) == 4 for r in made),
-                              timeout=30)
+                              timeout=90)
         per_referral = defaultdict(list)
         for item in sorted(items, key=lambda i: i.sequence):
             body = json.loads(item.payload)
@@ -78,7 +78,7 @@ async def test_nothing_lost_while_the_target_and_the_gateway_are_down(
             assert got.index("first") < got.index("second")
         ids = [i.item_id for i in items]
         assert len(ids) == len(set(ids))                         # nothing twice
-        for _ in range(100):                 # acks are pipelined behind the stored items
+        for _ in range(600):                 # acks are pipelined behind the stored items
             if not c.gateway.store.pending_for("city-1"):
                 break
             await asyncio.sleep(0.1)
@@ -88,7 +88,7 @@ async def test_nothing_lost_while_the_target_and_the_gateway_are_down(
         await c.nodes["county-a"].stop(0.1)
         ref, _ = await c.client("dr-wang").create(upward(c.linked("county-a")[0]))
         await c.inbox("city-1", lambda i: bundle(i, ref.id, "referral"))
-        for _ in range(100):
+        for _ in range(600):
             pending = (await c.client("dr-wang").get(ref.id)).pending_work
             if pending and "attempt" in pending[0] and "—" in pending[0]:
                 break
@@ -96,7 +96,7 @@ async def test_nothing_lost_while_the_target_and_the_gateway_are_down(
         assert pending and pending[0].startswith("packet: attempt") and "county-a" in pending[0]
         c.nodes["county-a"] = await start_node(node_settings(
             staff_pki, consortium, "county-a", port, tmp_path / "state"))
-        await c.inbox("city-1", lambda i: bundle(i, ref.id, "packet"), timeout=30)
+        await c.inbox("city-1", lambda i: bundle(i, ref.id, "packet"), timeout=90)
         assert (await c.client("dr-wang").get(ref.id)).pending_work == []
     finally:
         await stop_consortium(c)
@@ -129,7 +129,7 @@ async def test_two_replicas_on_one_postgresql(staff_pki, consortium, tmp_path):
             assert len(losers) == 1 and "it is accepted" in losers[0].message
             await b.client("dr-li").act(ref.id, "start")
             await a.client("dr-li").act(ref.id, "complete", Details(result_text="done"))
-            for _ in range(200):       # county-a's node acks the result on A; B sees it closed
+            for _ in range(1200):      # county-a's node acks the result on A; B sees it closed
                 view = await b.client("dr-wang").get(ref.id)
                 if view.referral.business_status == "closed":
                     break
@@ -139,7 +139,7 @@ async def test_two_replicas_on_one_postgresql(staff_pki, consortium, tmp_path):
 
             # an urgent referral nobody triages: both replicas sweep; escalated once
             late, _ = await a.client("dr-wang").create(upward(a.linked("county-a")[1]))
-            for _ in range(100):
+            for _ in range(600):
                 alerts = await b.client("admin-zhao").alerts()
                 if any(x["referral"] == late.id for x in alerts):
                     break

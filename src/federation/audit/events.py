@@ -28,6 +28,7 @@ path (tests validate every rendering against ``fhir.resources.R4B``).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +71,7 @@ _CUSTODIAN = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Pa
 _REQUESTER_TYPE = "urn:federation:requester-kind"
 
 
+@functools.lru_cache(maxsize=512)      # a few dozen operations; rendered for every leaf
 def _kind(operation: str) -> tuple[dict[str, str], str]:
     if operation.endswith("StreamChanges"):
         return _EXPORT, "R"

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from federation.client import GatewayClient
+from federation.demo.audit_tour import run_audit_tour
 from federation.demo.consult_tour import run_consult_tour
 from federation.demo.record_tour import run_record_tour
 from federation.demo.referral_tour import run_referral_tour
@@ -124,7 +125,9 @@ async def run_tour(layout: DemoLayout, console: Console) -> bool:
     console.print("\n[green]Records from every kind of source came back through the archive.[/]")
     if not await run_referral_tour(layout, by_person, console):
         return False
-    return await run_consult_tour(layout, by_person, console)
+    if not await run_consult_tour(layout, by_person, console):
+        return False
+    return await run_audit_tour(layout, console)
 
 
 def _row(site_id: str, patient: dict, by_record: dict[tuple[str, str], str],

@@ -20,6 +20,7 @@ prints them and exits non-zero when any failed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import os
 import sqlite3
@@ -69,7 +70,12 @@ async def run_doctor(settings: NodeSettings, *, timeout: float = 5.0,
     """Every check, in order; ``clock`` is this machine's time (tests shift it)."""
     findings = list(_certificate_checks(settings, clock()))
     files_ok = findings[0].ok
-    findings += await _gateway_checks(settings, timeout, clock, with_tls=files_ok)
+    replicas = settings.gateway.split(",")
+    for address in replicas:            # every replica the node may reach must work
+        checked = await _gateway_checks(settings, address, timeout, clock, with_tls=files_ok)
+        if len(replicas) > 1:
+            checked = [dataclasses.replace(f, check=f"{f.check} ({address})") for f in checked]
+        findings += checked
     findings += list(_source_checks(settings))
     findings.append(_state_dir_check(settings.state_dir))
     return findings
@@ -182,9 +188,8 @@ def _revocation_check(settings: NodeSettings, cert: x509.Certificate, trusted: b
 # ---------------------------------------------------------------------------- gateway
 
 
-async def _gateway_checks(settings: NodeSettings, timeout: float,
+async def _gateway_checks(settings: NodeSettings, address: str, timeout: float,
                           clock: Callable[[], dt.datetime], *, with_tls: bool) -> list[Finding]:
-    address = settings.gateway
     tcp = await asyncio.to_thread(probe_tcp, address, timeout)
     findings = [Finding("gateway reachable", tcp.ok, tcp.detail, tcp.fix)]
     if not tcp.ok:

@@ -1,12 +1,20 @@
-"""Channel and server options shared by every federation endpoint."""
+"""Channel and server options shared by every federation endpoint.
+
+A client may be given several gateway replicas as one comma-separated target
+(``10.0.0.5:50051,10.0.0.6:50051``): the channel then spreads its calls round-robin over
+the replicas that answer and leaves out one that is down, with no proxy in between.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+
 import grpc
 
+from federation.errors import ConfigError
 from federation.security.tls import TlsMaterial, channel_credentials
 
-__all__ = ["server_options", "client_options", "secure_channel"]
+__all__ = ["server_options", "client_options", "secure_channel", "channel_target"]
 
 
 def _limits(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -45,4 +53,30 @@ def secure_channel(
     options: list[tuple[str, int | str]] = list(client_options(max_message_bytes))
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
+    target, balanced = channel_target(target)
+    if balanced:
+        options.append(("grpc.lb_policy_name", "round_robin"))
     return grpc.aio.secure_channel(target, channel_credentials(tls), options=options)
+
+
+def channel_target(addresses: str) -> tuple[str, bool]:
+    """The gRPC target for ``host:port`` or a comma-separated list of them, and whether
+    it lists several (to be balanced round-robin). Several addresses must be IP addresses
+    of one family (gRPC's static ``ipv4:``/``ipv6:`` targets); a DNS name stands alone —
+    one that resolves to every replica does the same job."""
+    parts = [a.strip() for a in addresses.split(",") if a.strip()]
+    if len(parts) <= 1:
+        return (parts[0] if parts else addresses), False
+    families = set()
+    for part in parts:
+        host = part.rsplit(":", 1)[0].strip("[]")
+        try:
+            families.add(ipaddress.ip_address(host).version)
+        except ValueError:
+            raise ConfigError(
+                f"gateway address {part!r}: several gateways must be given as IP addresses "
+                "(10.0.0.5:50051,10.0.0.6:50051); for DNS names give one name that resolves "
+                "to every replica") from None
+    if len(families) > 1:
+        raise ConfigError(f"gateway addresses {addresses!r} mix IPv4 and IPv6; use one family")
+    return f"ipv{families.pop()}:{','.join(parts)}", True

@@ -1,0 +1,258 @@
+"""Three gateway processes on one PostgreSQL, one killed midway, nothing lost.
+
+The nodes are given all three replicas (``gateway = "a,b,c"``: round-robin over those
+that answer); referrals are created through all three (each with its idempotency key, a
+call cut by the kill is sent again), and the target reads the patient's archive record
+through them. Gateway 2 is killed with SIGKILL after the first half. Then: every referral
+exists once, reached the target node's inbox once with its packet, every work item was
+acknowledged, the audit log verifies and covers every exchange, and the EMPI put no
+person's records under two persons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from federation._proto.v1 import archive_pb2, archive_pb2_grpc
+from federation.audit.verify import verify_store
+from federation.demo.workspace import DemoLayout, free_ports, prepare_workspace
+from federation.errors import Unavailable
+from federation.nodes.agent import RunningNode, start_node
+from federation.referral.client import ReferralClient
+from federation.referral.service import NewReferral
+from federation.rpc.channels import secure_channel
+from federation.security.ca import GATEWAY_SERVER_NAME
+from federation.security.tls import TlsMaterial
+from federation.settings import load_node_settings
+from federation.store import make_engine, upgrade
+from tests.pg_util import throwaway_database
+from tests.referral.conftest import bundle
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+ORIGIN, TARGET = "county-a", "city-1"
+REFERRALS = 12
+
+
+class Gateways:
+    """``federation gateway serve`` processes sharing one database and one key ring."""
+
+    def __init__(self, layout: DemoLayout, url: str, count: int) -> None:
+        self.layout, self.url = layout, url
+        ports = free_ports(2 * count)
+        self.grpc = ports[:count]
+        self.http = ports[count:]
+        self.procs: list[subprocess.Popen | None] = [None] * count
+        base = layout.gateway_config.read_text()
+        self.configs = []
+        for i in range(count):
+            lines = [line for line in base.splitlines()
+                     if not line.startswith(("database_url", "grpc_listen", "http_listen"))]
+            head = [f'database_url = "{url}"', f'grpc_listen = "127.0.0.1:{self.grpc[i]}"',
+                    f'http_listen = "127.0.0.1:{self.http[i]}"',
+                    'privacy_keyring = "privacy-keys.json"', "inbox_poll_ms = 200"]
+            config = layout.workdir / f"gateway-{i + 1}.toml"
+            config.write_text("\n".join(head + lines[1:]) + "\n")
+            self.configs.append(config)
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(f"127.0.0.1:{p}" for p in self.grpc)
+
+    async def start(self, i: int) -> None:
+        log = (self.layout.logs / f"gateway-{i + 1}.log").open("wb")
+        self.procs[i] = subprocess.Popen(
+            [sys.executable, "-m", "federation", "gateway", "serve", "--config",
+             str(self.configs[i])], stdout=log, stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        await _until(lambda: _healthy(self.http[i]), 60, f"gateway {i + 1} to serve")
+
+    def kill(self, i: int) -> None:
+        proc = self.procs[i]
+        assert proc is not None and proc.poll() is None, f"gateway {i + 1} is not running"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            if proc is not None:
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+async def _until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(predicate):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+def _rows(url: str, sql: str, **params) -> list:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(sql), params).all())
+    finally:
+        engine.dispose()
+
+
+def _caught_up(url: str, sites: tuple[str, ...]) -> bool:
+    rows = {r.site_id: r for r in _rows(url, "SELECT site_id, after, node_head, caught_up_at "
+                                             "FROM feed_cursor")}
+    return all(s in rows and rows[s].caught_up_at is not None and rows[s].node_head > 0
+               and rows[s].after == rows[s].node_head for s in sites)
+
+
+async def _create(client: ReferralClient, new: NewReferral) -> str:
+    """Create, sending the same request again when a gateway died under the call: the
+    idempotency key makes the second one return the first one's referral."""
+    for _ in range(20):
+        try:
+            ref, _ = await client.create(new)
+            return ref.id
+        except Unavailable:
+            await asyncio.sleep(0.3)
+    raise AssertionError(f"no gateway took referral {new.request_id}")
+
+
+async def _everything(address: str, tls: TlsMaterial, patient: str) -> int:
+    async with secure_channel(address, tls, 16 << 20, server_name=GATEWAY_SERVER_NAME) as ch:
+        stub = archive_pb2_grpc.ArchiveStub(ch)
+        for _ in range(20):
+            try:
+                reply = await stub.Everything(archive_pb2.EverythingRequest(
+                    patient_id=patient, context=archive_pb2.ReadContext(
+                        purpose_of_use="TREAT", practitioner_id="dr-li")), timeout=30)
+                return reply.total
+            except Exception as exc:  # noqa: BLE001 (only a dying gateway is retried)
+                if "UNAVAILABLE" not in str(getattr(exc, "code", lambda: "")()):
+                    raise
+                await asyncio.sleep(0.3)
+    raise AssertionError("no gateway answered the archive read")
+
+
+def _material(layout: DemoLayout, name: str) -> TlsMaterial:
+    folder = layout.workdir / "pki" / name
+    return TlsMaterial.load(folder / f"{name}.crt", folder / f"{name}.key", layout.ca_cert)
+
+
+async def test_three_gateways_one_killed_nothing_lost_or_doubled(tmp_path: Path) -> None:
+    layout = await asyncio.to_thread(prepare_workspace, tmp_path / "consortium", people=40)
+    with throwaway_database(prefix="fed_3gw") as url:
+        await asyncio.to_thread(upgrade, url)            # the migration Job, once
+        gateways = Gateways(layout, url, 3)
+        nodes: dict[str, RunningNode] = {}
+        clients: list[ReferralClient] = []
+        try:
+            for i in range(3):                           # the first creates the key ring
+                await gateways.start(i)
+            for site in (ORIGIN, TARGET):
+                settings = load_node_settings(layout.node_configs[site])
+                nodes[site] = await start_node(dataclasses.replace(
+                    settings, gateway=gateways.addresses))
+            await _until(lambda: _caught_up(url, (ORIGIN, TARGET)), 180,
+                         "the archive to read both nodes' feeds")
+            patients = [r.record_id for r in _rows(
+                url, "SELECT record_id FROM identity_record WHERE site_id = :s AND "
+                     "state = 'linked' ORDER BY record_id", s=ORIGIN)]
+            assert len(patients) >= REFERRALS // 2
+
+            origin = _material(layout, ORIGIN)
+            clients = [ReferralClient(gateways.addresses, origin,
+                                      practitioner=("dr-wang", "doctor")) for _ in range(3)]
+            news = [NewReferral(
+                patient_id=patients[n % len(patients)], urgency="urgent", direction="upward",
+                target_site=TARGET, department="cardiology", consent_method="written",
+                reason={"system": "http://hl7.org/fhir/sid/icd-10", "code": "I21.9"},
+                request_id=f"three-gateways-{n}") for n in range(REFERRALS)]
+            half = REFERRALS // 2
+            made = list(await asyncio.gather(*(_create(clients[n % 3], news[n])
+                                               for n in range(half))))
+            reading = asyncio.create_task(_everything(gateways.addresses,
+                                                      _material(layout, TARGET), patients[0]))
+            gateways.kill(1)                             # mid-run: SIGKILL, no goodbye
+            made += await asyncio.gather(*(_create(clients[n % 3], news[n])
+                                           for n in range(half, REFERRALS)))
+            assert await reading > 0                     # the archive read got through
+            # a request sent again after the kill is the same referral, not a second one
+            assert await _create(clients[0], news[0]) == made[0]
+
+            target = nodes[TARGET]
+
+            def delivered() -> bool:
+                items = target.inbox.items()
+                return all(bundle(items, r, "referral") and bundle(items, r, "packet")
+                           for r in made)
+            await _until(delivered, 180, "every referral and packet at the target")
+            await _until(lambda: not _rows(
+                url, "SELECT item_id FROM work_item WHERE acked_at IS NULL AND site_id "
+                     "IN (:a, :b)", a=ORIGIN, b=TARGET), 60, "every work item acknowledged")
+        finally:
+            for client in clients:
+                await client.close()
+            for node in nodes.values():
+                await node.stop(0.1)
+            gateways.stop_all()
+
+        # every referral once, under its own key
+        tasks = _rows(url, "SELECT request_id, count(*) AS n FROM workflow_task WHERE "
+                           "request_id LIKE 'three-gateways-%' GROUP BY request_id")
+        assert sorted((t.request_id, t.n) for t in tasks) == sorted(
+            (n.request_id, 1) for n in news)
+        assert len(set(made)) == REFERRALS
+        # the target's inbox holds each referral and packet once (``bundle`` fails on two)
+        items = target.inbox.items()
+        assert all(bundle(items, r, "referral") and bundle(items, r, "packet") for r in made)
+        assert len(items) == len({i.item_id for i in items}) == 2 * REFERRALS
+        # the audit log covers every exchange of the three replicas and verifies
+        engine = make_engine(url)
+        try:
+            report = await asyncio.to_thread(verify_store, engine,
+                                             layout.ca_cert.read_bytes())
+            assert report.ok, report.first()
+            (exchanges,) = _rows(url, "SELECT count(*) AS n FROM exchange_log")
+            assert report.tree_size == exchanges.n > 0
+        finally:
+            engine.dispose()
+        # the EMPI: no true person's records split across two linked persons
+        truth: dict[tuple[str, str], str] = {}
+        with layout.manifest.truth_path.open(newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                truth[(row["site_id"], row["local_patient_id"])] = row["person_id"]
+        persons_of = defaultdict(set)
+        for r in _rows(url, "SELECT site_id, record_id, person_id FROM identity_record "
+                            "WHERE state = 'linked'"):
+            true = truth.get((r.site_id, r.record_id))
+            if true is not None:
+                persons_of[true].add(r.person_id)
+        split = {p: ids for p, ids in persons_of.items() if len(ids) > 1}
+        assert not split, f"{len(split)} people's records are under two persons"
+        assert "Traceback" not in "".join(
+            (layout.logs / f"gateway-{i}.log").read_text() for i in (1, 3))
