@@ -408,6 +408,7 @@ def demo(workdir: Path, tour_only: bool, people: int) -> None:
 
 def _register_groups() -> None:
     from federation.audit.cli import audit, keys
+    from federation.consult.cli import consult
     from federation.identity.cli import identity
     from federation.referral.cli import referral
     from federation.security.token_cli import account, token
@@ -415,6 +416,7 @@ def _register_groups() -> None:
 
     cli.add_command(identity)
     cli.add_command(referral)
+    cli.add_command(consult)
     cli.add_command(terminology)
     cli.add_command(token)
     cli.add_command(account)

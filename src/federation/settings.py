@@ -116,6 +116,10 @@ class GatewaySettings:
     referral_rules: Path | None = None
     #: how often referral time limits are checked for escalation
     referral_sweep_ms: int = 30_000
+    #: the consortium's consult pools, kinds, time limits and meeting link; None = packaged
+    consult_rules: Path | None = None
+    #: how often consult time limits (unclaimed requests) are checked for escalation
+    consult_sweep_ms: int = 30_000
     #: how often the audit log's head is signed while it grows (nodes' receipt fetches
     #: also sign it on demand)
     audit_sth_interval_ms: int = 10_000
@@ -167,6 +171,9 @@ class NodeSettings:
     feed_scan_interval_ms: int = 60_000
     #: how often the node fetches its audit receipts from the gateway
     audit_receipts_interval_ms: int = 30_000
+    #: where the site keeps consult material too large to send (DICOM studies, ECG
+    #: waveforms, slide images): one folder per study; None = the node serves none
+    studies_dir: Path | None = None
     log_level: str = "INFO"
     log_format: str = "text"
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -381,6 +388,8 @@ def load_gateway_settings(
         archive_deid_key=r.opt_str("archive_deid_key") or "",
         referral_rules=r.opt_path("referral_rules"),
         referral_sweep_ms=r.int("referral_sweep_ms", 30_000, minimum=100),
+        consult_rules=r.opt_path("consult_rules"),
+        consult_sweep_ms=r.int("consult_sweep_ms", 30_000, minimum=100),
         audit_sth_interval_ms=r.int("audit_sth_interval_ms", 10_000, minimum=100),
         privacy_keyring=r.path("privacy_keyring", base / "privacy-keys.json"),
         log_level=r.str("log_level", "INFO").upper(),
@@ -442,6 +451,7 @@ def load_node_settings(path: Path | None = None, env: Mapping[str, str] | None =
                               mapping=r.opt_str("source.mapping"),
                               extra=_extra_sources(data, base)),
         state_dir=r.path("state_dir", base / "state"),
+        studies_dir=r.opt_path("studies_dir"),
         max_message_bytes=r.int("max_message_bytes", 4 * 1024 * 1024, minimum=1024),
         backoff_initial_ms=r.int("backoff_initial_ms", 500, minimum=10),
         backoff_max_ms=r.int("backoff_max_ms", 15000, minimum=10),

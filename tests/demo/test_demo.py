@@ -36,6 +36,10 @@ def test_demo_tour_reaches_all_six_sites_and_reruns(tmp_path):
     # the referral tour: one upward and one downward referral, both loops closed
     assert "Both referrals closed their loops" in first.stdout
     assert "records a follow-up visit" in first.stdout
+    # the consult tour: one ECG and one imaging consult, signed reports verified, closed
+    assert "Both consults closed: signed reports are back" in first.stdout
+    assert first.stdout.count("signature valid") == 2 and "books the slot" in first.stdout
+    assert "every chunk SHA-256 checked" in first.stdout
     # the audit step: a CA-checked tree head, an inclusion proof, the whole log verified
     flat = " ".join(first.stdout.split())          # rich wraps long lines
     assert "signature checked against the consortium CA" in flat

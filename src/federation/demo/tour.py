@@ -21,6 +21,7 @@ from rich.table import Table
 
 from federation.client import GatewayClient
 from federation.demo.audit_tour import run_audit_tour
+from federation.demo.consult_tour import run_consult_tour
 from federation.demo.record_tour import run_record_tour
 from federation.demo.referral_tour import run_referral_tour
 from federation.demo.workspace import DemoLayout
@@ -123,6 +124,8 @@ async def run_tour(layout: DemoLayout, console: Console) -> bool:
         return False
     console.print("\n[green]Records from every kind of source came back through the archive.[/]")
     if not await run_referral_tour(layout, by_person, console):
+        return False
+    if not await run_consult_tour(layout, by_person, console):
         return False
     return await run_audit_tour(layout, console)
 

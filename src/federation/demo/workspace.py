@@ -81,6 +81,7 @@ def prepare_workspace(workdir: Path, *, people: int, seed: int = 20261121) -> De
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(_site_toml(site, port, grpc_address, workdir))
         node_configs[site.site_id] = path
+        (workdir / "studies" / site.site_id).mkdir(parents=True, exist_ok=True)
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
     return DemoLayout(
@@ -144,6 +145,7 @@ def _site_toml(site: SiteSpec, port: int, gateway: str, workdir: Path) -> str:
         f"listen = {_q(f'127.0.0.1:{port}')}",
         f"gateway = {_q(gateway)}",
         f"state_dir = {_q((rel / 'state' / site.site_id).as_posix())}",
+        f"studies_dir = {_q((rel / 'studies' / site.site_id).as_posix())}",
         "backoff_initial_ms = 300",
         "backoff_max_ms = 3000",
         "",

@@ -26,6 +26,7 @@ from federation._proto.v1 import (
     archive_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
+    consult_pb2_grpc,
     diagnostics_pb2,
     diagnostics_pb2_grpc,
     gateway_pb2,
@@ -49,6 +50,11 @@ from federation.audit.log import AuditLog
 from federation.audit.refusals import refusal_logger
 from federation.audit.service import AUDIT_POLICY, AuditServicer
 from federation.audit.tree_heads import TreeHeadSigner
+from federation.consult.http import create_consult_router
+from federation.consult.rules import load_rules as load_consult_rules
+from federation.consult.service import ConsultService
+from federation.consult.servicer import CONSULT_POLICY, ConsultsServicer
+from federation.consult.servicer import SERVICE as CONSULTS_SERVICE
 from federation.errors import FederationError, Unavailable
 from federation.gateway.diagnostics import DIAGNOSTICS_POLICY, DiagnosticsServicer
 from federation.gateway.http_app import create_http_app
@@ -112,6 +118,7 @@ class RunningGateway:
     alerts: CriticalAlerts
     exports: ExportRunner
     referrals: ReferralService
+    consults: ConsultService
     audit: AuditLog
     tree_heads: TreeHeadSigner
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -160,7 +167,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     tls = TlsMaterial.load(settings.tls.cert, settings.tls.key, settings.tls.ca)
     require_current(tls, settings.tls.cert)
     revocations = RevocationList(settings.tls.crl, tls.ca_pem) if settings.tls.crl else None
-    trust = TrustAnchor(tls.ca_pem, revocations.is_revoked if revocations else None)
+    trust = TrustAnchor(tls.ca_pem, revocations.is_revoked if revocations is not None else None)
     registry = NodeRegistry(store, unreachable_after=dt.timedelta(
         milliseconds=settings.unreachable_after_ms))
     inbox = Inbox(store, poll_seconds=settings.inbox_poll_ms / 1000)
@@ -181,12 +188,18 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         store, WorkflowStore(engine), load_rules(settings.referral_rules), identity=identity,
         clients=clients, packet_deadline_s=settings.search_deadline_ms / 1000, wake=inbox.wake)
     inbox.on_ack(referrals.receipt)   # a result's receipt at the requester closes the loop
+    consults = ConsultService(
+        store, WorkflowStore(engine), load_consult_rules(settings.consult_rules),
+        identity=identity, clients=clients, ca_pem=tls.ca_pem,
+        is_revoked=revocations.is_revoked if revocations is not None else None,
+        deadline_s=settings.search_deadline_ms / 1000, wake=inbox.wake)
 
     audit = AuditLog(engine)
     tree_heads = TreeHeadSigner(audit, Signer.from_tls(tls))
     server = grpc.aio.server(
         interceptors=[CallGuard("gateway", GATEWAY_POLICY | DIAGNOSTICS_POLICY | ARCHIVE_POLICY
-                                | REFERRALS_POLICY | AUDIT_POLICY, revocations,
+                                | REFERRALS_POLICY | CONSULT_POLICY | AUDIT_POLICY,
+                                revocations,
                                 on_refused=refusal_logger(store),
                                 limiter=RateLimiter(settings.grpc_rate_per_node,
                                                     max(1, int(3 * settings.grpc_rate_per_node)),
@@ -201,11 +214,12 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     diagnostics_pb2_grpc.add_DiagnosticsServicer_to_server(DiagnosticsServicer(store), server)
     archive_pb2_grpc.add_ArchiveServicer_to_server(ArchiveServicer(service), server)
     referral_pb2_grpc.add_ReferralsServicer_to_server(ReferralsServicer(referrals), server)
+    consult_pb2_grpc.add_ConsultsServicer_to_server(ConsultsServicer(consults), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE, DIAGNOSTICS, ARCHIVE_SERVICE, REFERRALS_SERVICE, AUDIT_SERVICE,
-         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        (SERVICE, DIAGNOSTICS, ARCHIVE_SERVICE, REFERRALS_SERVICE, CONSULTS_SERVICE,
+         AUDIT_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     try:
         port = server.add_secure_port(settings.grpc_listen, server_credentials(tls))
@@ -213,7 +227,8 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         raise Unavailable(f"cannot listen for gRPC on {settings.grpc_listen}: address already "
                           "in use or not available") from None
     await server.start()
-    for name in ("", SERVICE, ARCHIVE_SERVICE, REFERRALS_SERVICE, AUDIT_SERVICE):
+    for name in ("", SERVICE, ARCHIVE_SERVICE, REFERRALS_SERVICE, CONSULTS_SERVICE,
+                 AUDIT_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     serving = {"up": True}
@@ -224,7 +239,8 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
                           identity=identity, audit=audit, auth=(tokens, trust),
                           routers=[create_archive_router(service, tokens, exports=exports.jobs,
                                                          runner=exports),
-                                   create_referral_router(referrals, store=store)],
+                                   create_referral_router(referrals, store=store),
+                                   create_consult_router(consults, store=store)],
                           limits=(RateLimiter(settings.http_rate_per_user,
                                               max(1, int(3 * settings.http_rate_per_user)),
                                               what="user"),
@@ -239,7 +255,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         grpc_port=port, http_port=sock.getsockname()[1], health=health_servicer, _http=http,
         clients=clients, archive=archive, identity=identity, puller=puller, audit=audit,
         tree_heads=tree_heads, archive_service=service, alerts=alerts, exports=exports,
-        referrals=referrals,
+        referrals=referrals, consults=consults,
     )
     sweep_every = max(0.05, min(1.0, settings.heartbeat_interval_ms / 4000))
     flush_every = max(0.02, min(0.5, settings.unreachable_after_ms / 8000))
@@ -251,8 +267,12 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         asyncio.create_task(exports.run(running._stop), name="export-runner"),
         asyncio.create_task(_escalate_forever(referrals, settings.referral_sweep_ms / 1000,
                                               running._stop), name="referral-time-limits"),
+        asyncio.create_task(_escalate_forever(consults, settings.consult_sweep_ms / 1000,
+                                              running._stop), name="consult-time-limits"),
         asyncio.create_task(_assemble_forever(referrals, settings.inbox_poll_ms / 1000,
                                               running._stop), name="referral-packets"),
+        asyncio.create_task(_assemble_forever(consults, settings.inbox_poll_ms / 1000,
+                                              running._stop), name="consult-packets"),
         asyncio.create_task(tree_heads.run(settings.audit_sth_interval_ms / 1000, running._stop),
                             name="audit-tree-heads"),
     ]
@@ -284,35 +304,36 @@ def _archive_parts(settings: GatewaySettings, engine, store: GatewayStore,
     return service, alerts, exports
 
 
-async def _escalate_forever(referrals: ReferralService, every: float,
+async def _escalate_forever(workflow: ReferralService | ConsultService, every: float,
                             stop: asyncio.Event) -> None:
-    """Check referral time limits every ``every`` seconds (replicas split the work)."""
+    """Check a workflow's time limits every ``every`` seconds (replicas split the work)."""
+    name = "consult" if isinstance(workflow, ConsultService) else "referral"
     while not stop.is_set():
         try:
-            escalated = await referrals.escalate()
+            escalated = await workflow.escalate()
             if escalated:
-                log.warning("escalated %d referral(s) past their time limit: %s",
-                            len(escalated), ", ".join(r.task_id for r in escalated))
+                log.warning("escalated %d %s(s) past their time limit: %s", len(escalated),
+                            name, ", ".join(r.task_id for r in escalated))
         except FederationError as exc:
-            log.warning("referral time-limit check failed: %s", exc.message)
+            log.warning("%s time-limit check failed: %s", name, exc.message)
         try:
             await asyncio.wait_for(stop.wait(), timeout=every)
         except TimeoutError:
             pass
 
 
-async def _assemble_forever(referrals: ReferralService, poll: float,
+async def _assemble_forever(workflow: ReferralService | ConsultService, poll: float,
                             stop: asyncio.Event) -> None:
-    """Assemble referral packets: at once for referrals this replica created, and every
+    """Assemble a workflow's packets: at once for tasks this replica created, and every
     ``poll`` seconds for those of other replicas and for retries."""
     while not stop.is_set():
-        referrals.packets_due.clear()
+        workflow.packets_due.clear()
         try:
-            await referrals.assemble_packets()
+            await workflow.assemble_packets()
         except FederationError as exc:
-            log.warning("referral packet assembly failed: %s", exc.message)
+            log.warning("packet assembly failed: %s", exc.message)
         try:
-            await asyncio.wait_for(referrals.packets_due.wait(), timeout=poll)
+            await asyncio.wait_for(workflow.packets_due.wait(), timeout=poll)
         except TimeoutError:
             pass
 

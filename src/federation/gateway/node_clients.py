@@ -57,6 +57,10 @@ class NodeClients:
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
 
     def _stub(self, site_id: str, endpoint: str) -> node_agent_pb2_grpc.NodeAgentStub:
+        return node_agent_pb2_grpc.NodeAgentStub(self.channel(site_id, endpoint))
+
+    def channel(self, site_id: str, endpoint: str) -> grpc.aio.Channel:
+        """The one mTLS channel to ``site_id``'s node (for other services it serves)."""
         key = (site_id, endpoint)
         channel = self._channels.get(key)
         if channel is None:
@@ -66,7 +70,7 @@ class NodeClients:
             channel = secure_channel(endpoint, self._tls, self._max,
                                      server_name=node_server_name(site_id))
             self._channels[key] = channel
-        return node_agent_pb2_grpc.NodeAgentStub(channel)
+        return channel
 
     async def _unary(self, site_id: str, endpoint: str, method: str, request: Any,
                      timeout: float) -> Any:

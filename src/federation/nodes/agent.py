@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health
 
 from federation._runtime import wait_for_shutdown_signal
+from federation.consult.studies import StudyFolder
 from federation.envelope import Envelope
 from federation.errors import ConfigError, FederationError
 from federation.nodes.adapters import open_sources
@@ -78,7 +79,8 @@ async def start_node(settings: NodeSettings) -> RunningNode:
     feed = ChangeFeed(settings.state_dir / "feed.sqlite")
     server, port, health_servicer = create_node_server(
         service, tls, settings.listen, max_message_bytes=settings.max_message_bytes,
-        revocations=revocations, feed=feed)
+        revocations=revocations, feed=feed,
+        studies=StudyFolder(settings.studies_dir) if settings.studies_dir else None)
     await server.start()
     await mark_serving(health_servicer)
     inbox = NodeInbox(settings.state_dir / "inbox.sqlite")

@@ -13,7 +13,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from federation import __version__
-from federation._proto.v1 import node_agent_pb2, node_agent_pb2_grpc
+from federation._proto.v1 import consult_pb2_grpc, node_agent_pb2, node_agent_pb2_grpc
+from federation.consult.node import STUDY_SOURCE_POLICY, StudySourceServicer
+from federation.consult.studies import StudyFolder
 from federation.errors import Unavailable
 from federation.nodes.feed import ChangeFeed
 from federation.nodes.service import RESOURCE_TYPES, NodeService
@@ -130,13 +132,16 @@ def create_node_server(
     max_message_bytes: int,
     revocations: RevocationList | None = None,
     feed: ChangeFeed | None = None,
+    studies: StudyFolder | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     server = grpc.aio.server(
-        interceptors=[CallGuard("node", NODE_POLICY, revocations)],
+        interceptors=[CallGuard("node", NODE_POLICY | STUDY_SOURCE_POLICY, revocations)],
         options=server_options(max_message_bytes),
     )
     node_agent_pb2_grpc.add_NodeAgentServicer_to_server(
         NodeAgentServicer(service, feed, max_message_bytes=max_message_bytes), server)
+    consult_pb2_grpc.add_StudySourceServicer_to_server(
+        StudySourceServicer(studies, service.site_id), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:

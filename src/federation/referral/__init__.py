@@ -6,7 +6,7 @@ spirit of IHE 360X, on the shared workflow machinery (:mod:`federation.workflow`
 * :mod:`.state` — the referral's states and its one table of allowed moves;
 * :mod:`.fhir` — ServiceRequest, Task, Consent, Appointment, DocumentReference, CarePlan;
 * :mod:`.moves` — what each move writes and whom it tells (pure);
-* :mod:`.packet` — the referral packet from the origin node;
+* the packet from the origin node — :mod:`federation.workflow.packet` (shared);
 * :mod:`.service` — create, move, read, search, close the loop, escalate;
 * :mod:`.servicer` / :mod:`.wire` / :mod:`.client` — gRPC ``Referrals``;
 * :mod:`.http` — FHIR search and read of Task and ServiceRequest;

@@ -20,14 +20,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from federation._cli_util import friendly
+from federation._cli_util import friendly, local_time, person_credentials
 from federation.errors import ConfigError, InvalidInput
 from federation.referral.client import ReferralClient
 from federation.referral.moves import Details
 from federation.referral.rules import load_rules
 from federation.referral.service import CONSENT_METHODS, NewReferral
 from federation.referral.wire import ReferralSummary
-from federation.security.tls import TlsMaterial
 
 __all__ = ["referral"]
 
@@ -48,13 +47,7 @@ def _reasons_help() -> str:
         return "see the consortium's rules"
 
 
-def _credentials(folder: Path) -> TlsMaterial:
-    certs = [p for p in folder.glob("*.crt") if p.name != "ca.crt"]
-    if len(certs) != 1 or not certs[0].with_suffix(".key").exists() or not (
-            folder / "ca.crt").exists():
-        raise ConfigError(f"{folder} must hold one <name>.crt with its <name>.key and ca.crt "
-                          "(as `federation ca issue --person` writes them)")
-    return TlsMaterial.load(certs[0], certs[0].with_suffix(".key"), folder / "ca.crt")
+_credentials = person_credentials
 
 
 def _connected(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
@@ -78,15 +71,7 @@ def _connected(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
     return command
 
 
-def _when(value: str | None, what: str) -> dt.datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace(" ", "T"))
-    except ValueError:
-        raise InvalidInput(f"{what} must look like 2026-12-01T09:30 (local time) or "
-                           f"2026-12-01T09:30+08:00, got {value!r}") from None
-    return parsed.astimezone() if parsed.tzinfo is None else parsed
+_when = local_time
 
 
 def _time(value: dt.datetime | None) -> str:

@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from federation.archive.read import patient_ref as patient_hash
 from federation.errors import (
     FederationError,
     InvalidInput,
@@ -45,11 +44,12 @@ from federation.referral.moves import (
     referral_bundle,
     row_of,
 )
-from federation.referral.packet import fetch_packet
 from federation.referral.rules import ReferralRules, SiteFacts
 from federation.referral.state import ReferralState, table_for
 from federation.security.principal import SYSTEM, Principal
-from federation.store import ExchangeEntry, GatewayStore, WorkItemRow
+from federation.store import GatewayStore, WorkItemRow
+from federation.workflow.exchange import log_call
+from federation.workflow.packet import PACKET_JOB, PacketJobs
 from federation.workflow.records import (
     DeliveryRow,
     EventRow,
@@ -70,13 +70,6 @@ __all__ = ["ReferralService", "NewReferral", "ReferralView", "WORKFLOW", "CONSEN
 log = logging.getLogger("federation.referral")
 
 WORKFLOW = "referral"
-PACKET_JOB = "packet"
-#: a packet the origin node could not give is asked for again after 2, 4, 8 … s (≤ 1 min)
-PACKET_RETRY_MAX_S = 60
-PACKET_LEASE = dt.timedelta(seconds=60)
-#: packets assembled at once by one replica: mapping and validating a record is CPU work,
-#: and interactive calls (create, triage) must not wait behind a backlog of packets
-PACKET_CONCURRENCY = 2
 CONSENT_METHODS = ("written", "verbal", "electronic")
 
 
@@ -119,9 +112,9 @@ class ReferralService:
         self._deadline = packet_deadline_s
         self._wake = wake or (lambda site: None)
         self._now = clock
-        #: set when this replica queued a packet job (others' jobs are found by polling)
-        self.packets_due = asyncio.Event()
-        self._assembling = asyncio.Semaphore(PACKET_CONCURRENCY)
+        self._packets = PacketJobs(
+            store, workflows, clients, workflow=WORKFLOW, deliver=_deliver_packet,
+            deadline_s=packet_deadline_s, bundle=fhir.bundle, wake=self._wake, clock=clock)
 
     # ------------------------------------------------------------------ create
 
@@ -206,7 +199,7 @@ class ReferralService:
             note=new.notes or None, jobs=(PACKET_JOB,))
         if created:
             self._wake(target.site_id)
-            self.packets_due.set()
+            self._packets.due.set()
         return stored, created
 
     async def _route(self, origin_id: str, new: NewReferral) -> tuple[SiteFacts, SiteFacts]:
@@ -357,46 +350,12 @@ class ReferralService:
         return spawn
 
     async def assemble_packets(self, limit: int = 20) -> int:
-        """Fetch the packet of every referral that still needs one from its origin node
-        (with the deadline) and queue it for the target; a failure is retried with
-        backoff. Replicas lease jobs, so each packet is assembled by one of them."""
-        now = self._now()
-        leased = await asyncio.to_thread(self._workflows.lease_jobs, WORKFLOW, PACKET_JOB, now,
-                                         lease=PACKET_LEASE, limit=limit)
-        if not leased:
-            return 0
-        done = await asyncio.gather(*(self._assemble(task_id, attempt)
-                                      for task_id, attempt in leased))
-        return sum(done)
+        """Fetch and queue the packets referrals are owed (:class:`PacketJobs`)."""
+        return await self._packets.assemble(limit)
 
-    async def _assemble(self, task_id: str, attempt: int) -> bool:
-        task = await asyncio.to_thread(self._workflows.get, task_id, WORKFLOW)
-        try:
-            async with self._assembling:
-                clinical = await fetch_packet(self._store, self._clients, task.requester_site,
-                                              task.patient_id, deadline_s=self._deadline)
-        except FederationError as exc:
-            delay = min(PACKET_RETRY_MAX_S, 2 ** attempt)
-            level = logging.WARNING if attempt == 1 or attempt % 10 == 0 else logging.DEBUG
-            log.log(level, "packet of referral %s from %s not assembled (attempt %d), retry "
-                    "in %d s: %s", task_id, task.requester_site, attempt, delay, exc.message)
-            await asyncio.to_thread(self._workflows.fail_job, task_id, PACKET_JOB, exc.message,
-                                    self._now() + dt.timedelta(seconds=delay))
-            return False
-        now = self._now()
-        packet = fhir.bundle(f"{task_id}-packet", clinical, now)
-
-        def messages(after: TaskRow) -> list[Message]:
-            return [Message(after.owner_site, "referral", "packet",
-                            payload(packet_bundle(after, packet, now)), after.requester_site)]
-
-        row = await asyncio.to_thread(
-            self._workflows.finish_job, task_id, PACKET_JOB, action="attach-packet", now=now,
-            resources={"Packet": packet}, messages=messages,
-            detail={"resources": len(clinical)})
-        if row is not None:
-            self._wake(row.owner_site)
-        return row is not None
+    @property
+    def packets_due(self) -> asyncio.Event:
+        return self._packets.due
 
     async def receipt(self, item: WorkItemRow) -> TaskRow | None:
         """A node acknowledged a work item: when it was a referral's result at the
@@ -484,18 +443,15 @@ class ReferralService:
                    patient: tuple[str, str] | None = None) -> None:
         if patient is None and patient_id and who.site_id:
             patient = (who.site_id, patient_id)
-        kind = {"person": "user", "node": "node", "operator": "operator"}.get(who.kind, "gateway")
-        entry = ExchangeEntry(
-            at=self._now(), correlation_id=task_id or uuid.uuid4().hex, requester_kind=kind,
-            requester_id=who.actor_id, requester_site=who.site_id, target_site=target,
-            operation=operation, purpose="TREAT",
-            patient_ref=patient_hash(*patient) if patient else None, outcome=outcome,
-            status_code=code, detail=detail[:500],
-            duration_ms=(time.perf_counter() - started) * 1000)
-        try:
-            await asyncio.to_thread(self._store.log_exchange, entry)
-        except FederationError as exc:   # the log must not undo a referral that was stored
-            log.warning("exchange log of %s failed: %s", operation, exc.message)
+        await log_call(self._store, who, operation, now=self._now(), started=started,
+                       target=target, outcome=outcome, code=code, detail=detail,
+                       task_id=task_id, patient=patient)
+
+
+def _deliver_packet(after: TaskRow, packet: dict[str, Any], now: dt.datetime) -> list[Message]:
+    """The referral's packet follows the referral to its target."""
+    return [Message(after.owner_site, "referral", "packet",
+                    payload(packet_bundle(after, packet, now)), after.requester_site)]
 
 
 def _sees_all(who: Principal) -> bool:

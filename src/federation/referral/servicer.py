@@ -27,7 +27,7 @@ from federation.rpc.wire import from_timestamp
 from federation.security.principal import Principal, principal_of
 from federation.workflow.records import TaskFilter
 
-__all__ = ["ReferralsServicer", "REFERRALS_POLICY", "SERVICE"]
+__all__ = ["ReferralsServicer", "REFERRALS_POLICY", "SERVICE", "staff_caller"]
 
 _PREFIX = "/federation.v1.Referrals/"
 _STAFF = frozenset({"node", "person"})
@@ -46,13 +46,18 @@ REFERRALS_POLICY: dict[str, frozenset[str]] = {
 }
 
 
-def _who(practitioner: pb.Practitioner, *, reading: bool = False) -> Principal:
+def staff_caller(practitioner: pb.Practitioner, *, reading: bool = False) -> Principal:
+    """The principal of a workflow call (referral, consult): the certificate's holder, or
+    the practitioner a node acts for; a node reading its own site's tasks needs none."""
     peer = current_peer.get()
     acting = (practitioner.user_id, practitioner.role) if practitioner.user_id else None
     if reading and peer.role == "node" and acting is None:
         # a node reading its own site's referrals needs no practitioner
         return Principal("node", peer.name, peer.site_id)
     return principal_of(peer, acting)
+
+
+_who = staff_caller
 
 
 class ReferralsServicer(referral_pb2_grpc.ReferralsServicer):

@@ -95,6 +95,23 @@ HTTP_AUTHZ: dict[tuple[str, str], Rule] = {
                                                        ("ServiceRequest", "read")),
     ("GET", "/api/referrals/turnaround"): Rule(ADMINS | {"auditor"}, OPERATIONS),
     ("GET", "/api/referrals/alerts"): Rule(CLINICIANS | ADMINS, CARE | OPERATIONS),
+    # remote consultation: clinicians request, specialists of a pool claim and report,
+    # regional administrators oversee; the service then checks party, pool and state
+    ("GET", "/api/consults"): Rule(CLINICIANS | ADMINS, CARE | OPERATIONS, ("Task", "read")),
+    ("POST", "/api/consults"): Rule(frozenset({"doctor", "specialist"}), CARE,
+                                    ("Task", "write")),
+    ("GET", "/api/consults/alerts"): Rule(CLINICIANS | ADMINS, CARE | OPERATIONS),
+    ("GET", "/api/consults/turnaround"): Rule(ADMINS | {"auditor"}, OPERATIONS),
+    ("GET", "/api/consults/{consult_id}"): Rule(CLINICIANS | ADMINS, CARE | OPERATIONS,
+                                                ("Task", "read")),
+    ("GET", "/api/consults/{consult_id}/studies"): Rule(CLINICIANS | ADMINS,
+                                                        CARE | OPERATIONS, ("Task", "read")),
+    ("POST", "/api/consults/{consult_id}/{action}"):
+        Rule(CLINICIANS | {"site-admin", "regional-admin"}, CARE | OPERATIONS,
+             ("Task", "write")),
+    ("GET", "/api/consults/{consult_id}/studies/{study_id}/{name}"):
+        Rule(frozenset({"doctor", "specialist"}), CARE, ("ImagingStudy", "read")),
+    ("GET", "/fhir/PractitionerRole"): Rule(EVERYONE, scope=("PractitionerRole", "read")),
     # the audit trail: administrators' reports; tree heads and proofs for checking it
     ("GET", "/api/audit/report"): Rule(frozenset({"auditor", "regional-admin"}), OPERATIONS),
     ("GET", "/fhir/AuditEvent/{leaf}"): Rule(frozenset({"auditor", "regional-admin"}),

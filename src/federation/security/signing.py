@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from federation.errors import ConfigError, FederationError, IntegrityError
-from federation.security.identity import identity_from_pem
+from federation.security.identity import PeerIdentity, identity_from_pem
 from federation.security.tls import TlsMaterial
 
-__all__ = ["Signer", "verify_gateway_signature"]
+__all__ = ["Signer", "verify_certified_signature", "verify_gateway_signature"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +42,23 @@ class Signer:
             return key.sign(payload, ec.ECDSA(hashes.SHA256()))
         if isinstance(key, rsa.RSAPrivateKey):
             return key.sign(payload, padding.PKCS1v15(), hashes.SHA256())
-        raise ConfigError("the gateway key must be ECDSA or RSA to sign audit tree heads")
+        raise ConfigError("a signing key must be ECDSA or RSA")
 
 
 def verify_gateway_signature(payload: bytes, signature: bytes, cert_pem: bytes | str,
                              ca_pem: bytes, at: dt.datetime) -> None:
     """Raise :class:`IntegrityError` unless a consortium gateway certificate, valid at
     ``at``, signed ``payload``."""
+    verify_certified_signature(payload, signature, cert_pem, ca_pem, at, role="gateway",
+                               what="the tree head", whose="the gateway's")
+
+
+def verify_certified_signature(payload: bytes, signature: bytes, cert_pem: bytes | str,
+                               ca_pem: bytes, at: dt.datetime, *, role: str, what: str,
+                               whose: str) -> PeerIdentity:
+    """Raise :class:`IntegrityError` unless a certificate the consortium CA issued, with
+    ``role`` (gateway, person …) and valid at ``at``, signed ``payload``; return the
+    signer's identity. ``what`` / ``whose`` word the errors ("the report", "a person's")."""
     pem = cert_pem.encode() if isinstance(cert_pem, str) else cert_pem
     try:
         cert = x509.load_pem_x509_certificate(pem)
@@ -56,15 +66,15 @@ def verify_gateway_signature(payload: bytes, signature: bytes, cert_pem: bytes |
         raise IntegrityError("the signer certificate is not a PEM certificate") from None
     cas = x509.load_pem_x509_certificates(ca_pem)
     if not any(_issued_by(cert, ca) for ca in cas):
-        raise IntegrityError("the tree head was signed by a certificate the consortium CA did "
-                             "not issue: it does not come from the consortium's gateway")
+        raise IntegrityError(f"{what} was signed by a certificate the consortium CA did "
+                             f"not issue: it does not come from {whose} key")
     try:
-        role = identity_from_pem(pem).role
+        identity: PeerIdentity | None = identity_from_pem(pem)
     except FederationError:
-        role = "unknown"
-    if role != "gateway":
-        raise IntegrityError(f"the tree head was signed by a {role} certificate, not the "
-                             "gateway's")
+        identity = None
+    found = identity.role if identity is not None else "unknown"
+    if identity is None or found != role:
+        raise IntegrityError(f"{what} was signed by a {found} certificate, not {whose}")
     if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
         raise IntegrityError(f"the signer certificate was not valid at {at:%Y-%m-%dT%H:%M:%SZ}")
     key = cert.public_key()
@@ -74,10 +84,11 @@ def verify_gateway_signature(payload: bytes, signature: bytes, cert_pem: bytes |
         elif isinstance(key, rsa.RSAPublicKey):
             key.verify(signature, payload, padding.PKCS1v15(), hashes.SHA256())
         else:
-            raise IntegrityError("the signer certificate's key type cannot sign tree heads")
+            raise IntegrityError(f"the signer certificate's key type cannot sign {what}")
     except InvalidSignature:
-        raise IntegrityError("the tree head's signature does not verify with the signer "
+        raise IntegrityError(f"{what}'s signature does not verify with the signer "
                              "certificate: it was altered or signed by another key") from None
+    return identity
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:

@@ -376,6 +376,7 @@ class WorkflowTask(StoreModel, table=True):
         Index("ix_workflow_task_requester_site", "requester_site"),
         Index("ix_workflow_task_person_id", "person_id"),
         Index("ix_workflow_task_ack_due_at", "ack_due_at"),
+        Index("ix_workflow_task_assignee", "assignee"),
     )
 
     task_id: str = Field(sa_type=String(40), primary_key=True)
@@ -405,6 +406,8 @@ class WorkflowTask(StoreModel, table=True):
     completed_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
     closed_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
     escalated_at: dt.datetime | None = Field(default=None, sa_type=UtcDateTime, nullable=True)
+    #: the member of staff the task is assigned to (``<site>/<user>``): a consult's claimant
+    assignee: str | None = Field(default=None, sa_type=String(128), nullable=True)
 
 
 class WorkflowEvent(StoreModel, table=True):

@@ -19,7 +19,7 @@ from federation.store.models import WorkflowEvent, WorkflowTask
 from federation.workflow.state import WorkflowState
 
 __all__ = ["TaskRow", "EventRow", "Message", "Messages", "NewTask", "Change", "Spawn",
-           "DeliveryRow", "NoticeRow", "TaskFilter"]
+           "DeliveryRow", "NoticeRow", "TaskFilter", "KEEP"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +49,7 @@ class TaskRow:
     completed_at: dt.datetime | None
     closed_at: dt.datetime | None
     escalated_at: dt.datetime | None
+    assignee: str | None = None     # ``<site>/<user>`` the task is assigned to, if anyone
 
     @classmethod
     def of(cls, m: WorkflowTask) -> TaskRow:
@@ -57,7 +58,8 @@ class TaskRow:
             m.requester_site, m.requester_user, m.owner_site, m.owner_department, m.patient_id,
             m.person_id, m.urgency, m.request_id, m.based_on, m.replaces,
             json.loads(m.attributes or "{}"), m.created_at, m.updated_at, m.ack_due_at,
-            m.complete_due_at, m.acknowledged_at, m.completed_at, m.closed_at, m.escalated_at)
+            m.complete_due_at, m.acknowledged_at, m.completed_at, m.closed_at, m.escalated_at,
+            m.assignee)
 
     def state(self, states: type[WorkflowState]) -> WorkflowState:
         return states.of(self.status, self.business_status)
@@ -130,8 +132,16 @@ class Spawn:
     jobs: tuple[str, ...] = ()
 
 
+#: a :class:`Change` that leaves the task's assignee as it is
+KEEP = "<keep>"
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
+    """What one move writes. ``assignee``: the task's new assignee (``<site>/<user>``),
+    None to unassign it, :data:`KEEP` to leave it."""
+
+    assignee: str | None = KEEP
     attributes: Mapping[str, Any] = field(default_factory=dict)
     resources: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     messages: Messages = field(default_factory=list)
@@ -179,5 +189,7 @@ class TaskFilter:
     categories: tuple[str, ...] = ()
     urgencies: tuple[str, ...] = ()
     based_on: tuple[str, ...] = ()
+    assignees: tuple[str, ...] = ()     # ``<site>/<user>``
+    owner_departments: tuple[str, ...] = ()   # a referral's department, a consult's pool
     escalated: bool | None = None
     involving_site: str | None = None   # requester or owner (what a site may see)

@@ -76,6 +76,7 @@ class Party(enum.StrEnum):
 
     REQUESTER = "requester"  # staff of the site that asked
     OWNER = "owner"          # staff of the site the task is addressed to
+    ASSIGNEE = "assignee"    # the member of staff the task is assigned to (a consult's claimant)
     ADMIN = "admin"          # a regional administrator, whatever their site
     SYSTEM = "system"        # the gateway itself (timers, a node's receipt)
 
@@ -108,11 +109,15 @@ class Actor:
 
 
 def parties_of(kind: str, site_id: str | None, roles: Iterable[str], *,
-               requester_site: str, owner_site: str | None) -> frozenset[Party]:
-    """Which parties an actor of ``kind`` at ``site_id`` is to a task between these sites."""
+               requester_site: str, owner_site: str | None, actor_id: str | None = None,
+               assignee: str | None = None) -> frozenset[Party]:
+    """Which parties an actor of ``kind`` at ``site_id`` is to a task between these sites
+    (and the task's ``assignee`` when ``actor_id`` — ``<site>/<user>`` — is theirs)."""
     if kind == "system":
         return frozenset({Party.SYSTEM})
     parties = set()
+    if assignee is not None and actor_id == assignee:
+        parties.add(Party.ASSIGNEE)
     if site_id is not None and site_id == requester_site:
         parties.add(Party.REQUESTER)
     if site_id is not None and site_id == owner_site:
@@ -193,5 +198,6 @@ def _label(state: WorkflowState) -> str:
 def _party_label(party: Party) -> str:
     return {Party.REQUESTER: "staff of the requesting site",
             Party.OWNER: "staff of the site it is addressed to",
+            Party.ASSIGNEE: "the member of staff it is assigned to",
             Party.ADMIN: "a regional administrator",
             Party.SYSTEM: "the gateway"}[party]

@@ -44,6 +44,7 @@ from federation.store.models import (
     WorkItem,
 )
 from federation.workflow.records import (
+    KEEP,
     Change,
     DeliveryRow,
     EventRow,
@@ -121,8 +122,8 @@ class WorkflowStore(StoreSessions):
                     f"you had version {expected_version}): reload it and decide again")
             actor = Actor(principal.describe(), parties_of(
                 principal.kind, principal.site_id, principal.roles,
-                requester_site=task.requester_site, owner_site=task.owner_site),
-                principal.roles)
+                requester_site=task.requester_site, owner_site=task.owner_site,
+                actor_id=principal.actor_id, assignee=task.assignee), principal.roles)
             for action, build in steps:
                 state = table.states.of(task.status, task.business_status)
                 rule = table.transition(state, action, actor, subject=subject)
@@ -137,15 +138,20 @@ class WorkflowStore(StoreSessions):
         """Take up to ``limit`` due jobs for ``lease`` (another replica skips them; a
         lease that runs out — the replica died — makes the job due again): their
         (task id, attempt number)."""
+        due_now = (select(WorkflowJob)
+                   .join(WorkflowTask, col(WorkflowTask.task_id) == col(WorkflowJob.task_id))
+                   .where(WorkflowTask.workflow == workflow, WorkflowJob.kind == kind,
+                          col(WorkflowJob.done_at).is_(None), col(WorkflowJob.due_at) <= now,
+                          or_(col(WorkflowJob.leased_until).is_(None),
+                              col(WorkflowJob.leased_until) < now)))
+        # polled several times a second by every replica: look before taking the writer
+        # (on SQLite one writer serves heartbeats, moves and the exchange log)
+        with self._read() as s:
+            if s.execute(due_now.limit(1)).first() is None:
+                return []
         with self._write() as s:
             due = s.execute(
-                select(WorkflowJob)
-                .join(WorkflowTask, col(WorkflowTask.task_id) == col(WorkflowJob.task_id))
-                .where(WorkflowTask.workflow == workflow, WorkflowJob.kind == kind,
-                       col(WorkflowJob.done_at).is_(None), col(WorkflowJob.due_at) <= now,
-                       or_(col(WorkflowJob.leased_until).is_(None),
-                           col(WorkflowJob.leased_until) < now))
-                .order_by(col(WorkflowJob.due_at)).limit(limit)
+                due_now.order_by(col(WorkflowJob.due_at)).limit(limit)
                 .with_for_update(skip_locked=True, of=WorkflowJob)
             ).scalars().all()
             for job in due:
@@ -324,7 +330,8 @@ def _conditions(workflow: str, w: TaskFilter) -> list[Any]:
                            (t.person_id, w.person_ids), (t.patient_id, w.patient_ids),
                            (t.task_id, w.task_ids),
                            (t.category, w.categories), (t.urgency, w.urgencies),
-                           (t.based_on, w.based_on)):
+                           (t.based_on, w.based_on), (t.assignee, w.assignees),
+                           (t.owner_department, w.owner_departments)):
         if values:
             out.append(col(column).in_(values))
     if w.escalated is not None:
@@ -365,6 +372,8 @@ def _apply(s: Session, task: WorkflowTask, rule: Rule, change: Change, actor: Pr
     task.status, task.business_status = str(rule.target.status), rule.target.business
     task.version += 1
     task.updated_at = now
+    if change.assignee != KEEP:
+        task.assignee = change.assignee
     for milestone in rule.marks:
         column = _MILESTONE_COLUMN[milestone]
         if getattr(task, column) is None:
