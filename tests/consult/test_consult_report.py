@@ -23,7 +23,8 @@ from federation.referral.fhir import bundle, validated
 from federation.security.signing import Signer
 from tests.conftest import Pki
 
-NOW = dt.datetime(2026, 11, 30, 8, 0, tzinfo=dt.UTC)
+# within the validity of the certificates the fixtures issue during the run
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(hours=1)
 SUBJECT = {"reference": "Patient/p-1", "type": "Patient"}
 
 
