@@ -123,7 +123,7 @@ class TlsFiles:
             if material == before:
                 return False  # touched, or rewritten with the same bytes
             self._state = (generation + 1, material)
-            log.info("certificate rotated: %s now in force (was %s); new connections use it",
+            log.info("certificate rotated: now %s, was %s; new connections use it",
                      self._describe(material), self._describe(before))
             return True
 
@@ -154,8 +154,8 @@ class TlsFiles:
     @staticmethod
     def _describe(material: TlsMaterial) -> str:
         identity = identity_from_pem(material.cert_pem)
-        return (f"serial {identity.serial} for {identity.describe()}, valid until "
-                f"{identity.not_after:%Y-%m-%d}")
+        return (f"serial {identity.serial} for {identity.describe()} (valid until "
+                f"{identity.not_after:%Y-%m-%d})")
 
 
 def _server_configuration(material: TlsMaterial) -> grpc.ServerCertificateConfiguration:
