@@ -7,8 +7,6 @@ import asyncio
 import logging
 import os
 import shutil
-import socket
-import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +25,11 @@ from federation.security.ca import (
     init_ca,
     node_server_name,
 )
-from federation.security.identity import identity_from_pem, normalize_serial
+from federation.security.identity import identity_from_pem
 from federation.security.rotation import TlsFiles, reloading_server_credentials
 from federation.security.tls import peer_identity
+from federation.settings import TlsSettings
+from tests.conftest import served_serial
 
 WHO = "/federation.test.Echo/WhoAmI"
 SLOW = "/federation.test.Echo/Slow"
@@ -194,22 +194,6 @@ async def _server(files: TlsFiles) -> tuple[grpc.aio.Server, int]:
     return server, port
 
 
-def served_serial(port: int, client: TlsFiles, key: Path) -> str:
-    """The serial of the certificate a server presents to a fresh TLS connection, made
-    with the client's certificate and ``key`` (blocking: run it in a thread when the
-    server shares this event loop)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.load_verify_locations(cadata=client.material.ca_pem.decode())
-    context.load_cert_chain(client.cert_path, key)
-    context.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with context.wrap_socket(raw) as tls:
-            der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return normalize_serial(x509.load_der_x509_certificate(der).serial_number)
-
-
 @pytest.fixture
 def gateway_files(live: Live, tmp_path: Path) -> TlsFiles:
     issued = live.ca.issue_gateway(tmp_path / "gateway")
@@ -217,7 +201,8 @@ def gateway_files(live: Live, tmp_path: Path) -> TlsFiles:
 
 
 def _served(port: int, client: TlsFiles) -> str:
-    return served_serial(port, client, client.cert_path.with_suffix(".key"))
+    cert = client.cert_path
+    return served_serial(port, TlsSettings(cert, cert.with_suffix(".key"), cert.parent / "ca.crt"))
 
 
 async def test_the_server_presents_a_rotated_certificate_to_new_connections(

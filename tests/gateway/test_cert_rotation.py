@@ -23,10 +23,8 @@ from federation.rpc.channels import secure_channel
 from federation.rpc.rotating import RotatingChannel
 from federation.security.ca import GATEWAY_SERVER_NAME
 from federation.security.identity import identity_from_pem
-from federation.security.rotation import TlsFiles
 from federation.security.tls import TlsMaterial
-from tests.conftest import Pki, gateway_settings, node_settings
-from tests.security.test_rotation import served_serial
+from tests.conftest import Pki, gateway_settings, node_settings, served_serial
 
 
 async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -53,9 +51,7 @@ class Consortium:
 
     async def served_serial(self, port: int, client: str) -> str:
         """What a fresh TLS connection to ``port`` is shown, made as ``client``."""
-        t = self.pki.tls(client)
-        files = TlsFiles(t.cert, t.key, t.ca)
-        return await asyncio.to_thread(served_serial, port, files, t.key)
+        return await asyncio.to_thread(served_serial, port, self.pki.tls(client))
 
 
 @pytest.fixture
