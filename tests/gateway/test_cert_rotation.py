@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from federation._proto.v1 import diagnostics_pb2, diagnostics_pb2_grpc
@@ -24,7 +25,14 @@ from federation.rpc.rotating import RotatingChannel
 from federation.security.ca import GATEWAY_SERVER_NAME
 from federation.security.identity import identity_from_pem
 from federation.security.tls import TlsMaterial
-from tests.conftest import Pki, gateway_settings, node_settings, served_serial
+from tests.conftest import (
+    Pki,
+    bearer,
+    gateway_settings,
+    node_settings,
+    served_serial,
+    staff_token,
+)
 
 
 async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -150,6 +158,13 @@ async def test_node_rotation_mid_run_fails_no_call_and_the_gateway_sees_the_new_
     assert node.link.status.certificate_rotations == 1
     events = [e.reason for e in c.gateway.store.node_events("county-a")]
     assert f"certificate changed: serial {rotated.serial} (was {old})" in events
+    token = await asyncio.to_thread(staff_token, c.gateway, c.pki, site="township-a1",
+                                    roles=("nurse",))
+    answer = await asyncio.to_thread(
+        httpx.get, f"http://127.0.0.1:{c.gateway.http_port}/api/consortium/sites/county-a",
+        headers=bearer(token), timeout=5)
+    assert answer.json()["node"]["cert_serial"] == rotated.serial   # what operators see
+    assert any(e["reason"].startswith("certificate changed") for e in answer.json()["events"])
     # the inbox stream moved to the new connection: work still arrives
     await c.gateway.inbox.enqueue("county-a", "notice", b'{"n":1}', item_id="after-rotation")
     await _until(lambda: any(i.item_id == "after-rotation" for i in node.inbox.items()), 10,
