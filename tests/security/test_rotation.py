@@ -19,6 +19,7 @@ from cryptography import x509
 from federation.cli import cli
 from federation.errors import ConfigError, InvalidInput
 from federation.rpc.channels import rotating_channel
+from federation.rpc.rotating import RotatingChannel
 from federation.security.ca import (
     GATEWAY_SERVER_NAME,
     CertificateAuthority,
@@ -272,6 +273,50 @@ async def test_a_running_stream_finishes_on_the_old_connection(
         await server.stop(0)
     assert {first.decode(), *(m.decode() for m in rest)} == {old}
     assert len(rest) == 7 and await stream.code() == grpc.StatusCode.OK
+
+
+async def test_an_idle_previous_channel_is_closed_at_once(
+        live: Live, gateway_files: TlsFiles) -> None:
+    server, port = await _server(gateway_files)
+    channel = rotating_channel(f"127.0.0.1:{port}", live.files(recheck_seconds=0), 1 << 20,
+                               server_name=GATEWAY_SERVER_NAME)   # the default grace: 15 min
+    try:
+        async with channel:
+            await channel.unary_unary(WHO)(b"", timeout=5)
+            await asyncio.to_thread(live.rotate)
+            await channel.unary_unary(WHO)(b"", timeout=5)
+            for _ in range(50):
+                if not channel.retiring:
+                    break
+                await asyncio.sleep(0.05)
+            assert channel.retiring == 0
+    finally:
+        await server.stop(0)
+
+
+async def test_calls_outliving_the_grace_are_cancelled(
+        live: Live, gateway_files: TlsFiles) -> None:
+    server, port = await _server(gateway_files)
+    files = live.files(recheck_seconds=0)
+    channel = RotatingChannel(f"127.0.0.1:{port}", files,
+                              [("grpc.ssl_target_name_override", GATEWAY_SERVER_NAME)], grace=0.3)
+    try:
+        async with channel:
+            stream = channel.unary_stream(SLOW)(b"50", timeout=10)   # outlives the grace
+            await stream.read()
+            new = await asyncio.to_thread(live.rotate)
+            assert (await channel.unary_unary(WHO)(b"", timeout=5)).decode() == new
+            assert channel.retiring == 1
+            with pytest.raises((asyncio.CancelledError, grpc.aio.AioRpcError)):
+                while await stream.read() is not grpc.aio.EOF:   # cancelled by the close
+                    pass
+            for _ in range(50):
+                if not channel.retiring:
+                    break
+                await asyncio.sleep(0.05)
+            assert channel.retiring == 0
+    finally:
+        await server.stop(0)
 
 
 async def test_rotation_waits_for_the_next_generation(live: Live) -> None:

@@ -8,10 +8,11 @@ node's link to the gateway and the gateway's channels to the nodes alike:
 * each call looks (cheaply, see :class:`~federation.security.rotation.TlsFiles`) whether the
   files brought new material; if so, a new channel is opened and this call and every
   later one go out on it;
-* the previous channel is closed with a grace period: calls already on it (a long fetch,
-  the node's inbox stream) finish on the old connection, and only those still running
-  when the grace ends are cancelled — a client that holds a long-lived stream restarts
-  it on the new channel when :meth:`RotatingChannel.rotation` tells it to.
+* the previous channel is closed as soon as the calls already on it have finished (a long
+  fetch or feed pull goes on over the old connection); calls still running when the
+  grace period ends are cancelled — so a client that holds a stream open indefinitely
+  (the node's inbox stream) restarts it on the new channel when
+  :meth:`RotatingChannel.rotation` tells it to.
 
 Stubs keep working across rotations: the multi-callables handed to them pick the
 current channel at call time.
@@ -27,14 +28,15 @@ from typing import Any
 import grpc
 
 from federation.security.rotation import TlsFiles
-from federation.security.tls import channel_credentials
+from federation.security.tls import TlsMaterial, channel_credentials
 
 __all__ = ["RETIRE_GRACE_SECONDS", "RotatingChannel"]
 
 log = logging.getLogger("federation.rpc.rotating")
 
-#: how long calls already running on a retired channel may go on before it is closed
-RETIRE_GRACE_SECONDS = 60.0
+#: how long calls already running on a retired channel may go on before they are cancelled
+#: and it is closed: longer than any deadline the gateway and nodes set (a feed pull: 600 s)
+RETIRE_GRACE_SECONDS = 900.0
 
 _Options = Sequence[tuple[str, Any]]
 
@@ -54,7 +56,9 @@ class _MultiCallable:
         channel = self._owner.current_channel()
         if self._bound is None or self._bound[0] is not channel:
             self._bound = (channel, getattr(channel, self._kind)(self._method, **self._kwargs))
-        return self._bound[1](*args, **kwargs)
+        call = self._bound[1](*args, **kwargs)
+        self._owner._track(channel, call)
+        return call
 
 
 class RotatingChannel(grpc.aio.Channel):
@@ -70,9 +74,10 @@ class RotatingChannel(grpc.aio.Channel):
         self._channel = self._open(material)
         self._retiring: set[grpc.aio.Channel] = set()
         self._closers: set[asyncio.Task[None]] = set()  # strong references while they run
+        self._running: dict[grpc.aio.Channel, int] = {}  # calls not yet finished, per channel
         self._closed = False
 
-    def _open(self, material: Any) -> grpc.aio.Channel:
+    def _open(self, material: TlsMaterial) -> grpc.aio.Channel:
         return grpc.aio.secure_channel(self._target, channel_credentials(material),
                                        options=self._options)
 
@@ -82,6 +87,11 @@ class RotatingChannel(grpc.aio.Channel):
     def generation(self) -> int:
         """Which material (of :attr:`TlsFiles.generation`) new calls go out with."""
         return self._generation
+
+    @property
+    def retiring(self) -> int:
+        """Previous channels still open for the calls they carry."""
+        return len(self._retiring)
 
     def current_channel(self) -> grpc.aio.Channel:
         """The channel for a new call, opened afresh if the certificate files changed."""
@@ -94,6 +104,18 @@ class RotatingChannel(grpc.aio.Channel):
             self._retire(old)
         return self._channel
 
+    def _track(self, channel: grpc.aio.Channel, call: Any) -> None:
+        self._running[channel] = self._running.get(channel, 0) + 1
+
+        def finished(_: object) -> None:
+            left = self._running.get(channel, 1) - 1
+            if left:
+                self._running[channel] = left
+            else:
+                self._running.pop(channel, None)
+
+        call.add_done_callback(finished)
+
     def _retire(self, old: grpc.aio.Channel) -> None:
         log.info("channel to %s: new calls present the rotated certificate; the previous "
                  "connection closes once its calls finish (at most %.0f s)", self._target,
@@ -102,11 +124,24 @@ class RotatingChannel(grpc.aio.Channel):
 
         async def close() -> None:
             try:
-                await old.close(self._grace)
+                loop = asyncio.get_running_loop()
+                until = loop.time() + self._grace
+                while self._running.get(old) and loop.time() < until:
+                    await asyncio.sleep(min(0.2, self._grace))
+                if self._running.get(old):
+                    log.warning("channel to %s: %d call(s) still running on the previous "
+                                "certificate after %.0f s are cancelled", self._target,
+                                self._running[old], self._grace)
+                await old.close()
             finally:
                 self._retiring.discard(old)
+                self._running.pop(old, None)
 
-        task = asyncio.get_running_loop().create_task(close(), name=f"retire {self._target}")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # outside the event loop: close() will close it
+            return
+        task = loop.create_task(close(), name=f"retire {self._target}")
         self._closers.add(task)
         task.add_done_callback(self._closers.discard)
 
@@ -117,7 +152,7 @@ class RotatingChannel(grpc.aio.Channel):
             self.current_channel()
             if self._generation != after or self._closed:
                 return self._generation
-            await asyncio.sleep(self._files.recheck_seconds)
+            await asyncio.sleep(max(0.05, self._files.recheck_seconds))
 
     # ------------------------------------------------------------------ grpc.aio.Channel
 
