@@ -4,15 +4,19 @@ nodes on loopback ports with mutual TLS (no mocks of gRPC or TLS anywhere)."""
 from __future__ import annotations
 
 import datetime as dt
+import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from federation.gateway.app import RunningGateway, start_gateway
 from federation.nodes.agent import RunningNode, start_node
 from federation.security.ca import CertificateAuthority, init_ca
+from federation.security.identity import normalize_serial
 from federation.security.tls import TlsMaterial
 from federation.settings import (
     GatewaySettings,
@@ -128,6 +132,25 @@ async def start_nodes(pki: Pki, consortium: ConsortiumManifest, tmp_path: Path
     yield start
     for node in started:
         await node.stop(0.1)
+
+
+# ---------------------------------------------------------------------------- TLS
+
+
+def served_serial(port: int, client: TlsSettings) -> str:
+    """The serial of the certificate a server on loopback ``port`` presents to a fresh
+    TLS connection made with the ``client``'s files (blocking: run it in a thread when the
+    server shares this event loop)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.load_verify_locations(cafile=client.ca)
+    context.load_cert_chain(client.cert, client.key)
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return normalize_serial(x509.load_der_x509_certificate(der).serial_number)
 
 
 # ---------------------------------------------------------------------------- sign-in

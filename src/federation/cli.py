@@ -7,6 +7,7 @@ out as one plain sentence (exit code 2) instead of a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -111,6 +112,65 @@ def ca_issue(ca_dir: Path, site: str | None, tier: str | None, gateway_cert: boo
         issued = authority.issue_operator(operator, out or Path("pki") / operator, **kwargs)
     click.echo(f"issued {issued.cert_path} (serial {issued.serial}, valid until "
                f"{issued.not_after:%Y-%m-%d})")
+
+
+@ca.command("rotate-node")
+@click.argument("site_id")
+@click.option("--ca-dir", type=click.Path(path_type=Path), default=Path("pki/ca"), show_default=True)
+@click.option("--config", type=click.Path(path_type=Path, exists=True),
+              help="The node's site.toml: write over its tls.cert and tls.key.")
+@click.option("--cert", "cert_path", type=click.Path(path_type=Path),
+              help="The node's certificate file (default pki/SITE_ID/SITE_ID.crt).")
+@click.option("--key", "key_path", type=click.Path(path_type=Path),
+              help="The node's key file (default pki/SITE_ID/SITE_ID.key).")
+@click.option("--tier", type=TIER_CHOICE, help="Default: the tier of the site's last certificate.")
+@click.option("--host", "hosts", multiple=True,
+              help="DNS name or IP (repeatable); default: those of the current certificate.")
+@click.option("--days", type=int, default=397, show_default=True)
+@friendly
+def ca_rotate_node(site_id: str, ca_dir: Path, config: Path | None, cert_path: Path | None,
+                   key_path: Path | None, tier: str | None, hosts: tuple[str, ...],
+                   days: int) -> None:
+    """Issue a fresh key and certificate for a site's node and write them over its files.
+
+    A running node takes them up within seconds, without a restart; the previous
+    certificate keeps working until it expires or is revoked.
+
+    \b
+    federation ca rotate-node county-a --config /etc/federation/site.toml
+    federation ca rotate-node county-a --cert pki/county-a/county-a.crt --key pki/county-a/county-a.key
+    """
+    from federation.security.ca import CertificateAuthority
+    from federation.security.identity import identity_from_pem
+
+    if config is not None:
+        if cert_path or key_path:
+            raise click.UsageError("give either --config or --cert/--key, not both")
+        from federation.settings import load_node_settings
+
+        settings = load_node_settings(config)
+        if settings.site_id != site_id:
+            raise click.UsageError(f"{config} is the node of site '{settings.site_id}', "
+                                   f"not '{site_id}'")
+        cert_path, key_path = settings.tls.cert, settings.tls.key
+    elif (cert_path is None) != (key_path is None):
+        raise click.UsageError("give both --cert and --key (or --config)")
+    cert_path = cert_path or Path("pki") / site_id / f"{site_id}.crt"
+    key_path = key_path or Path("pki") / site_id / f"{site_id}.key"
+    previous = None
+    if cert_path.is_file():
+        with contextlib.suppress(FederationError):
+            previous = identity_from_pem(cert_path.read_bytes())
+    issued = CertificateAuthority.load(ca_dir).rotate_node(
+        site_id, cert_path, key_path, tier=tier, hosts=hosts or None, days=days)
+    click.echo(f"rotated the node certificate of {site_id}: serial {issued.serial} (valid until "
+               f"{issued.not_after:%Y-%m-%d}) written to {issued.cert_path} and {issued.key_path}")
+    click.echo("a running node takes it up within seconds, without a restart")
+    if previous is not None and previous.serial != issued.serial:
+        click.echo(f"the previous certificate (serial {previous.serial}) stays valid until "
+                   f"{previous.not_after:%Y-%m-%d}; once the gateway shows the new serial, "
+                   f"retire it with: federation ca revoke --serial {previous.serial} "
+                   f"--reason superseded")
 
 
 @ca.command("revoke")

@@ -76,8 +76,9 @@ from federation.rpc.guard import CallGuard
 from federation.security.identity import RevocationList
 from federation.security.limits import RateLimiter
 from federation.security.privacy import FieldCipher, create_keyring
+from federation.security.rotation import TlsFiles, reloading_server_credentials
 from federation.security.signing import Signer
-from federation.security.tls import TlsMaterial, require_current, server_credentials
+from federation.security.tls import TlsMaterial, require_current
 from federation.security.tokens import AccessTokens, TrustAnchor
 from federation.settings import GatewaySettings
 from federation.store import GatewayStore, make_engine, upgrade
@@ -121,6 +122,8 @@ class RunningGateway:
     consults: ConsultService
     audit: AuditLog
     tree_heads: TreeHeadSigner
+    #: the gateway's certificate, key and CA, followed on disk (rotation without a restart)
+    tls_files: TlsFiles | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -164,14 +167,17 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     for site in settings.sites:
         await asyncio.to_thread(store.upsert_site, site.id, site.name, site.tier, site.parent)
 
-    tls = TlsMaterial.load(settings.tls.cert, settings.tls.key, settings.tls.ca)
+    files = TlsFiles(settings.tls.cert, settings.tls.key, settings.tls.ca)
+    # what is signed with the gateway's key (tree heads, access tokens) and the export key
+    # derived from it keep the key loaded at start; TLS follows the files (see rotation)
+    tls = files.material
     require_current(tls, settings.tls.cert)
     revocations = RevocationList(settings.tls.crl, tls.ca_pem) if settings.tls.crl else None
     trust = TrustAnchor(tls.ca_pem, revocations.is_revoked if revocations is not None else None)
     registry = NodeRegistry(store, unreachable_after=dt.timedelta(
         milliseconds=settings.unreachable_after_ms))
     inbox = Inbox(store, poll_seconds=settings.inbox_poll_ms / 1000)
-    clients = NodeClients(tls, settings.max_message_bytes)
+    clients = NodeClients(files, settings.max_message_bytes)
     search = FederatedSearch(store, clients, default_deadline_ms=settings.search_deadline_ms)
     cipher = None
     if settings.privacy_keyring is not None:
@@ -222,7 +228,8 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
          AUDIT_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     try:
-        port = server.add_secure_port(settings.grpc_listen, server_credentials(tls))
+        port = server.add_secure_port(settings.grpc_listen,
+                                      reloading_server_credentials(files))
     except RuntimeError:
         raise Unavailable(f"cannot listen for gRPC on {settings.grpc_listen}: address already "
                           "in use or not available") from None
@@ -255,7 +262,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
         grpc_port=port, http_port=sock.getsockname()[1], health=health_servicer, _http=http,
         clients=clients, archive=archive, identity=identity, puller=puller, audit=audit,
         tree_heads=tree_heads, archive_service=service, alerts=alerts, exports=exports,
-        referrals=referrals, consults=consults,
+        referrals=referrals, consults=consults, tls_files=files,
     )
     sweep_every = max(0.05, min(1.0, settings.heartbeat_interval_ms / 4000))
     flush_every = max(0.02, min(0.5, settings.unreachable_after_ms / 8000))

@@ -149,6 +149,7 @@ def _site_json(site: SiteRow, node: NodeRow | None) -> dict[str, Any]:
             "state": node.state,
             "endpoint": node.endpoint,
             "software_version": node.software_version,
+            "cert_serial": node.cert_serial,  # changes when the node's certificate is rotated
             "capabilities": list(node.capabilities),
             "registrations": node.registrations,
             "registered_at": node.registered_at.isoformat() if node.registered_at else None,

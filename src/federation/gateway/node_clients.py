@@ -4,7 +4,9 @@ The gateway dials a node at the endpoint it registered, and checks the node's se
 certificate against the consortium CA *and* against the site it expects: node
 certificates carry ``<site>.nodes.federation.internal`` as a DNS name, which the
 gateway uses as the TLS target name, so a node cannot answer for another site.
-Everything a node returns is validated as FHIR before anyone else sees it.
+Everything a node returns is validated as FHIR before anyone else sees it. Given the
+gateway's :class:`TlsFiles`, each channel follows the gateway's certificate on disk: after
+a rotation, new calls to the nodes present the new certificate.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from federation.rpc.channels import secure_channel
 from federation.rpc.status import error_from_rpc
 from federation.rpc.wire import TIER_FROM_PROTO, envelope_from_proto, from_timestamp, query_to_proto
 from federation.security.ca import node_server_name
+from federation.security.rotation import TlsFiles
 from federation.security.tls import TlsMaterial
 
 __all__ = ["NodeClients", "NodeSearchResult", "NodeCapabilities"]
@@ -51,7 +54,7 @@ class NodeSearchResult:
 
 
 class NodeClients:
-    def __init__(self, tls: TlsMaterial, max_message_bytes: int) -> None:
+    def __init__(self, tls: TlsFiles | TlsMaterial, max_message_bytes: int) -> None:
         self._tls = tls
         self._max = max_message_bytes
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}

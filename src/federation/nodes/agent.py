@@ -29,7 +29,8 @@ from federation.nodes.receipts import NodeReceipts
 from federation.nodes.server import create_node_server, mark_serving
 from federation.nodes.service import NodeService
 from federation.security.identity import RevocationList, identity_from_pem
-from federation.security.tls import TlsMaterial, require_current
+from federation.security.rotation import TlsFiles
+from federation.security.tls import require_current
 from federation.settings import NodeSettings
 
 __all__ = ["RunningNode", "start_node", "serve_node"]
@@ -49,6 +50,8 @@ class RunningNode:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
+    #: the node's certificate, key and CA, followed on disk (rotation without a restart)
+    tls_files: TlsFiles | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _halt: threading.Event = field(default_factory=threading.Event)  # for worker threads
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -65,7 +68,8 @@ class RunningNode:
 
 
 async def start_node(settings: NodeSettings) -> RunningNode:
-    tls = TlsMaterial.load(settings.tls.cert, settings.tls.key, settings.tls.ca)
+    files = TlsFiles(settings.tls.cert, settings.tls.key, settings.tls.ca)  # followed on disk
+    tls = files.material
     require_current(tls, settings.tls.cert)
     me = identity_from_pem(tls.cert_pem)
     if me.role != "node" or me.site_id != settings.site_id:
@@ -78,16 +82,16 @@ async def start_node(settings: NodeSettings) -> RunningNode:
     revocations = RevocationList(settings.tls.crl, tls.ca_pem) if settings.tls.crl else None
     feed = ChangeFeed(settings.state_dir / "feed.sqlite")
     server, port, health_servicer = create_node_server(
-        service, tls, settings.listen, max_message_bytes=settings.max_message_bytes,
+        service, files, settings.listen, max_message_bytes=settings.max_message_bytes,
         revocations=revocations, feed=feed,
         studies=StudyFolder(settings.studies_dir) if settings.studies_dir else None)
     await server.start()
     await mark_serving(health_servicer)
     inbox = NodeInbox(settings.state_dir / "inbox.sqlite")
     receipts = NodeReceipts(settings.state_dir / "receipts.sqlite")
-    link = GatewayLink(_with_port(settings, port), tls, service, inbox, receipts)
+    link = GatewayLink(_with_port(settings, port), files, service, inbox, receipts)
     running = RunningNode(settings, service, link, inbox, receipts, feed, server, port,
-                          health_servicer)
+                          health_servicer, files)
     running._tasks.append(asyncio.create_task(link.run(running._stop), name="gateway-link"))
     running._tasks.append(asyncio.create_task(
         _scan_loop(service, feed, link, settings.feed_scan_interval_ms / 1000, running._stop,

@@ -24,10 +24,11 @@ from federation.errors import FederationError, IntegrityError, Unavailable
 from federation.nodes.inbox import InboxItem, NodeInbox
 from federation.nodes.receipts import NodeReceipts
 from federation.nodes.service import RESOURCE_TYPES, NodeService
-from federation.rpc.channels import secure_channel
+from federation.rpc.channels import rotating_channel
+from federation.rpc.rotating import RotatingChannel
 from federation.rpc.status import error_from_rpc
 from federation.security.ca import GATEWAY_SERVER_NAME
-from federation.security.tls import TlsMaterial
+from federation.security.rotation import TlsFiles
 from federation.settings import NodeSettings
 
 __all__ = ["GatewayLink", "LinkStatus"]
@@ -54,12 +55,14 @@ class LinkStatus:
     #: audit receipts kept, and the last integrity alarm (a forked gateway log)
     receipts: int = 0
     audit_alarm: str = ""
+    #: certificate rotations followed within a session (see GatewayLink._follow_rotation)
+    certificate_rotations: int = 0
     connected_event: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class GatewayLink:
     def __init__(
-        self, settings: NodeSettings, tls: TlsMaterial, service: NodeService, inbox: NodeInbox,
+        self, settings: NodeSettings, tls: TlsFiles, service: NodeService, inbox: NodeInbox,
         receipts: NodeReceipts | None = None,
     ) -> None:
         self._receipts = receipts
@@ -110,41 +113,68 @@ class GatewayLink:
         self.status.last_error = message
 
     async def _session(self, stop: asyncio.Event) -> None:
-        channel = secure_channel(self._settings.gateway, self._tls, self._settings.max_message_bytes,
-                                 server_name=GATEWAY_SERVER_NAME)
+        channel = rotating_channel(self._settings.gateway, self._tls,
+                                   self._settings.max_message_bytes, server_name=GATEWAY_SERVER_NAME)
         async with channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
-            reply = await stub.Register(
-                gateway_pb2.RegisterRequest(
-                    endpoint=self._settings.endpoint, software_version=__version__,
-                    capabilities=list(RESOURCE_TYPES)),
-                timeout=CALL_TIMEOUT,
-            )
+            reply, generation = await self._register(stub, channel)
             self.status.sessions += 1
-            self.status.registrations = reply.registrations
             self.status.connected = True
             self.status.last_error = ""
             self.status.connected_event.set()
-            log.info("registered with the gateway as %s (registration #%d)", reply.site_id,
-                     reply.registrations)
             interval = max(0.05, reply.heartbeat_interval_ms / 1000)
             tasks = [
                 asyncio.create_task(self._heartbeats(stub, interval)),
-                asyncio.create_task(self._receive(stub)),
                 asyncio.create_task(self._notices(stub)),
                 asyncio.create_task(stop.wait()),
             ]
             if self._receipts is not None:
                 tasks.append(asyncio.create_task(self._audit(audit_pb2_grpc.AuditStub(channel))))
+            receive = asyncio.create_task(self._receive(stub))
+            rotation = asyncio.create_task(channel.rotation(generation))
             try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                while True:
+                    done, _ = await asyncio.wait([*tasks, receive, rotation],
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if done != {rotation}:
+                        break
+                    receive, generation = await self._follow_rotation(stub, channel, receive)
+                    rotation = asyncio.create_task(channel.rotation(generation))
             finally:
-                for task in tasks:
+                for task in (*tasks, receive, rotation):
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*tasks, receive, rotation, return_exceptions=True)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
+
+    async def _register(self, stub: gateway_pb2_grpc.GatewayStub, channel: RotatingChannel
+                        ) -> tuple[gateway_pb2.RegisterResponse, int]:
+        """Register; returns the reply and the certificate generation it was made with."""
+        call = stub.Register(
+            gateway_pb2.RegisterRequest(
+                endpoint=self._settings.endpoint, software_version=__version__,
+                capabilities=list(RESOURCE_TYPES)),
+            timeout=CALL_TIMEOUT,
+        )
+        generation = channel.generation  # the call took its channel (and certificate) above
+        reply = await call
+        self.status.registrations = reply.registrations
+        log.info("registered with the gateway as %s (registration #%d)", reply.site_id,
+                 reply.registrations)
+        return reply, generation
+
+    async def _follow_rotation(self, stub: gateway_pb2_grpc.GatewayStub, channel: RotatingChannel,
+                               receive: asyncio.Task[None]) -> tuple[asyncio.Task[None], int]:
+        """The node's certificate was rotated on disk, and new calls already present the
+        new one. Register again, so that the gateway records the new certificate, and move
+        the inbox stream to the new connection (items not yet acknowledged come again and
+        are acknowledged again, stored once); the old connection then has nothing left."""
+        _, generation = await self._register(stub, channel)
+        self.status.certificate_rotations += 1
+        receive.cancel()
+        await asyncio.gather(receive, return_exceptions=True)
+        return asyncio.create_task(self._receive(stub)), generation
 
     async def _heartbeats(self, stub: gateway_pb2_grpc.GatewayStub, interval: float) -> None:
         sequence = 0
@@ -179,7 +209,7 @@ class GatewayLink:
         interval = self._settings.audit_receipts_interval_ms / 1000
         while True:
             try:
-                new = await fetch_receipts(stub, self._receipts, self._tls.ca_pem,
+                new = await fetch_receipts(stub, self._receipts, self._tls.material.ca_pem,
                                            self._settings.site_id)
                 self.status.receipts += new
             except IntegrityError as exc:
@@ -235,3 +265,4 @@ class GatewayLink:
             for task in acks:
                 task.cancel()
         raise Unavailable("the gateway closed the inbox stream")  # a lost link: reconnect
+

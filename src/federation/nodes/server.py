@@ -23,7 +23,7 @@ from federation.rpc.channels import server_options
 from federation.rpc.guard import CallGuard
 from federation.rpc.wire import TIER_TO_PROTO, envelope_to_proto, query_from_proto, timestamp
 from federation.security.identity import RevocationList
-from federation.security.tls import TlsMaterial, server_credentials
+from federation.security.rotation import TlsFiles, reloading_server_credentials
 
 __all__ = ["NodeAgentServicer", "NODE_POLICY", "create_node_server", "mark_serving"]
 
@@ -126,7 +126,7 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
 
 def create_node_server(
     service: NodeService,
-    tls: TlsMaterial,
+    tls: TlsFiles,
     listen: str,
     *,
     max_message_bytes: int,
@@ -145,7 +145,7 @@ def create_node_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
-        port = server.add_secure_port(listen, server_credentials(tls))
+        port = server.add_secure_port(listen, reloading_server_credentials(tls))
     except RuntimeError:
         raise Unavailable(f"cannot listen for gRPC on {listen}: address already in use or "
                           "not available") from None

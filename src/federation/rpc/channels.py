@@ -12,9 +12,12 @@ import ipaddress
 import grpc
 
 from federation.errors import ConfigError
+from federation.rpc.rotating import RotatingChannel
+from federation.security.rotation import TlsFiles
 from federation.security.tls import TlsMaterial, channel_credentials
 
-__all__ = ["server_options", "client_options", "secure_channel", "channel_target"]
+__all__ = ["server_options", "client_options", "secure_channel", "rotating_channel",
+           "channel_target"]
 
 
 def _limits(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -47,16 +50,35 @@ def client_options(max_message_bytes: int) -> list[tuple[str, int]]:
 
 
 def secure_channel(
-    target: str, tls: TlsMaterial, max_message_bytes: int, *, server_name: str | None = None
+    target: str, tls: TlsMaterial | TlsFiles, max_message_bytes: int, *,
+    server_name: str | None = None,
 ) -> grpc.aio.Channel:
-    """An mTLS channel to ``target``; ``server_name`` overrides the name checked in its cert."""
+    """An mTLS channel to ``target``; ``server_name`` overrides the name checked in its cert.
+
+    Given :class:`TlsFiles` (long-running gateway and nodes), the channel follows the
+    certificate files: after a rotation on disk, new calls present the new certificate."""
+    if isinstance(tls, TlsFiles):
+        return rotating_channel(target, tls, max_message_bytes, server_name=server_name)
+    target, options = _client(target, max_message_bytes, server_name)
+    return grpc.aio.secure_channel(target, channel_credentials(tls), options=options)
+
+
+def rotating_channel(target: str, files: TlsFiles, max_message_bytes: int, *,
+                     server_name: str | None = None) -> RotatingChannel:
+    """Like :func:`secure_channel`, following ``files`` (see :mod:`federation.rpc.rotating`)."""
+    target, options = _client(target, max_message_bytes, server_name)
+    return RotatingChannel(target, files, options)
+
+
+def _client(target: str, max_message_bytes: int, server_name: str | None
+            ) -> tuple[str, list[tuple[str, int | str]]]:
     options: list[tuple[str, int | str]] = list(client_options(max_message_bytes))
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
     target, balanced = channel_target(target)
     if balanced:
         options.append(("grpc.lb_policy_name", "round_robin"))
-    return grpc.aio.secure_channel(target, channel_credentials(tls), options=options)
+    return target, options
 
 
 def channel_target(addresses: str) -> tuple[str, bool]:

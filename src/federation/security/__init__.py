@@ -3,6 +3,7 @@
 * :mod:`.ca` — the CA on disk: issue node/gateway/operator certificates, revoke, CRL.
 * :mod:`.identity` — who a certificate names (SAN URIs) and whether the CRL revoked it.
 * :mod:`.tls` — gRPC credentials from a certificate folder; the caller of an RPC.
+* :mod:`.rotation` — TLS files followed on disk: certificate rotation without a restart.
 * :mod:`.signing` — signatures by the gateway's key, verified against the consortium CA.
 * :mod:`.privacy` — the key ring that encrypts resident IDs and phones at rest (AES-GCM).
 """

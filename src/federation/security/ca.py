@@ -13,6 +13,8 @@ that a node's server certificate is checked against the site the gateway meant t
 
 Writes are atomic (temporary file + ``os.replace``) so a gateway reading ``crl.pem`` never
 sees half a file, and read-modify-write of the index holds an advisory lock.
+:meth:`CertificateAuthority.rotate_node` writes a new key and certificate over a running
+node's files the same way, so that the node takes them up without a restart.
 """
 
 from __future__ import annotations
@@ -149,6 +151,53 @@ def _write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _replace_pair(key_path: Path, key_pem: bytes, cert_path: Path, cert_pem: bytes) -> None:
+    """Write a key and its certificate over the files in use: both in full (and synced) to
+    temporary files next to them first, then one rename each. An existing file's mode and,
+    where allowed, owner are kept (a node's key is often group-readable by its service)."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data, private in ((key_path, key_pem, True), (cert_path, cert_pem, False)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            staged.append((tmp, path))
+            with os.fdopen(fd, "wb") as fh:
+                _keep_mode(fh.fileno(), path, 0o600 if private else 0o644)
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+
+
+def _keep_mode(fd: int, like: Path, default: int) -> None:
+    try:
+        st = like.stat()
+    except FileNotFoundError:
+        os.fchmod(fd, default)
+        return
+    os.fchmod(fd, st.st_mode & 0o777)
+    with contextlib.suppress(PermissionError):
+        os.fchown(fd, st.st_uid, st.st_gid)
+
+
+def _hosts_of(cert_path: Path, site_id: str) -> list[str]:
+    """The DNS names and IP addresses in the node certificate at ``cert_path`` (other than
+    the site's own node name), or the defaults when there is no readable certificate."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return list(DEFAULT_HOSTS)
+    names = [n for n in san.get_values_for_type(x509.DNSName) if n != node_server_name(site_id)]
+    return names + [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -331,6 +380,71 @@ class CertificateAuthority:
         *, site_id: str | None = None, tier: str | None = None,
     ) -> IssuedCertificate:
         out_dir = Path(out_dir)
+        base = out_dir.name or name
+        key, cert = self._build(kind, name, uris, hosts, days, not_before, not_after)
+        issued = self._issued(cert, kind, name, out_dir / f"{base}.crt", out_dir / f"{base}.key",
+                              out_dir / "ca.crt", site_id=site_id, tier=tier)
+        _write_atomic(issued.key_path, _key_pem(key), private=True)
+        _write_atomic(issued.cert_path, _cert_pem(cert))
+        _write_atomic(issued.ca_path, self.ca_pem)
+        self._record_issued(issued)
+        return issued
+
+    def rotate_node(
+        self, site_id: str, cert_path: Path, key_path: Path, *, tier: str | None = None,
+        hosts: Sequence[str] | None = None, days: int = 397,
+    ) -> IssuedCertificate:
+        """A fresh key and certificate for a site's node, written over the node's own files
+        so that a running node takes them up without a restart (see
+        :mod:`federation.security.rotation`).
+
+        The tier is that of the site's newest certificate in the index, and the host names
+        and addresses those of the certificate now at ``cert_path``, unless given. Both
+        files are written in full first, then renamed into place one after the other (a
+        node that looks in between sees a key that does not fit, and keeps its current
+        pair until the certificate follows). The previous certificate is not revoked: it
+        stays valid for the overlap, until it expires or ``revoke`` is run for it."""
+        validate_site_id(site_id)
+        tier = validate_tier(tier) if tier else self._tier_of(site_id)
+        hosts = list(hosts) if hosts else _hosts_of(Path(cert_path), site_id)
+        uris = [f"{URN_PREFIX}role:node", f"{URN_PREFIX}site:{site_id}", f"{URN_PREFIX}tier:{tier}"]
+        key, cert = self._build("node", site_id, uris, [node_server_name(site_id), *hosts],
+                                days, None, None)
+        issued = self._issued(cert, "node", site_id, Path(cert_path), Path(key_path),
+                              self.cert_path, site_id=site_id, tier=tier)
+        _replace_pair(issued.key_path, _key_pem(key), issued.cert_path, _cert_pem(cert))
+        self._record_issued(issued)
+        return issued
+
+    def _tier_of(self, site_id: str) -> str:
+        tiers = [r.tier for r in self.list_issued() if r.kind == "node" and r.site_id == site_id]
+        if not tiers or not tiers[-1]:
+            raise InvalidInput(
+                f"this CA has issued no node certificate to site '{site_id}'; issue the first "
+                f"one with `federation ca issue --site {site_id} --tier …`")
+        return tiers[-1]
+
+    def _issued(self, cert: x509.Certificate, kind: str, name: str, cert_path: Path,
+                key_path: Path, ca_path: Path, *, site_id: str | None,
+                tier: str | None) -> IssuedCertificate:
+        return IssuedCertificate(
+            serial=normalize_serial(cert.serial_number), kind=kind, name=name, site_id=site_id,
+            tier=tier, cert_path=cert_path, key_path=key_path, ca_path=ca_path,
+            not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
+            fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
+        )
+
+    def _record_issued(self, issued: IssuedCertificate) -> None:
+        record = IssuedRecord(issued.serial, issued.kind, issued.name, issued.site_id,
+                              issued.tier, issued.not_before, issued.not_after,
+                              issued.fingerprint_sha256)
+        with self._index() as index:
+            index["issued"].append(record.to_json())
+
+    def _build(
+        self, kind: str, name: str, uris: list[str], hosts: Sequence[str], days: int,
+        not_before: dt.datetime | None, not_after: dt.datetime | None,
+    ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         start, end = self._validity(days, not_before, not_after)
         key = ec.generate_private_key(ec.SECP256R1())
         alt_names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
@@ -364,22 +478,7 @@ class CertificateAuthority:
                            critical=False)
             .sign(self._key, hashes.SHA256())
         )
-        base = out_dir.name or name
-        issued = IssuedCertificate(
-            serial=normalize_serial(cert.serial_number), kind=kind, name=name, site_id=site_id,
-            tier=tier, cert_path=out_dir / f"{base}.crt", key_path=out_dir / f"{base}.key",
-            ca_path=out_dir / "ca.crt", not_before=cert.not_valid_before_utc,
-            not_after=cert.not_valid_after_utc,
-            fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
-        )
-        _write_atomic(issued.key_path, _key_pem(key), private=True)
-        _write_atomic(issued.cert_path, _cert_pem(cert))
-        _write_atomic(issued.ca_path, self.ca_pem)
-        record = IssuedRecord(issued.serial, kind, name, site_id, tier, issued.not_before,
-                              issued.not_after, issued.fingerprint_sha256)
-        with self._index() as index:
-            index["issued"].append(record.to_json())
-        return issued
+        return key, cert
 
     # ------------------------------------------------------------------ index and CRL
 

@@ -189,7 +189,10 @@ class GatewayStore(StoreSessions):
         capabilities: Sequence[str],
         now: dt.datetime,
     ) -> NodeRow:
-        """(Re-)register the site's node: online from ``now``, registrations + 1."""
+        """(Re-)register the site's node: online from ``now``, registrations + 1.
+
+        A node that comes with another certificate than last time (rotated, or reissued)
+        has that change recorded as a node event of its own, naming both serials."""
         now = _utc("now", now)
         with self._write() as s:
             _lock_site(s, site_id)
@@ -201,6 +204,10 @@ class GatewayStore(StoreSessions):
                 before = None
             else:
                 before = node.state
+                if node.cert_serial != cert_serial:  # a rotated (or reissued) certificate
+                    _record(s, node, before, before, now,
+                            f"certificate changed: serial {cert_serial} "
+                            f"(was {node.cert_serial})")
             node.endpoint, node.cert_serial = endpoint, cert_serial
             node.cert_fingerprint, node.software_version = cert_fingerprint, software_version
             node.capabilities = json.dumps(list(capabilities), ensure_ascii=False)
