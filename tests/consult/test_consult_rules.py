@@ -73,3 +73,21 @@ def test_pools_are_valid_practitioner_roles() -> None:
     for pool in load_rules().pools:
         validated(practitioner_role(pool))
         validated(practitioner_role(pool, "dr-li"))
+
+
+@pytest.mark.parametrize(("reason", "text"), [
+    ({"system": "http://hl7.org/fhir/sid/icd-10", "code": "R07.4"}, None),
+    ({"system": "http://hl7.org/fhir/sid/icd-10", "code": "R07.4", "display": "胸痛"}, "胸痛"),
+    ({"code": "R07.4", "text": "胸痛2小时"}, "胸痛2小时"),
+])
+def test_a_reason_with_or_without_words_is_a_valid_service_request(reason, text) -> None:
+    from federation.consult import fhir
+
+    rules = load_rules()
+    sr = fhir.validated(fhir.service_request(
+        "con-1", kind="ecg", mode="offline", urgency="urgent", pool=rules.pool("city-1-ecg"),
+        requester_site="county-a", requester_user="dr-wang", patient_id="p1", person_id="P1",
+        question="请判读心电图", reason=reason, studies=[],
+        authored=dt.datetime(2026, 11, 30, tzinfo=dt.UTC)), "ServiceRequest")
+    assert sr["reasonCode"][0]["coding"][0]["code"] == "R07.4"
+    assert sr["reasonCode"][0].get("text") == text

@@ -1,12 +1,15 @@
 """Three gateway processes on one PostgreSQL, one killed midway, nothing lost.
 
-The nodes are given all three replicas (``gateway = "a,b,c"``: round-robin over those
-that answer); referrals are created through all three (each with its idempotency key, a
-call cut by the kill is sent again), and the target reads the patient's archive record
-through them. Gateway 2 is killed with SIGKILL after the first half. Then: every referral
-exists once, reached the target node's inbox once with its packet, every work item was
-acknowledged, the audit log verifies and covers every exchange, and the EMPI put no
-person's records under two persons.
+The nodes and the clients are given all three replicas (``gateway = "a,b,c"``:
+round-robin over those that answer). Referrals and consults are made through all three
+(each with its idempotency key; a call refused by the dead replica is sent again), three
+clients race to claim each consult through different replicas, and the target reads the
+patient's archive record. Gateway 2 is killed with SIGKILL after the first half. Then
+the consults are claimed, a study is streamed, reports signed and acknowledged. At the
+end: every referral and consult exists once, each consult was claimed once, every
+referral reached the target node's inbox once with its packet and every report the
+requester's once, every work item was acknowledged, the audit log verifies and covers
+every exchange, and the EMPI put no person's records under two persons.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -28,8 +32,10 @@ from sqlalchemy import text
 
 from federation._proto.v1 import archive_pb2, archive_pb2_grpc
 from federation.audit.verify import verify_store
+from federation.consult.client import ConsultClient
+from federation.consult.service import NewConsult
 from federation.demo.workspace import DemoLayout, free_ports, prepare_workspace
-from federation.errors import Unavailable
+from federation.errors import FederationError, Unavailable
 from federation.nodes.agent import RunningNode, start_node
 from federation.referral.client import ReferralClient
 from federation.referral.service import NewReferral
@@ -38,6 +44,7 @@ from federation.security.ca import GATEWAY_SERVER_NAME
 from federation.security.tls import TlsMaterial
 from federation.settings import load_node_settings
 from federation.store import make_engine, upgrade
+from federation.synth.studies import write_ecg_study
 from tests.pg_util import throwaway_database
 from tests.referral.conftest import bundle
 
@@ -45,6 +52,9 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 ORIGIN, TARGET = "county-a", "city-1"
 REFERRALS = 12
+CONSULTS = 4
+ST_ELEVATION = {"system": "http://snomed.info/sct", "code": "164865005",
+                "display": "ST elevation"}
 
 
 class Gateways:
@@ -142,6 +152,28 @@ async def _create(client: ReferralClient, new: NewReferral) -> str:
     raise AssertionError(f"no gateway took referral {new.request_id}")
 
 
+async def _again(call, what: str):
+    """``call()``, sent again while the replica it reached is down (refused, not run)."""
+    for _ in range(20):
+        try:
+            return await call()
+        except Unavailable:
+            await asyncio.sleep(0.3)
+    raise AssertionError(f"no gateway took {what}")
+
+
+async def _race_to_claim(claimers: list[ConsultClient], consult_id: str) -> int:
+    """Three claims at once through different replicas; how many won."""
+    async def claim(c: ConsultClient) -> bool:
+        try:
+            await c.act(consult_id, "claim")
+            return True
+        except FederationError as exc:
+            assert not isinstance(exc, Unavailable), exc
+            return False
+    return sum(await asyncio.gather(*(claim(c) for c in claimers)))
+
+
 async def _everything(address: str, tls: TlsMaterial, patient: str) -> int:
     async with secure_channel(address, tls, 16 << 20, server_name=GATEWAY_SERVER_NAME) as ch:
         stub = archive_pb2_grpc.ArchiveStub(ch)
@@ -170,6 +202,7 @@ async def test_three_gateways_one_killed_nothing_lost_or_doubled(tmp_path: Path)
         gateways = Gateways(layout, url, 3)
         nodes: dict[str, RunningNode] = {}
         clients: list[ReferralClient] = []
+        consult_clients: list[ConsultClient] = []
         try:
             for i in range(3):                           # the first creates the key ring
                 await gateways.start(i)
@@ -191,10 +224,28 @@ async def test_three_gateways_one_killed_nothing_lost_or_doubled(tmp_path: Path)
                 patient_id=patients[n % len(patients)], urgency="urgent", direction="upward",
                 target_site=TARGET, department="cardiology", consent_method="written",
                 reason={"system": "http://hl7.org/fhir/sid/icd-10", "code": "I21.9"},
-                request_id=f"three-gateways-{n}") for n in range(REFERRALS)]
+                request_id=f"three-gateways-ref-{n}") for n in range(REFERRALS)]
+            doctor = ConsultClient(gateways.addresses, _material(layout, "dr-wang"))
+            specialists = [ConsultClient(gateways.addresses, _material(layout, "dr-li"))
+                           for _ in range(3)]
+            consult_clients = [doctor, *specialists]
+            studies = layout.workdir / "studies" / ORIGIN
+            asks = []
+            for n in range(CONSULTS):
+                write_ecg_study(studies, f"ecg-3gw-{n}", patients[n])
+                asks.append(NewConsult(
+                    patient_id=patients[n], kind="ecg", question="胸痛2小时，请判读心电图",
+                    urgency="urgent", consent_method="written", study_ids=(f"ecg-3gw-{n}",),
+                    reason={"system": "http://hl7.org/fhir/sid/icd-10", "code": "R07.4"},
+                    request_id=f"three-gateways-consult-{n}"))
             half = REFERRALS // 2
             made = list(await asyncio.gather(*(_create(clients[n % 3], news[n])
                                                for n in range(half))))
+            consults = []
+            for n in range(CONSULTS // 2):          # asked, and raced for, before the kill
+                c, _ = await doctor.request(asks[n])
+                consults.append(c.id)
+                assert await _race_to_claim(specialists, c.id) == 1
             reading = asyncio.create_task(_everything(gateways.addresses,
                                                       _material(layout, TARGET), patients[0]))
             gateways.kill(1)                             # mid-run: SIGKILL, no goodbye
@@ -203,6 +254,21 @@ async def test_three_gateways_one_killed_nothing_lost_or_doubled(tmp_path: Path)
             assert await reading > 0                     # the archive read got through
             # a request sent again after the kill is the same referral, not a second one
             assert await _create(clients[0], news[0]) == made[0]
+            for n in range(CONSULTS // 2, CONSULTS):
+                c, _ = await _again(lambda n=n: doctor.request(asks[n]), f"consult {n}")
+                consults.append(c.id)
+                await _again(lambda c=c: specialists[0].act(c.id, "claim"), "a claim")
+            again, created = await _again(lambda: doctor.request(asks[0]), "a repeat")
+            assert (again.id, created) == (consults[0], False)
+            got = await _again(lambda: specialists[1].fetch_study(
+                consults[0], "ecg-3gw-0", tmp_path / "downloads"), "a study")
+            assert got and got[0].path.read_bytes() == (
+                studies / "ecg-3gw-0" / got[0].path.name).read_bytes()
+            for cid in consults:                    # the claimant signs, the requester acks
+                await _again(lambda cid=cid: specialists[2].report(
+                    cid, "窦性心律，下壁导联ST段抬高", [ST_ELEVATION]), "a report")
+                closed = await _again(lambda cid=cid: doctor.act(cid, "ack"), "an ack")
+                assert closed.business_status == "closed"
 
             target = nodes[TARGET]
 
@@ -211,11 +277,17 @@ async def test_three_gateways_one_killed_nothing_lost_or_doubled(tmp_path: Path)
                 return all(bundle(items, r, "referral") and bundle(items, r, "packet")
                            for r in made)
             await _until(delivered, 180, "every referral and packet at the target")
+            origin = nodes[ORIGIN]
+
+            def reported() -> bool:
+                ids = [json.loads(i.payload).get("id") for i in origin.inbox.items()]
+                return all(ids.count(f"{c}-r1-delivery") == 1 for c in consults)
+            await _until(reported, 120, "every signed report at the requester")
             await _until(lambda: not _rows(
                 url, "SELECT item_id FROM work_item WHERE acked_at IS NULL AND site_id "
                      "IN (:a, :b)", a=ORIGIN, b=TARGET), 60, "every work item acknowledged")
         finally:
-            for client in clients:
+            for client in [*clients, *consult_clients]:
                 await client.close()
             for node in nodes.values():
                 await node.stop(0.1)
@@ -223,14 +295,20 @@ async def test_three_gateways_one_killed_nothing_lost_or_doubled(tmp_path: Path)
 
         # every referral once, under its own key
         tasks = _rows(url, "SELECT request_id, count(*) AS n FROM workflow_task WHERE "
-                           "request_id LIKE 'three-gateways-%' GROUP BY request_id")
+                           "request_id LIKE 'three-gateways-ref-%' GROUP BY request_id")
         assert sorted((t.request_id, t.n) for t in tasks) == sorted(
             (n.request_id, 1) for n in news)
         assert len(set(made)) == REFERRALS
+        asked = _rows(url, "SELECT request_id, count(*) AS n FROM workflow_task WHERE "
+                           "request_id LIKE 'three-gateways-consult-%' GROUP BY request_id")
+        assert sorted((t.request_id, t.n) for t in asked) == sorted(
+            (a.request_id, 1) for a in asks)
+        claims = _rows(url, "SELECT task_id, count(*) AS n FROM workflow_event WHERE "
+                            "action = 'claim' GROUP BY task_id")
+        assert sorted((c.task_id, c.n) for c in claims) == sorted((c, 1) for c in consults)
         # the target's inbox holds each referral and packet once (``bundle`` fails on two)
         items = target.inbox.items()
         assert all(bundle(items, r, "referral") and bundle(items, r, "packet") for r in made)
-        assert len(items) == len({i.item_id for i in items}) == 2 * REFERRALS
         # the audit log covers every exchange of the three replicas and verifies
         engine = make_engine(url)
         try:

@@ -75,8 +75,10 @@ def service_request(consult_id: str, *, kind: str, mode: str, urgency: str, pool
     }
     coding = {k: v for k, v in reason.items() if k in ("system", "code", "display") and v}
     if coding.get("code"):
-        body["reasonCode"] = [{"coding": [coding], "text": reason.get("text") or
-                               coding.get("display", "")}]
+        concept: dict[str, Any] = {"coding": [coding]}
+        if reason.get("text") or coding.get("display"):     # FHIR strings are never empty
+            concept["text"] = reason.get("text") or coding["display"]
+        body["reasonCode"] = [concept]
     if studies:
         body["supportingInfo"] = [study_reference(s) for s in studies]
     return body
