@@ -390,6 +390,23 @@ class ConsultService:
 
     # ------------------------------------------------------------------ reading
 
+    async def read(self, who: Principal, consult_id: str) -> ConsultView:
+        """:meth:`view`, recorded in the exchange log as one read across sites (for gRPC
+        callers; the HTTP routes log their own reads)."""
+        started = time.perf_counter()
+        try:
+            view = await self.view(who, consult_id)
+        except FederationError as exc:
+            outcome = "refused" if isinstance(exc, PermissionDenied) else "error"
+            await self._log(who, "Consults/Get", None, outcome, exc.code, started,
+                            detail=exc.message, task_id=consult_id)
+            raise
+        task = view.task
+        await self._log(who, "Consults/Get", task.owner_site, "ok", "OK", started,
+                        task_id=consult_id, patient=(task.requester_site, task.patient_id),
+                        records=1)
+        return view
+
     async def view(self, who: Principal, consult_id: str) -> ConsultView:
         task = await asyncio.to_thread(self._workflows.get, consult_id, WORKFLOW)
         self._may_read(who, task)

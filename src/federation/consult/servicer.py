@@ -87,7 +87,7 @@ class ConsultsServicer(consult_pb2_grpc.ConsultsServicer):
 
     async def Get(self, request: pb.GetConsultRequest,
                   context: grpc.aio.ServicerContext) -> pb.ConsultDetail:
-        view = await self._service.view(_who(request.practitioner, reading=True),
+        view = await self._service.read(_who(request.practitioner, reading=True),
                                         request.consult_id)
         return detail_to_proto(view)
 
