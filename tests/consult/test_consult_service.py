@@ -16,7 +16,7 @@ from federation.consult.moves import Details
 from federation.consult.rules import load_rules
 from federation.consult.service import WORKFLOW, ConsultService
 from federation.consult.state import ConsultState
-from federation.errors import InvalidTransition, PermissionDenied
+from federation.errors import InvalidInput, InvalidTransition, PermissionDenied
 from federation.security.principal import Principal
 from federation.store import GatewayStore, make_engine, upgrade
 from federation.store.models import ExchangeLog
@@ -66,13 +66,15 @@ def specialist(user: str, site: str = "city-1") -> Principal:
 DOCTOR = Principal("person", "dr-wang", "county-a", frozenset({"doctor"}))
 
 
-def new_consult(service: ConsultService, n: int = 1, urgency: str = "urgent") -> str:
+def new_consult(service: ConsultService, n: int = 1, urgency: str = "urgent",
+                mode: str = "offline") -> str:
     limits = service.rules.time_limits
-    task = NewTask(task_id=f"con-test-{n}", workflow=WORKFLOW, category="ecg",
+    kind, pool = ("imaging", "city-1-imaging") if mode == "interactive" else ("ecg", "city-1-ecg")
+    task = NewTask(task_id=f"con-test-{n}", workflow=WORKFLOW, category=kind,
                    state=ConsultState.REQUESTED, requester_site="county-a",
-                   requester_user="dr-wang", owner_site="city-1", owner_department="city-1-ecg",
+                   requester_user="dr-wang", owner_site="city-1", owner_department=pool,
                    patient_id="p-1", person_id="person-1", urgency=urgency,
-                   attributes={"mode": "offline"},
+                   attributes={"mode": mode},
                    ack_due_at=limits.acknowledge_due(urgency, T0),
                    complete_due_at=limits.complete_due(urgency, T0))
     service._workflows.create(task, {}, [], actor=DOCTOR, now=T0)
@@ -154,3 +156,29 @@ async def test_an_unclaimed_request_escalates_once_when_its_time_limit_passes(wo
     # the pool can still claim it; the escalation stays on record
     late = await service.act(specialist("dr-sun"), cid, "claim", Details())
     assert late.escalated_at is not None and late.business_status == "claimed"
+
+
+async def test_one_specialist_cannot_book_one_slot_twice_even_at_once(world) -> None:
+    service, store, _ = world
+    li = specialist("dr-li")
+    first, second, third = [await asyncio.to_thread(new_consult, service, n, mode="interactive")
+                            for n in (1, 2, 3)]
+    for cid in (first, second, third):
+        await service.act(li, cid, "claim", Details())
+    slot = service.rules.pool("city-1-imaging").slots.upcoming(T0, 2)
+    results = await asyncio.gather(
+        *(service.act(li, cid, "schedule", Details(slot_start=slot[0]))
+          for cid in (first, second)), return_exceptions=True)
+    booked = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(booked) == 1 and len(refused) == 1, results
+    assert isinstance(refused[0], InvalidInput) and "already have a session" in refused[0].message
+    assert "choose another slot" in refused[0].message
+    # the next slot is free; another specialist's booking of the first slot is no clash
+    other = booked[0].task_id == first and second or first
+    assert (await service.act(li, other, "schedule", Details(slot_start=slot[1]))
+            ).business_status == "scheduled"
+    await service.act(li, third, "hand-over", Details(to_user="dr-zhou"))
+    zhou = specialist("dr-zhou")
+    assert (await service.act(zhou, third, "schedule", Details(slot_start=slot[0]))
+            ).business_status == "scheduled"

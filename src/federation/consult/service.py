@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from sqlalchemy import text
+from sqlmodel import Session, select
 
 from federation.consult import fhir
 from federation.consult.moves import Details, builder, payload, row_of
@@ -42,6 +46,7 @@ from federation.identity.store import IdentityStore
 from federation.referral.fhir import communication, consent
 from federation.security.principal import SYSTEM, Principal
 from federation.store import GatewayStore
+from federation.store.models import WorkflowTask
 from federation.workflow.exchange import log_call
 from federation.workflow.packet import PACKET_JOB, PacketJobs
 from federation.workflow.records import EventRow, Message, NewTask, TaskFilter, TaskRow
@@ -236,28 +241,16 @@ class ConsultService:
     async def _move(self, who: Principal, consult_id: str, action: str, d: Details,
                     expected_version: int | None) -> TaskRow:
         now = self._now()
-        if action == "schedule" and d.slot_start is not None:
-            await self._slot_free(who, consult_id, d.slot_start)
+        guard = (_slot_free(who.actor_id, d.slot_start)
+                 if action == "schedule" and d.slot_start is not None else None)
         row = await asyncio.to_thread(
             self._workflows.act, consult_id, [(action, builder(action, who, d, now,
                                                                self.rules))],
             who, TABLE, workflow=WORKFLOW, now=now, expected_version=expected_version,
-            subject=f"consult {consult_id}")
+            subject=f"consult {consult_id}", guard=guard)
         self._wake(row.requester_site)
         self._wake(row.owner_site)
         return row
-
-    async def _slot_free(self, who: Principal, consult_id: str, start: dt.datetime) -> None:
-        """The specialist has no other session booked in that slot (a check, not a lock:
-        two bookings racing for one slot are both kept; the pool sees them in its inbox)."""
-        rows, _ = await asyncio.to_thread(
-            self._workflows.search, WORKFLOW, TaskFilter(
-                assignees=(who.actor_id,), business_statuses=("scheduled",)), limit=200)
-        taken = fhir.iso(start)
-        for row in rows:
-            if row.task_id != consult_id and row.attributes.get("appointment_start") == taken:
-                raise InvalidInput(f"you already have a session at {taken} (consult "
-                                   f"{row.task_id}); choose another slot")
 
     async def report(self, who: Principal, consult_id: str, report: dict[str, Any],
                      signature: bytes, cert_pem: bytes, *, amend: bool = False,
@@ -484,3 +477,24 @@ def _check_report(task: TaskRow, report: dict[str, Any]) -> None:
     if not str(report.get("conclusion", "")).strip():
         raise InvalidInput("the report needs its conclusion text")
 
+
+def _slot_free(specialist: str, start: dt.datetime) -> Callable[[Session, TaskRow], None]:
+    """A check, inside the booking's transaction, that the specialist has no other session
+    in that slot. On PostgreSQL a lock per specialist makes two bookings at once take turns
+    (the second sees the first); SQLite's single writer already does."""
+    taken = fhir.iso(start)
+    key = int.from_bytes(hashlib.sha256(f"consult-slot:{specialist}".encode()).digest()[:8],
+                         "big", signed=True)
+
+    def check(s: Session, task: TaskRow) -> None:
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        booked = s.exec(select(WorkflowTask).where(
+            WorkflowTask.workflow == WORKFLOW, WorkflowTask.assignee == specialist,
+            WorkflowTask.business_status == "scheduled",
+            WorkflowTask.task_id != task.task_id)).all()
+        for other in booked:
+            if TaskRow.of(other).attributes.get("appointment_start") == taken:
+                raise InvalidInput(f"you already have a session at {taken} (consult "
+                                   f"{other.task_id}); choose another slot")
+    return check

@@ -106,13 +106,18 @@ class WorkflowStore(StoreSessions):
     def act(self, task_id: str, steps: Sequence[Step], principal: Principal,
             table: TransitionTable | Callable[[str], TransitionTable], *, workflow: str,
             now: dt.datetime, expected_version: int | None = None,
-            subject: str = "") -> TaskRow:
+            subject: str = "", guard: Callable[[Session, TaskRow], None] | None = None
+            ) -> TaskRow:
         """Make one or more moves on a task in one transaction (all or nothing).
-        ``table`` may be a function of the task's category (upward/downward …)."""
+        ``table`` may be a function of the task's category (upward/downward …);
+        ``guard`` runs in the transaction, the task locked, before any move: a check
+        across tasks (a slot already booked) that must not race with another writer."""
         with self._write() as s:
             task = s.get(WorkflowTask, task_id, with_for_update=True, populate_existing=True)
             if task is None or task.workflow != workflow:
                 raise NotFound(f"{workflow} '{task_id}' does not exist")
+            if guard is not None:
+                guard(s, TaskRow.of(task))
             if callable(table):
                 table = table(task.category)
             subject = subject or f"{workflow} {task_id}"
