@@ -23,6 +23,7 @@ return the frozen rows from :mod:`federation.store.models`, never ORM objects.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import threading
 import uuid
@@ -32,6 +33,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, case, delete, func, insert, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, col, select
 
@@ -91,18 +93,25 @@ def _insert_exchanges(conn: Connection, rows: list[dict[str, object]]) -> list[i
         return [int(i) for i in conn.execute(_RETURNING_IDS, rows).scalars()]
     # the DB-API's executemany with the columns' own bind processors: the Core insert's
     # per-row parameter handling was a fifth of an audited exchange's cost
-    columns = list(rows[0])
-    convert = [_bind_processor(conn, name) for name in columns]
-    conn.exec_driver_sql(
-        f"INSERT INTO exchange_log ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-        [tuple(row[name] if f is None else f(row[name]) for name, f in zip(columns, convert))
-         for row in rows])
+    columns = tuple(rows[0])
+    sql, convert = _sqlite_insert(conn.dialect, columns)
+    conn.exec_driver_sql(sql, [
+        tuple(row[name] if f is None else f(row[name]) for name, f in zip(columns, convert))
+        for row in rows])
     last = int(conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one())
     return list(range(last - len(rows) + 1, last + 1))
 
 
-def _bind_processor(conn: Connection, column: str) -> Callable[[Any], Any] | None:
-    return ExchangeLog.__table__.c[column].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+@functools.cache
+def _sqlite_insert(dialect: Dialect, columns: tuple[str, ...]
+                   ) -> tuple[str, tuple[Callable[[Any], Any] | None, ...]]:
+    """The insert statement and each column's bind processor, built once per dialect
+    (this runs for every exchange)."""
+    table = ExchangeLog.__table__.c
+    return (f"INSERT INTO exchange_log ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))})",
+            tuple(table[name].type.dialect_impl(dialect).bind_processor(dialect)
+                  for name in columns))
 
 
 class StoreSessions:
