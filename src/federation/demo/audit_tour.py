@@ -19,8 +19,6 @@ import datetime as dt
 import json
 import secrets
 import urllib.error
-import urllib.parse
-import urllib.request
 from collections import Counter
 
 from rich.console import Console
@@ -30,7 +28,7 @@ from federation.audit.log import TreeHead
 from federation.audit.merkle import leaf_hash, verify_inclusion
 from federation.audit.tree_heads import verify_tree_head
 from federation.audit.verify import verify_store
-from federation.demo.signin import get_json
+from federation.demo.signin import get_json, sign_in
 from federation.demo.workspace import DemoLayout
 from federation.errors import IntegrityError
 from federation.security.accounts import hash_password
@@ -133,17 +131,12 @@ def _auditor_token(layout: DemoLayout, store: GatewayStore) -> str:
     """A consortium auditor account (as ``federation account add`` makes), signed in."""
     password = secrets.token_urlsafe(18)
     store.put_account(AUDITOR, ["auditor"], hash_password(password), dt.datetime.now(dt.UTC))
-    form = urllib.parse.urlencode({"grant_type": "password", "username": AUDITOR,
-                                   "password": password, "purpose_of_use": "HOPERAT"})
-    request = urllib.request.Request(
-        layout.http_url + "/auth/token", data=form.encode(), method="POST",
-        headers={"Content-Type": "application/x-www-form-urlencoded"})
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return str(json.load(answer)["access_token"])
+    return str(sign_in(layout, {"grant_type": "password", "username": AUDITOR,
+                                "password": password, "purpose_of_use": "HOPERAT"})
+               ["access_token"])
 
 
 def _get(layout: DemoLayout, path: str, token: str) -> dict:
-    request = urllib.request.Request(layout.http_url + path,
-                                     headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        return json.load(answer)
+    body = get_json(layout, path, timeout=30, headers={"Authorization": f"Bearer {token}"})
+    assert isinstance(body, dict)
+    return body
