@@ -117,9 +117,10 @@ def upward(patient_id: str, **over) -> NewReferral:
 
 async def start_consortium(pki: Pki, consortium, state_dir: Path, db_url: str, **over
                            ) -> Consortium:
-    # a generous packet deadline: the machine running the tests may be busy
-    gw = await start_gateway(gateway_settings(pki, db_url, consortium,
-                                              **({"search_deadline_ms": 10_000} | over)))
+    # a generous packet deadline: the machine running the tests may be busy; and a feed
+    # pull that failed while the machine was busy is retried in seconds, not in 5 minutes
+    gw = await start_gateway(gateway_settings(pki, db_url, consortium, **(
+        {"search_deadline_ms": 10_000, "sync_interval_ms": 2_000} | over)))
     nodes = {}
     for site in SITES:
         nodes[site] = await start_node(node_settings(pki, consortium, site, gw.grpc_port,
