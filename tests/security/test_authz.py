@@ -26,10 +26,28 @@ def _routes(app) -> list[tuple[str, str]]:
     routes (included routers too), the plain routes are its documentation pages."""
     out = [(method.upper(), path) for path, ops in app.openapi()["paths"].items()
            for method in ops]
-    for route in app.routes:
-        if isinstance(route, Route) and not isinstance(route, APIRoute):
-            out += [(m, route.path) for m in sorted(route.methods or ()) if m != "HEAD"]
+    for path, route in _served(app.routes):
+        # plain routes (documentation pages) and the console's pages (not in the schema)
+        if not isinstance(route, APIRoute) or not route.include_in_schema:
+            out += [(m, path) for m in sorted(route.methods or ()) if m != "HEAD"]
     return sorted(set(out))
+
+
+def _served(routes, prefix: str = ""):
+    """(path, route) of every route, into included routers (FastAPI keeps those as
+    routers of their own rather than copying their routes)."""
+    for route in routes:
+        original = getattr(route, "original_router", None)
+        if original is not None:
+            yield from _served(original.routes, prefix + route.include_context.prefix)
+        elif isinstance(route, Route):
+            yield prefix + route.path, route
+
+
+def api_routes(app) -> list[tuple[str, str]]:
+    """The routes that answer JSON; the console's pages are walked by
+    ``tests/console/test_console_authz.py`` (they answer pages, not OperationOutcomes)."""
+    return [r for r in _routes(app) if not r[1].startswith("/console")]
 
 
 def _app(gateway):
@@ -62,7 +80,7 @@ async def test_the_matrix_walked_for_every_role(gateway, pki) -> None:
     base = f"http://127.0.0.1:{gateway.http_port}"
     checked = 0
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-        for method, path in _routes(_app(gateway)):
+        for method, path in api_routes(_app(gateway)):
             rule = rule_for(method, path)
             url = _concrete(path)
             anonymous = await http.request(method, url)
@@ -115,6 +133,6 @@ def test_no_private_route_is_open_to_everyone_by_accident(route) -> None:
 def test_only_the_documentation_pages_are_plain_routes(gateway) -> None:
     # the walk reads the API's routes from its OpenAPI description; plain routes are not
     # in it, so they must be only the documentation pages
-    plain = [r.path for r in _app(gateway).routes
-             if isinstance(r, Route) and not isinstance(r, APIRoute)]
+    plain = [path for path, r in _served(_app(gateway).routes)
+             if not isinstance(r, APIRoute)]
     assert set(plain) <= {"/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"}

@@ -5,8 +5,10 @@
 * the JWT bearer grant (RFC 7523 §2.1, as SMART Backend Services uses it) for site staff:
   ``grant_type`` = ``urn:ietf:params:oauth:grant-type:jwt-bearer`` and ``assertion`` = a
   staff assertion signed by the person's site (:mod:`federation.security.tokens`);
-* the password grant (RFC 6749 §4.3) for the consortium accounts the gateway keeps
-  (:mod:`federation.security.accounts`): ``username``, ``password``, ``scope``,
+* the password grant (RFC 6749 §4.3) for the accounts the gateway keeps
+  (:mod:`federation.security.accounts`) — consortium accounts, and the console accounts of
+  site staff (an account with a site acts at that site): ``username``, ``password``,
+  ``site`` (optional), ``scope``,
   ``purpose_of_use``. It exists for the gateway's own console; nothing else should hold
   a consortium password.
 
@@ -38,14 +40,19 @@ from federation.security.accounts import verify_password
 from federation.security.authz import authorize, rule_for
 from federation.security.limits import RateLimiter
 from federation.security.tokens import (
+    CONSORTIUM,
     JWT_BEARER_GRANT,
     AccessTokens,
     StaffClaims,
     TrustAnchor,
-    consortium_claims,
+    account_claims,
     verify_staff_assertion,
 )
 from federation.store import ExchangeEntry, GatewayStore
+
+#: the web console's pages (:mod:`federation.console`) and its session cookie
+CONSOLE_PREFIX = "/console"
+CONSOLE_SESSION_COOKIE = "fed_session"
 
 __all__ = ["Authorize", "BearerAuth", "claims_of", "create_auth_router", "requester_of"]
 
@@ -64,11 +71,28 @@ class BearerAuth:
             return already
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
+        if not header and request.url.path.startswith(CONSOLE_PREFIX):
+            return self._console_session(request)
         if scheme.lower() != "bearer" or not token.strip():
             raise errors.AuthenticationError(
                 "sign in first: send 'Authorization: Bearer <access token>' (get one at "
                 "POST /auth/token with your site's staff assertion)")
         return self._tokens.verify(token.strip())
+
+    def _console_session(self, request: Request) -> StaffClaims:
+        """The web console's pages carry the same access token in their session cookie
+        (and only they: the API never reads cookies, so no other site's page can make a
+        browser call it). A person's own navigation — not a page polling for news —
+        renews a token past half its life, so a session ends after 15 idle minutes."""
+        token = request.cookies.get(CONSOLE_SESSION_COOKIE, "")
+        if not token:
+            raise errors.AuthenticationError("sign in to the console first")
+        claims = self._tokens.verify(token)
+        left = (claims.expires_at - dt.datetime.now(dt.UTC)).total_seconds()
+        polling = request.method == "GET" and request.headers.get("hx-request") == "true"
+        if left < self._tokens.lifetime / 2 and not polling:
+            request.state.refreshed_token, _ = self._tokens.issue(claims)
+        return claims
 
 
 class Authorize:
@@ -141,7 +165,7 @@ def create_auth_router(store: GatewayStore, tokens: AccessTokens, trust: TrustAn
                                 "application/x-www-form-urlencoded (RFC 6749 §4.1.3)")
         try:
             form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"),
-                                                 max_num_fields=8).items()}
+                                                 max_num_fields=10).items()}
         except ValueError:
             return _oauth_error(400, "invalid_request", "the form has too many fields")
         grant = form.get("grant_type")
@@ -172,14 +196,19 @@ def create_auth_router(store: GatewayStore, tokens: AccessTokens, trust: TrustAn
 
 
 def _password_sign_in(store: GatewayStore, form: dict[str, str]) -> StaffClaims:
-    user = form.get("username", "")
+    """An account the gateway keeps. ``site`` (optional; the console's sign-in page sends
+    it) must be the account's site, or ``consortium``: a wrong site answers exactly as a
+    wrong password does, at the same cost."""
+    user, site = form.get("username", ""), form.get("site")
     account = store.account(user) if user else None
-    verify_password(account.password_hash if account and not account.disabled else None,
+    usable = (account is not None and not account.disabled
+              and (not site or site == (account.site_id or CONSORTIUM)))
+    verify_password(account.password_hash if usable and account else None,
                     form.get("password", ""))
     assert account is not None
-    return consortium_claims(account.user_id, account.roles,
-                             form.get("scope", "").split() or ["user/*.read"],
-                             form.get("purpose_of_use", "HOPERAT"), form.get("reason"))
+    return account_claims(account.user_id, account.site_id, account.roles,
+                          form.get("scope", "").split() or ["user/*.read"],
+                          form.get("purpose_of_use", "HOPERAT"), form.get("reason"))
 
 
 def _oauth_error(status: int, error: str, description: str,

@@ -9,18 +9,31 @@ people sign in at ``POST /auth/token`` and send ``Authorization: Bearer …``.
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from federation import errors
 from federation.archive.store import ArchiveStore
 from federation.audit.http import create_audit_router
 from federation.audit.log import AuditLog
-from federation.gateway.auth_api import Authorize, create_auth_router, requester_of
+from federation.console.routes import console_crash, console_error, create_console_router
+from federation.console.web import STATIC as CONSOLE_STATIC
+from federation.console.web import Console
+from federation.gateway.auth_api import (
+    CONSOLE_PREFIX,
+    Authorize,
+    create_auth_router,
+    requester_of,
+)
 from federation.gateway.ops_metrics import store_registry
 from federation.gateway.outcomes import operation_outcome
 from federation.gateway.quality import SiteQuality
@@ -34,6 +47,8 @@ from federation.store.ops_view import operations_snapshot
 from federation.terminology.http import create_terminology_router
 
 __all__ = ["create_http_app"]
+
+log = logging.getLogger(__name__)
 
 
 def create_http_app(
@@ -53,13 +68,42 @@ def create_http_app(
                   dependencies=[Depends(Authorize(auth[0], per_user, store))])
 
     @app.exception_handler(errors.FederationError)
-    async def _federation_error(_: Request, exc: errors.FederationError) -> JSONResponse:
+    async def _federation_error(request: Request, exc: errors.FederationError) -> Response:
         status, body = operation_outcome(exc)
+        if request.url.path.startswith(CONSOLE_PREFIX):   # people get a page, not JSON
+            return console_error(request, status, exc.message)
         headers = ({"WWW-Authenticate": 'Bearer realm="federation"'} if status == 401
                    else {"Retry-After": str(exc.retry_after)}
                    if isinstance(exc, errors.RateLimited) else None)
         return JSONResponse(body, status_code=status, media_type="application/fhir+json",
                             headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if request.url.path.startswith(CONSOLE_PREFIX):
+            return console_error(request, exc.status_code, "")
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> Response:
+        """An unexpected failure: people see a page with a reference, API clients an
+        OperationOutcome; the traceback goes to the log only (no patient data in it)."""
+        if request.url.path.startswith(CONSOLE_PREFIX):
+            return console_crash(request, exc)
+        reference = uuid.uuid4().hex[:12]
+        log.error("HTTP %s %s failed (reference %s)", request.method, request.url.path,
+                  reference, exc_info=exc)
+        return JSONResponse({"resourceType": "OperationOutcome", "issue": [{
+            "severity": "fatal", "code": "exception",
+            "diagnostics": f"the gateway failed unexpectedly (reference {reference}); "
+                           "try again, and report the reference if it persists"}]},
+            status_code=500, media_type="application/fhir+json")
+
+    # the web console: pages for people, a client of this same API (federation.console)
+    app.state.console = Console(app, auth[0])
+    app.include_router(create_console_router(store))
+    app.mount(CONSOLE_PREFIX + "/static", StaticFiles(directory=CONSOLE_STATIC),
+              name="console-static")
 
     if identity_api is not None:
         app.include_router(identity_api)

@@ -54,6 +54,13 @@ HTTP_AUTHZ: dict[tuple[str, str], Rule] = {
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/redoc"): PUBLIC,
+    # the web console (federation.console): its pages are clients of the routes below
+    # as the signed-in person; a page's own row only says who may open it
+    ("GET", "/console"): Rule(EVERYONE),
+    ("GET", "/console/"): Rule(EVERYONE),
+    ("GET", "/console/signin"): PUBLIC,
+    ("POST", "/console/signin"): PUBLIC,     # then POST /auth/token, its limits and log
+    ("POST", "/console/signout"): PUBLIC,
     # the consortium at a glance (no patient data)
     ("GET", "/api/consortium"): Rule(EVERYONE),
     ("GET", "/api/consortium/sites/{site_id}"): Rule(EVERYONE),

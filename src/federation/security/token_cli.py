@@ -23,6 +23,7 @@ from federation.security.tokens import (
     CONSORTIUM_ROLES,
     JWT_BEARER_GRANT,
     PURPOSES,
+    SITE_ROLES,
     STAFF_ROLES,
     sign_staff_assertion,
 )
@@ -100,7 +101,8 @@ def get(folder: Path, user: str, roles: tuple[str, ...], scopes: tuple[str, ...]
 
 @click.group()
 def account() -> None:
-    """Consortium accounts the gateway keeps (regional administrators, auditors)."""
+    """Accounts the gateway keeps: consortium accounts (regional administrators,
+    auditors) and the web console accounts of site staff (``--site``)."""
 
 
 _CONFIG = click.option("--config", type=click.Path(path_type=Path, dir_okay=False),
@@ -110,12 +112,18 @@ _CONFIG = click.option("--config", type=click.Path(path_type=Path, dir_okay=Fals
 @account.command("add")
 @click.argument("user")
 @click.option("--role", "roles", multiple=True, required=True,
-              type=click.Choice(CONSORTIUM_ROLES), help="regional-admin and/or auditor.")
+              type=click.Choice(STAFF_ROLES),
+              help="regional-admin and/or auditor; with --site: doctor, specialist, nurse, "
+                   "site-admin.")
+@click.option("--site", default=None,
+              help="The member site whose staff member USER is (a console account); "
+                   "omit for a consortium account.")
 @click.password_option("--password", help="At least 12 characters (asked when omitted).")
 @_CONFIG
 @friendly
-def account_add(user: str, roles: tuple[str, ...], password: str, config: Path | None) -> None:
-    """Create USER, or give USER new roles and a new password."""
+def account_add(user: str, roles: tuple[str, ...], site: str | None, password: str,
+                config: Path | None) -> None:
+    """Create USER, or give USER new roles, site and password."""
     import datetime as dt
 
     from federation.cli import _open_store
@@ -123,9 +131,15 @@ def account_add(user: str, roles: tuple[str, ...], password: str, config: Path |
     from federation.security.identity import validate_name
 
     validate_name(user, "user name")
+    allowed = SITE_ROLES if site else CONSORTIUM_ROLES
+    if not set(roles) <= set(allowed):
+        raise click.BadParameter(
+            f"{'a site staff account' if site else 'a consortium account'} holds "
+            f"{', '.join(allowed)} only", param_hint="--role")
     row = _open_store(config).put_account(user, roles, hash_password(password),
-                                          dt.datetime.now(dt.UTC))
-    click.echo(f"account {row.user_id}: {' '.join(sorted(row.roles))}")
+                                          dt.datetime.now(dt.UTC), site_id=site)
+    click.echo(f"account {row.user_id}: {' '.join(sorted(row.roles))}"
+               + (f" at {row.site_id}" if row.site_id else " (consortium)"))
 
 
 @account.command("list")
@@ -137,7 +151,8 @@ def account_list(config: Path | None) -> None:
 
     for row in _open_store(config).list_accounts():
         state = "disabled" if row.disabled else "active"
-        click.echo(f"{row.user_id:<24} {' '.join(sorted(row.roles)):<28} {state}")
+        click.echo(f"{row.user_id:<24} {row.site_id or 'consortium':<16} "
+                   f"{' '.join(sorted(row.roles)):<28} {state}")
 
 
 @account.command("disable")

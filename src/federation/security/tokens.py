@@ -60,6 +60,7 @@ __all__ = [
     "AccessTokens",
     "StaffClaims",
     "TrustAnchor",
+    "account_claims",
     "consortium_claims",
     "sign_staff_assertion",
     "verify_staff_assertion",
@@ -236,6 +237,21 @@ def consortium_claims(user_id: str, roles: Iterable[str], scopes: Iterable[str],
         "purpose_of_use": purpose, "reason": reason, "jti": uuid.uuid4().hex,
         "iat": int(_now(None).timestamp()), "exp": int(_now(None).timestamp()) + ACCESS_SECONDS}
     return _claims(body, CONSORTIUM, "sign-in", CONSORTIUM_ROLES)
+
+
+def account_claims(user_id: str, site_id: str | None, roles: Iterable[str],
+                   scopes: Iterable[str], purpose: str,
+                   reason: str | None = None) -> StaffClaims:
+    """Claims of an account the gateway keeps that signed in with its password: a
+    consortium account (``site_id`` None) or a site staff member's console account, who
+    then acts at their site exactly as a site-vouched assertion would let them."""
+    if site_id is None:
+        return consortium_claims(user_id, roles, scopes, purpose, reason)
+    body: dict[str, object] = {
+        "sub": user_id, "roles": sorted(set(roles)), "scope": " ".join(sorted(set(scopes))),
+        "purpose_of_use": purpose, "reason": reason, "jti": uuid.uuid4().hex,
+        "iat": int(_now(None).timestamp()), "exp": int(_now(None).timestamp()) + ACCESS_SECONDS}
+    return _claims(body, site_id, "sign-in", SITE_ROLES)
 
 
 def sign_staff_assertion(

@@ -387,12 +387,18 @@ class GatewayStore(StoreSessions):
     # -------------------------------------------------------------------- accounts
 
     def put_account(self, user_id: str, roles: Iterable[str], password_hash: str,
-                    now: dt.datetime) -> AccountRow:
-        """Create a consortium account or replace its roles and password."""
+                    now: dt.datetime, *, site_id: str | None = None) -> AccountRow:
+        """Create an account or replace its roles, site and password. ``site_id``: the
+        member site of a staff member's console account (it must be registered); None
+        for a consortium account."""
         with self._write() as s:
+            if site_id is not None and s.get(Site, site_id) is None:
+                raise UnknownSite(f"site {site_id!r} is not a member of this consortium; "
+                                  "register its node first")
             row = s.get(GatewayAccount, user_id) or GatewayAccount(
                 user_id=user_id, roles="", password_hash="", created_at=_utc("now", now))
             row.roles, row.password_hash = " ".join(sorted(set(roles))), password_hash
+            row.site_id = site_id
             row.disabled = False
             s.add(row)
             s.flush()
@@ -482,7 +488,7 @@ class GatewayStore(StoreSessions):
 
 def _account(row: GatewayAccount) -> AccountRow:
     return AccountRow(row.user_id, frozenset(row.roles.split()), row.password_hash,
-                      row.created_at, row.disabled)
+                      row.created_at, row.disabled, row.site_id)
 
 
 def insert_work_item(

@@ -169,7 +169,8 @@ class UsedAssertion(StoreModel, table=True):
 
 
 class GatewayAccount(StoreModel, table=True):
-    """A consortium account (regional administrator, auditor): Argon2id hash only."""
+    """An account the gateway keeps, Argon2id hash only: a consortium account (regional
+    administrator, auditor; no site) or a console account of a member site's staff."""
 
     __tablename__ = "gateway_account"
 
@@ -178,6 +179,7 @@ class GatewayAccount(StoreModel, table=True):
     password_hash: str = Field(sa_type=String(200))
     created_at: dt.datetime = Field(sa_type=UtcDateTime)
     disabled: bool = Field(default=False)
+    site_id: str | None = Field(default=None, sa_type=String(64), nullable=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +189,8 @@ class AccountRow:
     password_hash: str
     created_at: dt.datetime
     disabled: bool
+    #: the member site whose staff member this is; None for a consortium account
+    site_id: str | None = None
 
 
 class WorkItem(StoreModel, table=True):
