@@ -63,7 +63,8 @@ def test_sign_js_signs_as_the_gateway_verifies(consult_pki) -> None:
         for payload, out in zip(payloads, js_sign(pem, payloads), strict=True):
             signer = verify_certified_signature(
                 payload, base64.b64decode(out["signature"]), cert_pem, ca_pem,
-                dt.datetime.now(dt.UTC), role="person", what="the report", whose="a member of staff's")
+                dt.datetime.now(dt.UTC), role="person", what="the report",
+                whose="a member of staff's")
             assert signer.name == "csp-li"
     with pytest.raises(IntegrityError, match="does not verify"):
         (out,) = js_sign(key_pem, [b"what was signed"])
