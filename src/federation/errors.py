@@ -3,7 +3,8 @@
     FederationError                  anything the federation raises on purpose
     ├── ConfigError                  a setting is missing or malformed (names the key)
     ├── InvalidInput                 a caller sent something malformed (bad FHIR, bad id, bad query)
-    │   └── PayloadTooLarge          a message or document over the configured limit
+    │   ├── PayloadTooLarge          a message or document over the configured limit
+    │   └── UnsupportedMediaType     content of a type (or form) this operation cannot handle
     ├── NotFound                     a site, node, patient or work item that does not exist
     │   └── UnknownSite              a site that is not a member of the consortium registry
     ├── Conflict                     the request contradicts stored state (tier mismatch, dup)
@@ -33,6 +34,7 @@ __all__ = [
     "ConfigError",
     "InvalidInput",
     "PayloadTooLarge",
+    "UnsupportedMediaType",
     "NotFound",
     "UnknownSite",
     "Conflict",
@@ -75,6 +77,10 @@ class InvalidInput(FederationError):
 
 class PayloadTooLarge(InvalidInput):
     default_code = "too-large"
+
+
+class UnsupportedMediaType(InvalidInput):
+    default_code = "unsupported-type"
 
 
 class NotFound(FederationError):

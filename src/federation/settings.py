@@ -120,6 +120,10 @@ class GatewaySettings:
     consult_rules: Path | None = None
     #: how often consult time limits (unclaimed requests) are checked for escalation
     consult_sweep_ms: int = 30_000
+    #: the largest study object the gateway holds whole to render it for a browser
+    #: (``…/studies/{study}/{object}/view``); larger ones are refused (413), and are
+    #: still streamed as they are
+    consult_view_max_bytes: int = 64 * 1024 * 1024
     #: how often the audit log's head is signed while it grows (nodes' receipt fetches
     #: also sign it on demand)
     audit_sth_interval_ms: int = 10_000
@@ -390,6 +394,8 @@ def load_gateway_settings(
         referral_sweep_ms=r.int("referral_sweep_ms", 30_000, minimum=100),
         consult_rules=r.opt_path("consult_rules"),
         consult_sweep_ms=r.int("consult_sweep_ms", 30_000, minimum=100),
+        consult_view_max_bytes=r.int("consult_view_max_bytes", 64 * 1024 * 1024,
+                                     minimum=1024),
         audit_sth_interval_ms=r.int("audit_sth_interval_ms", 10_000, minimum=100),
         privacy_keyring=r.path("privacy_keyring", base / "privacy-keys.json"),
         log_level=r.str("log_level", "INFO").upper(),

@@ -55,7 +55,9 @@ async def world(consult_pki, consortium, tmp_path_factory: pytest.TempPathFactor
                                               consortium, search_deadline_ms=10_000,
                                               # a busy 2-core machine: no false alarms
                                               heartbeat_interval_ms=500,
-                                              unreachable_after_ms=15_000))
+                                              unreachable_after_ms=15_000,
+                                              # small, so that a test can pass it
+                                              consult_view_max_bytes=2 * 1024 * 1024))
     nodes, studies = {}, {}
     for site in SITES:
         studies[site] = root / "studies" / site

@@ -17,6 +17,17 @@
 * ``GET /api/consults/{id}/studies/{study}/{object}`` streams one object, chunk by chunk
   (``Range: bytes=<offset>-`` resumes from a chunk boundary; ``Digest`` /
   ``X-Object-SHA256`` carry the recorded SHA-256);
+* ``GET /api/consults/{id}/studies/{study}/{object}/view`` — the object as a browser can
+  show it (:mod:`.render`): a DICOM image as PNG (``frame``, ``wc``, ``ww``), an ECG CSV
+  as JSON ``{rate_hz, unit, seconds, samples, leads}`` (``seconds``), a PNG/JPEG as it is;
+  fetched whole from the origin like the stream (same checks, one exchange-log row
+  ``Consults/ViewStudy``), its whole SHA-256 checked before anything is rendered; 413
+  over ``consult_view_max_bytes``, 415 for a type that cannot be viewed;
+* ``POST /api/consults/{id}/report-draft`` (JSON: ``conclusion``, ``codes`` [{system,
+  code, display}], ``amend``) → ``{report, to_sign, version, sig_format}``: the next
+  report version as ``report``/``amend`` will take it, and base64 of the exact bytes to
+  sign (:func:`~.report.canonical`) — the console signs them in the browser
+  (``console/static/js/sign.js``) and posts report, signature and certificate back;
 * ``GET /fhir/PractitionerRole`` — the specialist pools with their availability;
 * ``GET /api/consults/turnaround`` — per hub site and pool: time to claim, report, close.
 
@@ -26,6 +37,7 @@ by the service; reads here log one exchange each.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime as dt
@@ -33,12 +45,14 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from federation.consult import fhir
 from federation.consult.moves import Details
+from federation.consult.render import VIEWABLE, ViewOptions, render
+from federation.consult.report import SIG_FORMAT, canonical
 from federation.consult.service import ConsultService, NewConsult
-from federation.errors import InvalidInput
+from federation.errors import IntegrityError, InvalidInput
 from federation.gateway.auth_api import requester_of
 from federation.identity.lookup import logged
 from federation.referral.http import principal_of_request
@@ -48,6 +62,9 @@ __all__ = ["create_consult_router"]
 
 FHIR_JSON = "application/fhir+json"
 MAX_COUNT = 200
+#: the largest object rendered for a browser unless the gateway's settings say otherwise
+VIEW_MAX_BYTES = 64 * 1024 * 1024
+VIEW_PARAMS = ("frame", "wc", "ww", "seconds")
 
 
 def _fhir(body: dict[str, Any], status: int = 200) -> JSONResponse:
@@ -112,8 +129,45 @@ def _new_consult(body: dict[str, Any]) -> NewConsult:
                       request_id=_str(body, "request_id") or None)
 
 
-def create_consult_router(service: ConsultService, *,
-                          store: GatewayStore | None = None) -> APIRouter:
+def _number(raw: str | None, name: str, *, whole: bool = False) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(int(raw) if whole else float(raw))
+    except ValueError:
+        raise InvalidInput(f"'{name}' must be a {'whole ' if whole else ''}number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise InvalidInput(f"'{name}' must be a finite number")
+    return value
+
+
+def _view_options(request: Request) -> ViewOptions:
+    q = request.query_params
+    unknown = set(q) - set(VIEW_PARAMS)
+    if unknown:
+        raise InvalidInput(f"parameter '{sorted(unknown)[0]}' is not supported here; "
+                           f"supported: {', '.join(VIEW_PARAMS)}")
+    frame = _number(q.get("frame"), "frame", whole=True)
+    if frame is not None and frame < 1:
+        raise InvalidInput("'frame' counts from 1, as DICOM numbers frames")
+    seconds = _number(q.get("seconds"), "seconds")
+    if seconds is not None and not 0 < seconds <= 3600:
+        raise InvalidInput("'seconds' must be more than 0 and at most 3600")
+    return ViewOptions(frame=None if frame is None else int(frame), wc=_number(q.get("wc"), "wc"),
+                       ww=_number(q.get("ww"), "ww"), seconds=seconds)
+
+
+def _codes(body: dict[str, Any]) -> list[dict[str, str]]:
+    codes = body.get("codes") or []
+    if not isinstance(codes, list) or not all(
+            isinstance(c, dict) and all(isinstance(v, str) for v in c.values()) for c in codes):
+        raise InvalidInput("'codes' must be a list of {system, code, display} objects of "
+                           "strings")
+    return codes
+
+
+def create_consult_router(service: ConsultService, *, store: GatewayStore | None = None,
+                          view_max_bytes: int = VIEW_MAX_BYTES) -> APIRouter:
     router = APIRouter()
 
     @router.get("/api/consults")
@@ -172,6 +226,20 @@ def create_consult_router(service: ConsultService, *,
             note.records = len(view.studies)
             return {"studies": [m.to_json() for m in view.studies]}
 
+    # before /{action}: the first route that matches a path serves it
+    @router.post("/api/consults/{consult_id}/report-draft")
+    async def report_draft(consult_id: str, request: Request) -> dict[str, Any]:
+        who = principal_of_request(request)
+        body = await _json(request)
+        amend = body.get("amend", False)
+        if not isinstance(amend, bool):
+            raise InvalidInput("'amend' must be true or false")
+        report = await service.draft_report(who, consult_id, _str(body, "conclusion"),
+                                            _codes(body), amend=amend)
+        return {"report": report, "version": int(report["id"].rsplit("-r", 1)[1]),
+                "to_sign": base64.b64encode(canonical(report)).decode(),
+                "sig_format": SIG_FORMAT}
+
     @router.post("/api/consults/{consult_id}/{action}")
     async def act(consult_id: str, action: str, request: Request) -> JSONResponse:
         who = principal_of_request(request)
@@ -188,8 +256,14 @@ def create_consult_router(service: ConsultService, *,
             if not signature or not cert:
                 raise InvalidInput("a report needs its 'signature' and the signer's "
                                    "'certificate' (PEM)")
-            row = await service.report(who, consult_id, report, signature, cert,
-                                       amend=action == "amend")
+            try:
+                row = await service.report(who, consult_id, report, signature, cert,
+                                           amend=action == "amend")
+            except IntegrityError as exc:
+                # a signature or certificate the caller sent fails its check: their
+                # input, refused (400) — not the gateway's own data gone bad (500)
+                raise InvalidInput(f"the report was refused: {exc.message}",
+                                   code=exc.code) from None
             return _fhir(fhir.task_resource(row))
         participants = body.get("participants") or []
         if not isinstance(participants, list):
@@ -236,6 +310,17 @@ def create_consult_router(service: ConsultService, *,
             headers["Content-Range"] = f"bytes {offset}-{item.size - 1}/{item.size}"
         return StreamingResponse(body(), status_code=206 if offset else 200,
                                  media_type=item.content_type, headers=headers)
+
+    @router.get("/api/consults/{consult_id}/studies/{study_id}/{name}/view")
+    async def view(consult_id: str, study_id: str, name: str, request: Request) -> Response:
+        who = principal_of_request(request)
+        options = _view_options(request)
+        obj, data = await service.read_whole(who, consult_id, study_id, name,
+                                             max_bytes=view_max_bytes, types=tuple(VIEWABLE))
+        shown = await asyncio.to_thread(render, obj.content_type, data, options, name)
+        return Response(shown.body, media_type=shown.content_type, headers={
+            "X-Object-SHA256": obj.sha256, "Cache-Control": "private, no-store",
+            "X-Content-Type-Options": "nosniff"})
 
     @router.get("/fhir/PractitionerRole")
     async def pools(request: Request) -> JSONResponse:

@@ -19,7 +19,7 @@ import datetime as dt
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from sqlmodel import Session, select
 
 from federation.consult import fhir
 from federation.consult.moves import Details, builder, payload, row_of
-from federation.consult.report import SignedReport, verify_report
+from federation.consult.report import SignedReport, diagnostic_report, verify_report
 from federation.consult.rules import ConsultRules
 from federation.consult.sources import StudySources
 from federation.consult.state import TABLE, ConsultState
@@ -38,8 +38,10 @@ from federation.errors import (
     IntegrityError,
     InvalidInput,
     NotFound,
+    PayloadTooLarge,
     PermissionDenied,
     Unavailable,
+    UnsupportedMediaType,
 )
 from federation.identity.index import RecordRef
 from federation.identity.store import IdentityStore
@@ -263,15 +265,7 @@ class ConsultService:
         try:
             if who.kind not in ("person", "node"):
                 raise PermissionDenied("only the specialist who carries the consult reports")
-            task = await asyncio.to_thread(self._workflows.get, consult_id, WORKFLOW)
-            self._may_read(who, task)
-            # who may report is the table's to say, before any signature is looked at
-            TABLE.transition(task.state(ConsultState), action, Actor(
-                who.describe(), parties_of(who.kind, who.site_id, who.roles,
-                                           requester_site=task.requester_site,
-                                           owner_site=task.owner_site, actor_id=who.actor_id,
-                                           assignee=task.assignee), who.roles),
-                subject=f"consult {consult_id}")
+            task = await self._reporting(who, consult_id, action)
             _check_report(task, report)
             signer = await asyncio.to_thread(verify_report, report, {}, self._ca_pem,
                                              signature=signature, cert_pem=cert_pem)
@@ -292,12 +286,61 @@ class ConsultService:
                         detail=f"{row.attributes.get('report')} signed by {who.actor_id}")
         return row
 
+    async def _reporting(self, who: Principal, consult_id: str, action: str) -> TaskRow:
+        """The consult, once the table says ``who`` may ``action`` (report | amend) it
+        now — before any signature is looked at."""
+        task = await asyncio.to_thread(self._workflows.get, consult_id, WORKFLOW)
+        self._may_read(who, task)
+        TABLE.transition(task.state(ConsultState), action, Actor(
+            who.describe(), parties_of(who.kind, who.site_id, who.roles,
+                                       requester_site=task.requester_site,
+                                       owner_site=task.owner_site, actor_id=who.actor_id,
+                                       assignee=task.assignee), who.roles),
+            subject=f"consult {consult_id}")
+        return task
+
+    async def draft_report(self, who: Principal, consult_id: str, conclusion: str,
+                           codes: Sequence[Mapping[str, str]], *, amend: bool = False
+                           ) -> dict[str, Any]:
+        """The next version of the consult's report, exactly as :meth:`report` will take
+        it once ``who`` has signed it on their side (a browser has no copy of
+        :func:`diagnostic_report`): its id, status, subject, author and, for an
+        amendment, the version it replaces. Nothing is stored; the read is logged."""
+        started = time.perf_counter()
+        action = "amend" if amend else "report"
+        try:
+            if who.kind != "person" or not who.site_id:
+                raise PermissionDenied("a report is drafted for the specialist who signs it "
+                                       "with their own person certificate")
+            task = await self._reporting(who, consult_id, action)
+            done = len(task.attributes.get("reports", []))
+            if not amend and done:
+                raise InvalidInput(f"consult {consult_id} has a report; amend it instead")
+            n = done + 1
+            report = diagnostic_report(
+                consult_id, n, kind=task.category, conclusion=conclusion, codes=codes,
+                author_site=who.site_id, author_user=who.user_id,
+                subject=fhir.task_resource(task)["for"], issued=self._now(),
+                replaces=f"{consult_id}-r{n - 1}" if n > 1 else None)
+            _check_report(task, report)
+        except FederationError as exc:
+            await self._log(who, "Consults/ReportDraft", None, "error", exc.code, started,
+                            detail=exc.message, task_id=consult_id)
+            raise
+        await self._log(who, "Consults/ReportDraft", task.owner_site, "ok", "OK", started,
+                        task_id=consult_id, patient=(task.requester_site, task.patient_id),
+                        detail=f"draft of {report['id']}", records=1)
+        return report
+
     # ------------------------------------------------------------------ studies
 
     async def fetch_study(self, who: Principal, consult_id: str, study_id: str, name: str,
-                          offset: int) -> AsyncIterator[Chunk]:
+                          offset: int, *, check: Callable[[StudyObject], None] | None = None,
+                          operation: str = "Consults/FetchStudy") -> AsyncIterator[Chunk]:
         """Relay one object of a study from the origin node, chunk by chunk, each checked
-        against the manifest recorded at request time (never buffered whole)."""
+        against the manifest recorded at request time (never buffered whole). ``check``
+        may refuse the object (by its manifest entry) once the caller may fetch it and
+        before anything is asked of the origin; ``operation`` names the exchange-log row."""
         started = time.perf_counter()
         sent, task = 0, None
         try:
@@ -308,6 +351,8 @@ class ConsultService:
             if body is None:
                 raise NotFound(f"consult {consult_id} names no study '{study_id}'")
             obj = StudyManifest.from_json(body).object(name)
+            if check is not None:
+                check(obj)
             if offset % obj.chunk_size or offset > obj.size:
                 raise InvalidInput(f"offset must be a multiple of {obj.chunk_size} within "
                                    f"{obj.size} bytes")
@@ -315,7 +360,7 @@ class ConsultService:
                 yield chunk
                 sent += len(chunk.data)
         except FederationError as exc:
-            await self._log(who, "Consults/FetchStudy", task.requester_site if task else None,
+            await self._log(who, operation, task.requester_site if task else None,
                             "error", exc.code, started, detail=exc.message, task_id=consult_id,
                             records=sent)
             raise
@@ -323,15 +368,57 @@ class ConsultService:
             # the reader went away mid-stream (a cut connection): still one row, saying
             # how far it got — it resumes from there
             await asyncio.shield(self._log(
-                who, "Consults/FetchStudy", task.requester_site if task else None, "error",
+                who, operation, task.requester_site if task else None, "error",
                 "cancelled", started, task_id=consult_id, records=sent,
                 detail=f"study {study_id} object {name}: the reader stopped after bytes "
                        f"{offset}-{offset + sent}"))
             raise
-        await self._log(who, "Consults/FetchStudy", task.requester_site, "ok", "OK", started,
+        await self._log(who, operation, task.requester_site, "ok", "OK", started,
                         task_id=consult_id, patient=(task.requester_site, task.patient_id),
                         detail=f"study {study_id} object {name} bytes {offset}-{offset + sent}",
                         records=sent)
+
+    async def read_whole(self, who: Principal, consult_id: str, study_id: str, name: str, *,
+                         max_bytes: int, types: Collection[str] | None = None,
+                         operation: str = "Consults/ViewStudy") -> tuple[StudyObject, bytes]:
+        """One object whole, for the gateway to render it: relayed as by
+        :meth:`fetch_study` (same access check, one exchange-log row named
+        ``operation``), refused before it is fetched when its recorded size is over
+        ``max_bytes`` or its type not one of ``types``, and returned only once the whole
+        object's SHA-256 matches the manifest's — the chunks were checked on the way.
+        Someone at a site not party to the consult learns nothing of it (NotFound), as
+        from :meth:`view`; the attempt is still logged."""
+        started = time.perf_counter()
+        try:
+            self._may_read(who, await asyncio.to_thread(self._workflows.get, consult_id,
+                                                        WORKFLOW))
+        except FederationError as exc:
+            await self._log(who, operation, None, "error", exc.code, started,
+                            detail=exc.message, task_id=consult_id)
+            raise
+        held: list[StudyObject] = []
+
+        def admit(obj: StudyObject) -> None:
+            if types is not None and obj.content_type not in types:
+                raise UnsupportedMediaType(
+                    f"{name} is {obj.content_type}, which cannot be viewed; viewable are "
+                    f"{', '.join(types)}. Download the object itself instead")
+            if obj.size > max_bytes:
+                raise PayloadTooLarge(
+                    f"{name} is {obj.size} bytes, over the {max_bytes}-byte limit of what "
+                    "the gateway renders; download the object itself instead")
+            held.append(obj)
+
+        parts = [c.data async for c in self.fetch_study(who, consult_id, study_id, name, 0,
+                                                        check=admit, operation=operation)]
+        data = b"".join(parts)
+        if hashlib.sha256(data).hexdigest() != held[0].sha256:
+            exc = IntegrityError(f"{name} as relayed does not match the SHA-256 recorded at "
+                                 "the origin; it was not shown")
+            await self._log(who, operation, None, "error", exc.code, started,
+                            detail=exc.message, task_id=consult_id)
+            raise exc
+        return held[0], data
 
     async def _relay(self, site_id: str, study_id: str, obj: StudyObject,
                      offset: int) -> AsyncIterator[Chunk]:

@@ -247,7 +247,9 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
                           routers=[create_archive_router(service, tokens, exports=exports.jobs,
                                                          runner=exports),
                                    create_referral_router(referrals, store=store),
-                                   create_consult_router(consults, store=store)],
+                                   create_consult_router(
+                                       consults, store=store,
+                                       view_max_bytes=settings.consult_view_max_bytes)],
                           limits=(RateLimiter(settings.http_rate_per_user,
                                               max(1, int(3 * settings.http_rate_per_user)),
                                               what="user"),

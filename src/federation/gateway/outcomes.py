@@ -15,6 +15,7 @@ __all__ = ["operation_outcome", "HTTP_STATUS"]
 #: one table from error to HTTP status and FHIR issue type (most specific first)
 HTTP_STATUS: tuple[tuple[type[errors.FederationError], int, str], ...] = (
     (errors.PayloadTooLarge, 413, "too-costly"),
+    (errors.UnsupportedMediaType, 415, "not-supported"),
     (errors.UnknownSite, 404, "not-found"),
     (errors.InvalidInput, 400, "invalid"),
     (errors.NotFound, 404, "not-found"),

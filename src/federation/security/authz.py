@@ -118,6 +118,11 @@ HTTP_AUTHZ: dict[tuple[str, str], Rule] = {
              ("Task", "write")),
     ("GET", "/api/consults/{consult_id}/studies/{study_id}/{name}"):
         Rule(frozenset({"doctor", "specialist"}), CARE, ("ImagingStudy", "read")),
+    ("GET", "/api/consults/{consult_id}/studies/{study_id}/{name}/view"):
+        Rule(frozenset({"doctor", "specialist"}), CARE, ("ImagingStudy", "read")),
+    # the next report version for the specialist to sign in the browser (nothing stored)
+    ("POST", "/api/consults/{consult_id}/report-draft"):
+        Rule(frozenset({"specialist"}), CARE, ("DiagnosticReport", "write")),
     ("GET", "/fhir/PractitionerRole"): Rule(EVERYONE, scope=("PractitionerRole", "read")),
     # the audit trail: administrators' reports; tree heads and proofs for checking it
     ("GET", "/api/audit/report"): Rule(frozenset({"auditor", "regional-admin"}), OPERATIONS),
