@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from federation.demo.accounts import ConsoleAccount, seed_console_accounts
 from federation.demo.signin import get_json
 from federation.demo.tour import run_tour
 from federation.demo.workspace import DemoLayout, prepare_workspace
@@ -178,9 +179,11 @@ def run_demo(workdir: Path, *, tour_only: bool, people: int) -> int:
                 return 1
             live.update(state_table(consortium_state(layout), "Consortium — all online"))
         console.print()
+        accounts = seed_console_accounts(layout)
         ok = asyncio.run(run_tour(layout, console))
         if tour_only:
             return 0 if ok else 1
+        console.print(console_table(layout, accounts))
         console.print("\n[bold]Running.[/] Live state below; Ctrl-C stops everything.")
         with Live(console=console, refresh_per_second=2) as live:
             while True:
@@ -193,3 +196,14 @@ def run_demo(workdir: Path, *, tour_only: bool, people: int) -> int:
         if sup is not None:
             sup.stop_all()
         console.print("all processes stopped")
+
+
+def console_table(layout: DemoLayout, accounts: tuple[ConsoleAccount, ...]) -> Table:
+    """The web console's address and the demo's accounts, to sign in with."""
+    table = Table(title=f"Web console: {layout.http_url}/console  (中文; English: ?lang=en)")
+    for column in ("who", "institution (机构)", "user", "password"):
+        table.add_column(column)
+    for a in accounts:
+        table.add_row(a.what, a.signin_site, a.user, a.password)
+    return table
+

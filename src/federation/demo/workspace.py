@@ -18,7 +18,8 @@ __all__ = ["DemoLayout", "prepare_workspace", "free_ports"]
 
 OPERATOR = "demo-tour"
 #: the tour's staff: user → (site, staff roles); each gets a person certificate
-STAFF = {"dr-wang": ("county-a", ("doctor",)), "dr-li": ("city-1", ("specialist",))}
+STAFF = {"dr-wang": ("county-a", ("doctor",)), "dr-li": ("city-1", ("specialist",)),
+         "dr-zhang": ("township-a1", ("doctor",))}
 
 
 @dataclass(frozen=True, slots=True)
