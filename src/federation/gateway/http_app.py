@@ -27,7 +27,7 @@ from federation.audit.http import create_audit_router
 from federation.audit.log import AuditLog
 from federation.console.routes import console_crash, console_error, create_console_router
 from federation.console.web import STATIC as CONSOLE_STATIC
-from federation.console.web import Console
+from federation.console.web import ApiError, Console
 from federation.gateway.auth_api import (
     CONSOLE_PREFIX,
     Authorize,
@@ -77,6 +77,11 @@ def create_http_app(
                    if isinstance(exc, errors.RateLimited) else None)
         return JSONResponse(body, status_code=status, media_type="application/fhir+json",
                             headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def _console_api_error(request: Request, exc: ApiError) -> Response:
+        """A console page's call to this API was refused: the page says why."""
+        return console_error(request, exc.status, str(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
