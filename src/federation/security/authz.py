@@ -61,6 +61,17 @@ HTTP_AUTHZ: dict[tuple[str, str], Rule] = {
     ("GET", "/console/signin"): PUBLIC,
     ("POST", "/console/signin"): PUBLIC,     # then POST /auth/token, its limits and log
     ("POST", "/console/signout"): PUBLIC,
+    # the administrators' pages (federation.console.admin); the auditor's is the audit one
+    ("GET", "/console/admin"): Rule(ADMINS, OPERATIONS),
+    ("GET", "/console/admin/health"): Rule(ADMINS, OPERATIONS),
+    ("GET", "/console/admin/exchanges"): Rule(ADMINS | {"auditor"}, OPERATIONS),
+    ("GET", "/console/admin/audit"): Rule(frozenset({"auditor", "regional-admin"}), OPERATIONS),
+    ("POST", "/console/admin/audit/verify"):
+        Rule(frozenset({"auditor", "regional-admin"}), OPERATIONS),
+    ("GET", "/console/admin/empi"): Rule(frozenset({"regional-admin"}), OPERATIONS),
+    ("GET", "/console/admin/empi/{item_id}"): Rule(frozenset({"regional-admin"}), OPERATIONS),
+    ("POST", "/console/admin/empi/{item_id}/{action}"):
+        Rule(frozenset({"regional-admin"}), OPERATIONS),
     # the consortium at a glance (no patient data)
     ("GET", "/api/consortium"): Rule(EVERYONE),
     ("GET", "/api/consortium/sites/{site_id}"): Rule(EVERYONE),
