@@ -1,0 +1,348 @@
+"""The regional administrator's and the auditor's pages (federation.console.admin).
+
+Over HTTP against an in-process gateway: what each page shows, its form errors at the
+field, the htmx fragments, and a doctor refused on every one of them. In a real browser
+against the demo consortium: the administrator's overview, the exchange charts drawn,
+an audit search that finds a doctor's exchanges, "verify now", and the doctor's 403 page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import re
+
+import httpx
+import pytest
+
+from federation.console.admin import field_errors, site_tree, turnaround_option, volume_option
+from federation.console.web import ApiError
+from tests.conftest import admin_token, staff_token
+
+ADMIN_PAGES = ("/console/admin", "/console/admin/health", "/console/admin/exchanges",
+               "/console/admin/audit", "/console/admin/empi", "/console/admin/empi/1")
+ADMIN_POSTS = ("/console/admin/audit/verify", "/console/admin/empi/1/accept")
+
+
+# ------------------------------------------------------------------------------ pure parts
+
+
+def test_the_site_tree_puts_each_site_under_its_parent_tier_by_tier() -> None:
+    sites = [{"site_id": "township-a1", "tier": "township", "parent_site_id": "county-a"},
+             {"site_id": "county-b", "tier": "county", "parent_site_id": "city-1"},
+             {"site_id": "city-1", "tier": "city", "parent_site_id": None},
+             {"site_id": "county-a", "tier": "county", "parent_site_id": "city-1"},
+             {"site_id": "lost", "tier": "township", "parent_site_id": "gone"},
+             {"site_id": "loop-1", "tier": "county", "parent_site_id": "loop-2"},
+             {"site_id": "loop-2", "tier": "county", "parent_site_id": "loop-1"}]
+    tree = site_tree(sites)
+    assert [(s["site_id"], s["depth"]) for s in tree] == [
+        ("city-1", 0), ("county-a", 1), ("township-a1", 2), ("county-b", 1), ("lost", 0),
+        ("loop-1", 0), ("loop-2", 0)]
+
+
+def test_an_api_refusal_lands_at_the_field_it_names() -> None:
+    exc = ApiError(400, ["since must be a date YYYY-MM-DD or an ISO 8601 date-time",
+                         "something else entirely"])
+    fields, loose = field_errors(exc, ("since", "until"))
+    assert fields == {"since": exc.messages[0]}
+    assert loose == ["something else entirely"]
+    named = ApiError(400, ["bad value"], {"until": "bad value"})
+    assert field_errors(named, ("since", "until")) == ({"until": "bad value"}, [])
+    assert field_errors(ApiError(404, ["no such person"]), ("patient",),
+                        fallback="patient") == ({"patient": "no such person"}, [])
+
+
+def test_chart_options_align_with_the_days_and_sum_the_quiet_pairs() -> None:
+    days = ["2026-11-28", "2026-11-29"]
+    pairs = [{"from": f"s{i}", "to": "city-1", "exchanges": [i, 1], "total": i + 1}
+             for i in range(10, 0, -1)]
+    option = volume_option(days, pairs, "en")
+    assert option["xAxis"]["data"] == ["11-28", "11-29"]
+    assert len(option["series"]) == 9
+    assert option["series"][-1]["name"] == "other pairs"
+    assert option["series"][-1]["data"] == [2 + 1, 2]            # s2 and s1
+    lines = [{"urgency": "routine", "tasks": 3, "ack_median_min": 30.0,
+              "complete_median_h": 20.0},
+             {"urgency": "urgent", "tasks": 1, "ack_median_min": 5.0,
+              "complete_median_h": None}]
+    option = turnaround_option(lines, "zh")
+    assert option["xAxis"]["data"] == ["加急 (1)", "常规 (3)"]     # most urgent first
+    assert option["series"][0]["data"] == [5.0, 30.0]
+    assert option["series"][1]["data"] == [None, 20.0]
+
+
+# ------------------------------------------------------------------------------ over HTTP
+
+
+def _csrf(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, "the page carries no CSRF token"
+    return found[1]
+
+
+def _client(gateway, token: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}", timeout=60,
+                             cookies={"fed_session": token})
+
+
+@pytest.fixture
+async def admin(gateway):
+    token = await asyncio.to_thread(admin_token, gateway, user="admin-qian")
+    async with _client(gateway, token) as http:
+        yield http
+
+
+async def test_the_overview_lists_every_site_in_its_tree_with_its_node(
+        gateway, start_nodes, admin) -> None:
+    await start_nodes(gateway, "county-a")
+    answer = await admin.get("/console/admin")
+    assert answer.status_code == 200, answer.text[:500]
+    page = html.unescape(answer.text)
+    sites = {s.site_id: s for s, _ in gateway.store.consortium_view()}
+    assert sites
+    for site_id in sites:
+        assert f'data-site="{site_id}"' in page
+    health = page[page.index('id="health"'):page.index('id="quality"')]
+    assert re.search(r'data-site="county-a" data-state="online"', health)
+    offline = next(s for s in sites if s != "county-a")
+    assert re.search(rf'data-site="{offline}" data-state="none"', health)
+    # the tree: a county comes after its city and before the next city's counties
+    order = re.findall(r'<tr data-site="([^"]+)" data-state', health)
+    for site_id, site in sites.items():
+        if site.parent_site_id in sites:
+            assert order.index(site.parent_site_id) < order.index(site_id)
+    # polled, EMPI counts and quality are there (a node that did not answer says so)
+    assert 'hx-get="/console/admin/health"' in health and "every 5s" in health
+    assert 'data-count="persons"' in page
+    assert "Traceback" not in page
+
+
+async def test_the_health_fragment_is_a_fragment_that_polls_itself(gateway, admin) -> None:
+    answer = await admin.get("/console/admin/health?lang=en")
+    assert answer.status_code == 200
+    assert "<html" not in answer.text and "<section id=\"health\"" in answer.text
+    assert 'hx-trigger="every 5s"' in answer.text
+    assert "Sites and nodes" in answer.text
+
+
+async def test_the_exchange_dashboard_draws_its_charts(gateway, admin) -> None:
+    answer = await admin.get("/console/admin/exchanges?days=7")
+    assert answer.status_code == 200, answer.text[:500]
+    page = answer.text
+    assert 'id="chart-volume"' in page or "没有机构间交换" in page
+    assert "echarts.min.js" in page
+    # the admin's own page views are exchanges: after a few, the volume chart has data
+    bad = await admin.get("/console/admin/exchanges?days=1000")
+    assert bad.status_code == 400
+    assert 'data-field="days"' in bad.text and 'aria-invalid="true"' in bad.text
+
+
+async def test_the_audit_search_finds_a_sites_exchanges_and_shows_bad_dates_at_the_field(
+        gateway, pki, admin) -> None:
+    doctor = await asyncio.to_thread(staff_token, gateway, pki, site="county-a",
+                                     user="dr-wang")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}",
+                                 headers={"Authorization": f"Bearer {doctor}"}) as api:
+        assert (await api.get("/api/consortium")).status_code == 200
+    answer = await admin.get("/console/admin/audit", params={"site": "county-a",
+                                                            "who": "dr-wang"})
+    assert answer.status_code == 200, answer.text[:500]
+    found = re.findall(r'<tr data-operation="([^"]+)" data-requester-site="([^"]*)"',
+                       answer.text)
+    assert found and all(site == "county-a" for _, site in found), found
+    # a site that exchanged nothing: nothing found, and said so
+    nothing = await admin.get("/console/admin/audit", params={"site": "county-b",
+                                                             "who": "dr-wang"})
+    assert "data-empty" in nothing.text
+    # bad dates: the field's error, in the page, the other fields kept
+    bad = await admin.get("/console/admin/audit", params={"since": "2026-13-45",
+                                                         "site": "county-a"})
+    assert bad.status_code == 400
+    page = html.unescape(bad.text)
+    assert 'data-field="since"' in page and "YYYY-MM-DD" in page
+    assert 'id="f-since" name="since" value="2026-13-45"' in page
+    assert re.search(r'<option value="county-a"\s+selected', page)
+    backwards = await admin.get("/console/admin/audit", params={"since": "2026-11-20",
+                                                               "until": "2026-11-10"})
+    assert backwards.status_code == 400 and 'data-field="since"' in backwards.text
+    unknown = await admin.get("/console/admin/audit", params={"patient": "no-such-person"})
+    assert unknown.status_code == 400 or 'data-field="patient"' in unknown.text \
+        or "data-empty" in unknown.text
+    assert "Traceback" not in unknown.text
+
+
+async def test_verify_now_verifies_the_log_and_says_so(gateway, admin) -> None:
+    page = await admin.get("/console/admin/audit")
+    assert page.status_code == 200
+    assert 'data-verified="none"' in page.text
+    token = _csrf(page.text)
+    # htmx: the verification card comes back, verified
+    card = await admin.post("/console/admin/audit/verify", data={"csrf": token},
+                            headers={"HX-Request": "true"})
+    assert card.status_code == 200, card.text[:500]
+    assert 'data-verified="ok"' in card.text and "<html" not in card.text
+    # a plain form: back to the page, which now shows the kept result
+    plain = await admin.post("/console/admin/audit/verify", data={"csrf": token})
+    assert plain.status_code == 303
+    again = await admin.get(plain.headers["location"])
+    assert 'data-verified="ok"' in again.text
+    # without the CSRF token nothing runs
+    forged = await admin.post("/console/admin/audit/verify", data={"csrf": "forged"})
+    assert forged.status_code == 403
+
+
+async def test_an_auditor_opens_the_audit_page_but_not_the_empi_queue(gateway) -> None:
+    token = await asyncio.to_thread(admin_token, gateway, user="auditor-sun",
+                                    roles=("auditor",), purpose="HCOMPL")
+    async with _client(gateway, token) as http:
+        assert (await http.get("/console/admin/audit")).status_code == 200
+        refused = await http.get("/console/admin/empi")
+        assert refused.status_code == 403 and 'data-status="403"' in refused.text
+
+
+async def test_the_empi_queue_and_an_item_that_is_not_there(gateway, admin) -> None:
+    queue = await admin.get("/console/admin/empi")
+    assert queue.status_code == 200, queue.text[:500]
+    assert "data-empty" in queue.text or "review-queue" in queue.text
+    missing = await admin.get("/console/admin/empi/999999")
+    assert missing.status_code == 404 and 'data-status="404"' in missing.text
+    bad = await admin.get("/console/admin/empi/not-a-number")
+    assert bad.status_code == 400 and 'data-status="400"' in bad.text
+    token = _csrf(queue.text)
+    nonsense = await admin.post("/console/admin/empi/1/merge-everything",
+                                data={"csrf": token})
+    assert nonsense.status_code == 404
+
+
+async def test_a_doctor_gets_the_403_page_on_every_admin_page(gateway, pki) -> None:
+    token = await asyncio.to_thread(staff_token, gateway, pki, site="county-a",
+                                    user="dr-wang")
+    async with _client(gateway, token) as http:
+        csrf = _csrf((await http.get("/console/signin")).text)
+        for path in ADMIN_PAGES:
+            answer = await http.get(path)
+            assert answer.status_code == 403, (path, answer.status_code)
+            assert 'data-status="403"' in answer.text and "无权访问" in answer.text, path
+        for path in ADMIN_POSTS:
+            answer = await http.post(path, data={"csrf": csrf})
+            assert answer.status_code == 403 and 'data-status="403"' in answer.text, path
+
+
+
+# ------------------------------------------------------------------------------ in a browser
+
+
+def _a_person_known_at(demo_consortium, site: str) -> str:
+    """An EMPI person with a record at ``site`` (read from the demo gateway's store, as
+    the test's own set-up: the pages never read the store)."""
+    from sqlalchemy import text
+
+    from federation.settings import load_gateway_settings
+    from federation.store import make_engine
+
+    engine = make_engine(load_gateway_settings(demo_consortium.layout.gateway_config)
+                         .database_url)
+    try:
+        with engine.connect() as conn:
+            person = conn.execute(text(
+                "SELECT person_id FROM identity_record WHERE site_id = :s AND state = 'linked' "
+                "ORDER BY record_id LIMIT 1"), {"s": site}).scalar_one()
+    finally:
+        engine.dispose()
+    return str(person)
+
+
+def test_the_administrator_sees_the_consortium_at_a_glance(signed_in, demo_consortium
+                                                           ) -> None:
+    from tests.console.conftest import screenshot
+
+    page = signed_in(demo_consortium.account("regional-admin"))
+    assert page.url.endswith("/console/admin")
+    health = page.locator("#health")
+    for site in demo_consortium.layout.manifest.sites:
+        row = health.locator(f'tr[data-site="{site.site_id}"]')
+        assert row.count() == 1, site.site_id
+        assert row.get_attribute("data-state") == "online", site.site_id
+        assert row.locator(".badge.ok[data-state=online]").count() == 1
+    # the tree: the city first, every other site indented under it
+    first = health.locator("tbody tr").first.get_attribute("data-site")
+    assert next(s for s in demo_consortium.layout.manifest.sites
+                if s.site_id == first).tier == "city"
+    # live-ish: the health table is fetched again within a poll or two, without a reload
+    with page.expect_response(lambda r: r.url.endswith("/console/admin/health")
+                              and r.status == 200, timeout=12_000):
+        pass
+    assert page.locator("#health tbody tr").count() == len(demo_consortium.layout.manifest.sites)
+    assert int(page.locator('[data-count="persons"]').inner_text()) > 0
+    assert page.locator("#quality tbody tr").count() == len(demo_consortium.layout.manifest.sites)
+    screenshot(page, "admin")
+
+
+def test_the_exchange_dashboard_draws_its_charts_in_the_browser(signed_in, demo_consortium
+                                                                ) -> None:
+    page = signed_in(demo_consortium.account("regional-admin"))
+    page.goto(f"{demo_consortium.url}/console/admin/exchanges?days=7")
+    charts = page.locator(".chart[data-chart]")
+    assert charts.count() >= 1, page.content()[:3000]
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.chart[data-chart]')]"
+        ".every(el => el.dataset.drawn === 'true' && el.querySelector('canvas'))")
+    assert page.locator("#chart-volume").get_attribute("data-drawn") == "true"
+
+
+def test_the_administrator_finds_a_doctors_exchanges_and_verifies_the_log(
+        signed_in, demo_consortium) -> None:
+    from federation.demo.signin import bearer_headers, get_json
+    from tests.console.conftest import screenshot
+
+    person = _a_person_known_at(demo_consortium, "county-a")
+    doctor = bearer_headers(demo_consortium.layout, site="county-a", role="doctor",
+                            purpose="TREAT", user="dr-wang")
+    assert get_json(demo_consortium.layout, f"/fhir/Person/{person}", headers=doctor)
+    page = signed_in(demo_consortium.account("regional-admin"))
+    page.goto(f"{demo_consortium.url}/console/admin/audit")
+    # the doctor's site: every exchange found involves it
+    page.select_option("#f-site", "county-a")
+    page.fill("#f-who", "dr-wang-doctor")
+    page.click(".audit-search button[type=submit]")
+    page.wait_for_load_state("networkidle")
+    rows = page.locator("table.events tbody tr")
+    assert rows.count() >= 1, page.locator("#events").inner_text()
+    for i in range(rows.count()):
+        row = rows.nth(i)
+        assert "county-a" in (row.get_attribute("data-requester-site"),
+                              row.get_attribute("data-target-site"))
+    # the person: the doctor's read of them is found by their EMPI person id
+    page.fill("#f-who", "")
+    page.select_option("#f-site", "")
+    page.fill("#f-patient", person)
+    page.click(".audit-search button[type=submit]")
+    page.wait_for_load_state("networkidle")
+    found = page.locator("table.events tbody tr")
+    assert found.count() >= 1, page.locator("#events").inner_text()
+    assert "dr-wang-doctor" in page.locator("table.events").inner_text()
+    # a bad date: said at the field, in the page
+    page.fill("#f-since", "2026-02-30")
+    page.click(".audit-search button[type=submit]")
+    assert page.locator('.field-error[data-field="since"]').is_visible()
+    assert page.locator("#f-since").get_attribute("aria-invalid") == "true"
+    page.fill("#f-since", "")
+    page.click(".audit-search button[type=submit]")
+    page.wait_for_load_state("networkidle")
+    # verify now: the card comes back verified, without leaving the page
+    page.click("#verify-now")
+    page.wait_for_selector('#verification[data-verified="ok"]', timeout=60_000)
+    assert page.locator('#verification [data-result="ok"]').is_visible()
+    assert int(page.locator("#verification [data-entries]").inner_text()) > 0
+    screenshot(page, "audit")
+
+
+def test_a_doctor_opening_the_administrators_page_sees_the_403_page(signed_in,
+                                                                    demo_consortium) -> None:
+    page = signed_in(demo_consortium.account("doctor", "county"))
+    answer = page.goto(f"{demo_consortium.url}/console/admin")
+    assert answer is not None and answer.status == 403
+    assert page.locator('.error-page[data-status="403"]').is_visible()
+    assert "无权访问" in page.locator(".error-page h1").inner_text()
+    assert page.locator(".mainnav a[href='/console/admin']").count() == 0
