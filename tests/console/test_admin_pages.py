@@ -9,6 +9,7 @@ an audit search that finds a doctor's exchanges, "verify now", and the doctor's 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import html
 import re
 
@@ -199,6 +200,76 @@ async def test_an_auditor_opens_the_audit_page_but_not_the_empi_queue(gateway) -
         assert (await http.get("/console/admin/audit")).status_code == 200
         refused = await http.get("/console/admin/empi")
         assert refused.status_code == 403 and 'data-status="403"' in refused.text
+
+
+BORN = dt.date(1968, 4, 12)
+
+
+def _namesakes(gateway) -> tuple[str, int]:
+    """Two 张伟 born the same day at two sites, nothing else shared: the EMPI cannot
+    decide and leaves one review item."""
+    empi = gateway.identity
+    wei = {"name": "张伟", "sex": "male", "birth_date": BORN.isoformat(),
+           "phone": "13812345678", "address": "青岚市东阳县石门镇上坪村12号"}
+    first = empi.link("county-a", "n1", wei)
+    empi.link("city-1", "n2", {**wei, "phone": "13900001111",
+                               "address": "青岚市城关区人民路88号"})
+    [item] = empi.review_queue()
+    return str(first.person_id), item.id
+
+
+async def test_the_administrator_compares_a_pair_and_links_it(gateway, admin) -> None:
+    first, item_id = await asyncio.to_thread(_namesakes, gateway)
+    queue = await admin.get("/console/admin/empi")
+    assert f'<tr data-item="{item_id}">' in queue.text
+    answer = await admin.get(f"/console/admin/empi/{item_id}")
+    assert answer.status_code == 200, answer.text[:500]
+    page = html.unescape(answer.text)
+    # side by side: both records' values, each field's weight, the total
+    row = re.search(r'<tr data-field="family">(.*?)</tr>', page, re.S)[1]
+    assert row.count("张 (zhang)") == 2
+    weights = [float(w) for w in re.findall(r'data-weight="(-?[\d.]+)"', page)]
+    assert len(weights) == 9 and any(w > 0 for w in weights) and any(w < 0 for w in weights)
+    total = float(re.search(r'data-total-weight="(-?[\d.]+)"', page)[1])
+    prior = float(re.search(r"先验</th>.*?([+-][\d.]+)</td>", page, re.S)[1])
+    assert total == pytest.approx(prior + sum(weights), abs=0.05)
+    linked = await admin.post(f"/console/admin/empi/{item_id}/accept",
+                              data={"csrf": _csrf(page)})
+    assert linked.status_code == 303
+    assert linked.headers["location"] == f"/console/admin/empi?done=accepted&item={item_id}"
+    after = await admin.get(linked.headers["location"])
+    assert 'data-done="accepted"' in after.text and f'data-item="{item_id}"' not in after.text
+    from federation.identity.index import RecordRef
+    assert await asyncio.to_thread(gateway.identity.person_of, RecordRef("city-1", "n2")) \
+        == await asyncio.to_thread(gateway.identity.person_of, RecordRef("county-a", "n1"))
+    # decided once: a second decision is refused in the page, nothing changes
+    again = await admin.post(f"/console/admin/empi/{item_id}/reject",
+                             data={"csrf": _csrf(page)})
+    assert again.status_code == 409 and "data-error" in again.text
+    assert "Traceback" not in again.text
+
+
+async def test_reject_and_split_from_the_comparison(gateway, admin) -> None:
+    from federation.identity.index import RecordRef
+
+    _, item_id = await asyncio.to_thread(_namesakes, gateway)
+    page = (await admin.get(f"/console/admin/empi/{item_id}")).text
+    token = _csrf(page)
+    # a record that is not one of the pair cannot be split from here
+    stray = await admin.post(f"/console/admin/empi/{item_id}/split",
+                             data={"csrf": token, "site_id": "county-b", "record_id": "zz"})
+    assert stray.status_code == 400 and "data-error" in stray.text
+    before = await asyncio.to_thread(gateway.identity.person_of, RecordRef("city-1", "n2"))
+    kept_apart = await admin.post(f"/console/admin/empi/{item_id}/reject",
+                                  data={"csrf": token})
+    assert kept_apart.status_code == 303 and "done=rejected" in kept_apart.headers["location"]
+    split = await admin.post(f"/console/admin/empi/{item_id}/split",
+                             data={"csrf": token, "site_id": "city-1", "record_id": "n2"})
+    assert split.status_code == 303 and "done=split" in split.headers["location"]
+    after = await asyncio.to_thread(gateway.identity.person_of, RecordRef("city-1", "n2"))
+    assert after and after != before
+    forged = await admin.post(f"/console/admin/empi/{item_id}/accept", data={"csrf": "x"})
+    assert forged.status_code == 403
 
 
 async def test_the_empi_queue_and_an_item_that_is_not_there(gateway, admin) -> None:

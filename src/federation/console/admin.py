@@ -37,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from federation import errors
 from federation.console.web import (
+    LOCAL,
     PREFIX,
     Api,
     ApiError,
@@ -343,6 +344,12 @@ def create_admin_router() -> APIRouter:
                 raise events_error
         anomalies, anomalies_error = await attempt(
             http.get("/api/audit/anomalies", **_anomaly_window(search, fields)))
+        last_day = ""
+        if anomalies:     # the window's end is exclusive: say the last day it covers
+            until = _aware(anomalies["until"])
+            if until is not None:
+                last_day = (until.astimezone(LOCAL) - dt.timedelta(seconds=1)).strftime(
+                    "%Y-%m-%d")
         if verify_error is not None and verify_error.status != 404:
             raise verify_error
         total = (events or {}).get("total", 0)
@@ -353,6 +360,7 @@ def create_admin_router() -> APIRouter:
                     older=_page_link(search, offset + PAGE_SIZE)
                     if offset + PAGE_SIZE < total else None,
                     anomalies=anomalies, anomalies_error=anomalies_error,
+                    anomalies_last_day=last_day,
                     verification=verification,
                     sites=site_tree((sites or {}).get("sites", [])),
                     purposes=PURPOSES, outcomes=OUTCOMES)
