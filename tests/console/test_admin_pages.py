@@ -18,6 +18,7 @@ import pytest
 
 from federation.console.admin import field_errors, site_tree, turnaround_option, volume_option
 from federation.console.web import ApiError
+from federation.identity.index import RecordRef
 from tests.conftest import admin_token, staff_token
 
 ADMIN_PAGES = ("/console/admin", "/console/admin/health", "/console/admin/exchanges",
@@ -239,7 +240,6 @@ async def test_the_administrator_compares_a_pair_and_links_it(gateway, admin) ->
     assert linked.headers["location"] == f"/console/admin/empi?done=accepted&item={item_id}"
     after = await admin.get(linked.headers["location"])
     assert 'data-done="accepted"' in after.text and f'data-item="{item_id}"' not in after.text
-    from federation.identity.index import RecordRef
     assert await asyncio.to_thread(gateway.identity.person_of, RecordRef("city-1", "n2")) \
         == await asyncio.to_thread(gateway.identity.person_of, RecordRef("county-a", "n1"))
     # decided once: a second decision is refused in the page, nothing changes
@@ -247,11 +247,18 @@ async def test_the_administrator_compares_a_pair_and_links_it(gateway, admin) ->
                              data={"csrf": _csrf(page)})
     assert again.status_code == 409 and "data-error" in again.text
     assert "Traceback" not in again.text
+    # linked wrongly after all: split the record off again, from the same comparison
+    now_linked = html.unescape((await admin.get(f"/console/admin/empi/{item_id}")).text)
+    assert 'name="record_id" value="n2"' in now_linked
+    split = await admin.post(f"/console/admin/empi/{item_id}/split",
+                             data={"csrf": _csrf(page), "site_id": "city-1",
+                                   "record_id": "n2"})
+    assert split.status_code == 303 and "done=split" in split.headers["location"]
+    assert await asyncio.to_thread(gateway.identity.person_of, RecordRef("city-1", "n2")) \
+        != await asyncio.to_thread(gateway.identity.person_of, RecordRef("county-a", "n1"))
 
 
 async def test_reject_and_split_from_the_comparison(gateway, admin) -> None:
-    from federation.identity.index import RecordRef
-
     _, item_id = await asyncio.to_thread(_namesakes, gateway)
     page = (await admin.get(f"/console/admin/empi/{item_id}")).text
     token = _csrf(page)
@@ -263,11 +270,13 @@ async def test_reject_and_split_from_the_comparison(gateway, admin) -> None:
     kept_apart = await admin.post(f"/console/admin/empi/{item_id}/reject",
                                   data={"csrf": token})
     assert kept_apart.status_code == 303 and "done=rejected" in kept_apart.headers["location"]
-    split = await admin.post(f"/console/admin/empi/{item_id}/split",
+    assert 'name="record_id"' not in (await admin.get(f"/console/admin/empi/{item_id}")).text
+    # a record alone in its person has nothing to be split from: said in the page
+    alone = await admin.post(f"/console/admin/empi/{item_id}/split",
                              data={"csrf": token, "site_id": "city-1", "record_id": "n2"})
-    assert split.status_code == 303 and "done=split" in split.headers["location"]
-    after = await asyncio.to_thread(gateway.identity.person_of, RecordRef("city-1", "n2"))
-    assert after and after != before
+    assert alone.status_code == 409 and "data-error" in alone.text
+    assert await asyncio.to_thread(gateway.identity.person_of,
+                                   RecordRef("city-1", "n2")) == before
     forged = await admin.post(f"/console/admin/empi/{item_id}/accept", data={"csrf": "x"})
     assert forged.status_code == 403
 

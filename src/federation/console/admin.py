@@ -395,8 +395,11 @@ def create_admin_router() -> APIRouter:
     async def item_page(request: Request, item_id: str, *, status: int = 200,
                         error: str | None = None) -> Response:
         body = await api(request).get(f"/api/identity/review/{urllib.parse.quote(item_id)}")
+        sizes = {p["person_id"]: len(p.get("records") or []) for p in body.get("persons", [])}
+        # a record can be split off only from a person it shares with other records
+        splittable = [r for r in body["records"] if sizes.get(r.get("person_id"), 0) > 1]
         return page(request, "admin/empi_item.html", status=status, review=body,
-                    error=error, sites=None)
+                    error=error, splittable=[(r["site_id"], r["record_id"]) for r in splittable])
 
     @router.get("/empi/{item_id}")
     async def empi_item(item_id: str, request: Request) -> Response:
