@@ -37,6 +37,7 @@ from federation.gateway.fanout import Requester
 from federation.security.accounts import verify_password
 from federation.security.authz import authorize, rule_for
 from federation.security.limits import RateLimiter
+from federation.security.principal import Principal
 from federation.security.tokens import (
     JWT_BEARER_GRANT,
     AccessTokens,
@@ -47,7 +48,8 @@ from federation.security.tokens import (
 )
 from federation.store import ExchangeEntry, GatewayStore
 
-__all__ = ["Authorize", "BearerAuth", "claims_of", "create_auth_router", "requester_of"]
+__all__ = ["Authorize", "BearerAuth", "claims_of", "create_auth_router", "principal_of_request",
+           "requester_of"]
 
 _MAX_FORM_BYTES = 16 * 1024
 
@@ -117,6 +119,13 @@ def requester_of(request: Request) -> Requester:
     claims = claims_of(request)
     return Requester(kind="user", id=claims.user_id, site=claims.site_id,
                      purpose=claims.purpose)
+
+
+def principal_of_request(request: Request) -> Principal:
+    """The signed-in person as the workflows (referral, consult) see them: a site's staff
+    member acts for their site with their roles; a regional administrator sees all."""
+    claims = claims_of(request)
+    return Principal("person", claims.user_id, claims.site_id, claims.roles, via="token")
 
 
 def create_auth_router(store: GatewayStore, tokens: AccessTokens, trust: TrustAnchor,
