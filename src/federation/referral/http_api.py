@@ -53,7 +53,8 @@ from federation.store import GatewayStore
 from federation.workflow.records import EventRow, TaskFilter
 from federation.workflow.state import Actor, Party
 
-__all__ = ["ACT_ACTIONS", "create_referral_api_router"]
+__all__ = ["ACT_ACTIONS", "Fields", "create_referral_api_router", "details", "new_referral",
+           "options_json", "view_json"]
 
 FHIR_JSON = "application/fhir+json"
 #: the moves ``POST /api/referrals/{id}/{action}`` takes (creating has its own route)
