@@ -366,8 +366,14 @@ async def test_unauthenticated_is_401(up, api):
 
 async def test_packet_preview_reads_the_callers_own_node(up, api, tokens):
     patient = up.linked("county-a")[4]
-    answer = await _call("POST", f"{api}/packet-preview", tokens["county"],
-                         {"patient_id": patient})
+    deadline = asyncio.get_running_loop().time() + 90
+    while True:   # a live read: on a busy machine the node may be marked away for a while
+        answer = await _call("POST", f"{api}/packet-preview", tokens["county"],
+                             {"patient_id": patient})
+        if answer.status_code != 503 or asyncio.get_running_loop().time() > deadline:
+            break
+        _refused(answer, 503, "county-a's node")
+        await asyncio.sleep(1)
     assert answer.status_code == 200, answer.text
     Bundle.model_validate(answer.json())
     first = answer.json()["entry"][0]["resource"]
