@@ -26,6 +26,7 @@ from federation.archive.store import ArchiveStore
 from federation.audit.http import create_audit_router
 from federation.audit.log import AuditLog
 from federation.console.routes import console_crash, console_error, create_console_router
+from federation.console.specialist import create_specialist_router
 from federation.console.web import STATIC as CONSOLE_STATIC
 from federation.console.web import ApiError, Console
 from federation.gateway.auth_api import (
@@ -107,6 +108,7 @@ def create_http_app(
     # the web console: pages for people, a client of this same API (federation.console)
     app.state.console = Console(app, auth[0])
     app.include_router(create_console_router(store))
+    app.include_router(create_specialist_router(auth[1].ca_pem))
     app.mount(CONSOLE_PREFIX + "/static", StaticFiles(directory=CONSOLE_STATIC),
               name="console-static")
 
