@@ -26,6 +26,7 @@ from federation.archive.store import ArchiveStore
 from federation.audit.http import create_audit_router
 from federation.audit.log import AuditLog
 from federation.console.routes import console_crash, console_error, create_console_router
+from federation.console.specialist import create_specialist_router
 from federation.console.web import STATIC as CONSOLE_STATIC
 from federation.console.web import ApiError, Console, ServerTiming
 from federation.gateway.auth_api import (
@@ -108,6 +109,7 @@ def create_http_app(
     app.state.console = Console(app, auth[0])
     app.add_middleware(ServerTiming)
     app.include_router(create_console_router(store))
+    app.include_router(create_specialist_router(auth[1].ca_pem))
     app.mount(CONSOLE_PREFIX + "/static", StaticFiles(directory=CONSOLE_STATIC),
               name="console-static")
 

@@ -61,6 +61,18 @@ HTTP_AUTHZ: dict[tuple[str, str], Rule] = {
     ("GET", "/console/signin"): PUBLIC,
     ("POST", "/console/signin"): PUBLIC,     # then POST /auth/token, its limits and log
     ("POST", "/console/signout"): PUBLIC,
+    # the specialist's consult pages (federation.console.specialist); a doctor sees their
+    # site's consults and the reports that came back
+    ("GET", "/console/consults"): Rule(CLINICIANS, CARE),
+    ("GET", "/console/consults/inbox"): Rule(CLINICIANS, CARE),
+    ("GET", "/console/consults/{consult_id}"): Rule(CLINICIANS, CARE),
+    ("POST", "/console/consults/{consult_id}/act/{action}"): Rule(CLINICIANS, CARE),
+    ("GET", "/console/consults/{consult_id}/studies/{study_id}/{name}/view"):
+        Rule(frozenset({"doctor", "specialist"}), CARE),
+    ("GET", "/console/consults/{consult_id}/studies/{study_id}/{name}/ecg"):
+        Rule(frozenset({"doctor", "specialist"}), CARE),
+    ("POST", "/console/consults/{consult_id}/report-draft"): Rule(frozenset({"specialist"}), CARE),
+    ("POST", "/console/consults/{consult_id}/report"): Rule(frozenset({"specialist"}), CARE),
     # the consortium at a glance (no patient data)
     ("GET", "/api/consortium"): Rule(EVERYONE),
     ("GET", "/api/consortium/sites/{site_id}"): Rule(EVERYONE),
