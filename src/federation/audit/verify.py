@@ -99,6 +99,16 @@ class VerifyReport:
         return min(self.findings, key=lambda f: (f.kind not in EXACT,
                                                  f.leaf if f.leaf is not None else -1))
 
+    def summary(self) -> str:
+        """One line for people: what checked out, or the first bad entry."""
+        if self.ok:
+            return (f"ok: {self.leaves_checked} entries and {self.tree_heads_checked} signed "
+                    f"tree heads check out (tree size {self.tree_size})")
+        first = self.first
+        assert first is not None
+        return (f"TAMPERED: {len(self.findings)} finding(s); first bad entry: leaf "
+                f"{first.leaf} ({first.kind}): {first.message}")
+
     def add(self, finding: Finding) -> None:
         if len(self.findings) < MAX_FINDINGS:
             self.findings.append(finding)
