@@ -105,8 +105,11 @@ def _chromium() -> str | None:
     return found or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """Chromium for one test module. Playwright's sync API keeps an event loop running
+    while it is started, so a browser module holds only plain (sync) tests, and the
+    browser stops with its module: asyncio tests in other modules then run as usual."""
     executable = _chromium()
     if executable is None:
         message = ("Debian's chromium is not installed (apt-get install chromium); the "
