@@ -16,12 +16,19 @@ import re
 import httpx
 import pytest
 
-from federation.console.admin import field_errors, site_tree, turnaround_option, volume_option
+from federation.console.admin import (
+    field_errors,
+    operations,
+    site_tree,
+    turnaround_option,
+    volume_option,
+)
 from federation.console.web import ApiError
 from federation.identity.index import RecordRef
 from tests.conftest import admin_token, staff_token
 
-ADMIN_PAGES = ("/console/admin", "/console/admin/health", "/console/admin/exchanges",
+ADMIN_PAGES = ("/console/admin", "/console/admin/health", "/console/admin/details",
+               "/console/admin/exchanges", "/console/admin/audit/anomalies",
                "/console/admin/audit", "/console/admin/empi", "/console/admin/empi/1")
 ADMIN_POSTS = ("/console/admin/audit/verify", "/console/admin/empi/1/accept")
 
@@ -53,6 +60,28 @@ def test_an_api_refusal_lands_at_the_field_it_names() -> None:
     assert field_errors(named, ("since", "until")) == ({"until": "bad value"}, [])
     assert field_errors(ApiError(404, ["no such person"]), ("patient",),
                         fallback="patient") == ({"patient": "no such person"}, [])
+
+
+def test_the_health_figures_come_from_the_operations_metrics() -> None:
+    text = "\n".join([
+        "# TYPE federation_inbox_pending_items gauge",
+        'federation_inbox_pending_items{site_id="county-a"} 3.0',
+        'federation_inbox_pending_items{site_id="city-1"} 0.0',
+        "# TYPE federation_inbox_oldest_pending_seconds gauge",
+        'federation_inbox_oldest_pending_seconds{site_id="county-a"} 95.5',
+        "# TYPE federation_sync_behind_changes gauge",
+        'federation_sync_behind_changes{site_id="county-a"} 12.0',
+        "# TYPE federation_sync_lag_seconds gauge",
+        'federation_sync_lag_seconds{site_id="county-a"} 40.0',
+        "# TYPE federation_node_up gauge",
+        'federation_node_up{site_id="county-a",tier="county"} 1.0',
+        "# TYPE federation_empi_review_open gauge",
+        "federation_empi_review_open 7.0", ""])
+    sites, totals = operations(text)
+    assert sites == {"county-a": {"pending": 3.0, "oldest_s": 95.5, "behind": 12.0,
+                                  "lag_s": 40.0},
+                     "city-1": {"pending": 0.0}}
+    assert totals == {"review_open": 7.0}
 
 
 def test_chart_options_align_with_the_days_and_sum_the_quiet_pairs() -> None:
@@ -106,6 +135,7 @@ async def test_the_overview_lists_every_site_in_its_tree_with_its_node(
     for site_id in sites:
         assert f'data-site="{site_id}"' in page
     health = page[page.index('id="health"'):page.index('id="quality"')]
+    assert 'hx-get="/console/admin/details" hx-trigger="load"' in page
     assert re.search(r'data-site="county-a" data-state="online"', health)
     offline = next(s for s in sites if s != "county-a")
     assert re.search(rf'data-site="{offline}" data-state="none"', health)
@@ -114,10 +144,16 @@ async def test_the_overview_lists_every_site_in_its_tree_with_its_node(
     for site_id, site in sites.items():
         if site.parent_site_id in sites:
             assert order.index(site.parent_site_id) < order.index(site_id)
-    # polled, EMPI counts and quality are there (a node that did not answer says so)
+    # polled; the sync position and outbox backlog are the store's (0 queued for any)
     assert 'hx-get="/console/admin/health"' in health and "every 5s" in health
-    assert 'data-count="persons"' in page
     assert "Traceback" not in page
+    # the slower parts follow: each site's data quality (a node that did not answer says
+    # so) and the EMPI's counts, swapped into their card out of band
+    details = html.unescape((await admin.get("/console/admin/details")).text)
+    assert re.search(r'data-site="county-a" data-quality="reported"', details)
+    assert re.search(rf'data-site="{offline}" data-quality="silent"', details)
+    assert 'id="empi-counts" hx-swap-oob="true"' in details
+    assert 'data-count="persons"' in details and "<html" not in details
 
 
 async def test_the_health_fragment_is_a_fragment_that_polls_itself(gateway, admin) -> None:
@@ -168,6 +204,18 @@ async def test_the_audit_search_finds_a_sites_exchanges_and_shows_bad_dates_at_t
     backwards = await admin.get("/console/admin/audit", params={"since": "2026-11-20",
                                                                "until": "2026-11-10"})
     assert backwards.status_code == 400 and 'data-field="since"' in backwards.text
+    # the anomalies follow the page, for the days searched (the last week when wrong)
+    assert 'hx-get="/console/admin/audit/anomalies" hx-trigger="load"' in backwards.text
+    days = await admin.get("/console/admin/audit", params={"since": "2026-11-01",
+                                                          "until": "2026-11-08"})
+    assert 'hx-get="/console/admin/audit/anomalies?since=2026-11-01&amp;until=2026-11-08"' \
+        in days.text
+    week = await admin.get("/console/admin/audit/anomalies")
+    assert week.status_code == 200 and 'id="anomalies" data-loaded="true"' in week.text
+    assert "<html" not in week.text and "data-problem" not in week.text
+    wrong = await admin.get("/console/admin/audit/anomalies",
+                            params={"since": "2026-11-20", "until": "2026-11-10"})
+    assert 'data-problem="400"' in wrong.text
     unknown = await admin.get("/console/admin/audit", params={"patient": "no-such-person"})
     assert unknown.status_code == 400 or 'data-field="patient"' in unknown.text \
         or "data-empty" in unknown.text
@@ -354,8 +402,15 @@ def test_the_administrator_sees_the_consortium_at_a_glance(signed_in, demo_conso
                               and r.status == 200, timeout=12_000):
         pass
     assert page.locator("#health tbody tr").count() == len(demo_consortium.layout.manifest.sites)
+    # the slower parts arrive after the page: data quality from every node, EMPI counts
+    page.wait_for_selector('#quality[data-loaded="true"]')
+    page.wait_for_selector('#empi-counts[data-loaded="true"]')
     assert int(page.locator('[data-count="persons"]').inner_text()) > 0
-    assert page.locator("#quality tbody tr").count() == len(demo_consortium.layout.manifest.sites)
+    assert page.locator('#quality tr[data-quality="reported"]').count() == \
+        len(demo_consortium.layout.manifest.sites)
+    # the archive has caught up with every site (the fixture waits for it)
+    assert health.locator("td .badge.ok", has_text="已同步").count() == \
+        len(demo_consortium.layout.manifest.sites)
     screenshot(page, "admin")
 
 
@@ -410,6 +465,7 @@ def test_the_administrator_finds_a_doctors_exchanges_and_verifies_the_log(
     page.fill("#f-since", "")
     page.click(".audit-search button[type=submit]")
     page.wait_for_load_state("networkidle")
+    page.wait_for_selector('#anomalies[data-loaded="true"]')
     # verify now: the card comes back verified, without leaving the page
     page.click("#verify-now")
     page.wait_for_selector('#verification[data-verified="ok"]', timeout=60_000)

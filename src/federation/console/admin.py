@@ -10,8 +10,10 @@ answer now (a node down, a role that may not see it) says so in its own card ins
 taking the whole page down.
 
 * ``GET /console/admin`` — sites as the city → county → township tree with node health,
-  archive sync lag, outbox backlog, data quality and the EMPI's counts; its health table
-  (``GET /console/admin/health``, a fragment) is polled every 5 s.
+  archive sync lag, outbox backlog and the EMPI's review backlog; its health table
+  (``GET /console/admin/health``, a fragment) is polled every 5 s; data quality per site
+  and the EMPI's counts follow in a fragment loaded after the page
+  (``GET /console/admin/details``), so a slow node never holds the page up.
 * ``GET /console/admin/exchanges?days=N`` — exchange volume per site pair per day and
   referral / consult turnaround by urgency and by site, as ECharts.
 * ``GET /console/admin/audit?who=&patient=&site=&purpose=&operation=&outcome=&since=&until=``
@@ -50,8 +52,8 @@ from federation.console.web import (
 from federation.security.tokens import PURPOSES
 from federation.store.models import OUTCOMES
 
-__all__ = ["create_admin_router", "site_tree", "field_errors", "volume_option",
-           "turnaround_option"]
+__all__ = ["create_admin_router", "field_errors", "operations", "site_tree",
+           "turnaround_option", "volume_option"]
 
 T = TypeVar("T")
 
@@ -122,52 +124,59 @@ def site_tree(sites: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _backlogs(metrics_text: str) -> dict[str, dict[str, float]]:
-    """Per site, the work queued for its node and not yet acknowledged, from the
-    gateway's own ``/metrics`` (the one place the API shows the outbox backlog)."""
-    out: dict[str, dict[str, float]] = {}
-    wanted = {"federation_inbox_pending_items": "pending",
-              "federation_inbox_oldest_pending_seconds": "oldest_s"}
+#: the operations figures of ``/metrics`` the health table shows (name → key)
+OPS_SERIES = {"federation_inbox_pending_items": "pending",
+              "federation_inbox_oldest_pending_seconds": "oldest_s",
+              "federation_sync_behind_changes": "behind",
+              "federation_sync_lag_seconds": "lag_s",
+              "federation_sync_last_pull_age_seconds": "pull_age_s"}
+OPS_TOTALS = {"federation_empi_review_open": "review_open",
+              "federation_empi_review_oldest_seconds": "review_oldest_s"}
+
+
+def operations(metrics_text: str) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Per site: the archive's sync position (changes behind, lag, last pull) and the
+    work queued for its node but not yet acknowledged (the outbox backlog); and the
+    EMPI's review backlog — from the gateway's own ``/metrics``. Those figures are read
+    from the shared store in a few index lookups on every scrape
+    (:mod:`federation.store.ops_view`), where ``/api/archive/sync`` also counts every
+    resource the archive holds: seconds at a million resources, too slow for a table
+    polled every few seconds."""
+    sites: dict[str, dict[str, float]] = {}
+    totals: dict[str, float] = {}
     for family in text_string_to_metric_families(metrics_text):
-        if family.name not in wanted:
-            continue
         for sample in family.samples:
-            site = sample.labels.get("site_id")
-            if site:
-                out.setdefault(site, {})[wanted[family.name]] = sample.value
-    return out
+            if sample.name in OPS_SERIES and sample.labels.get("site_id"):
+                sites.setdefault(sample.labels["site_id"], {})[OPS_SERIES[sample.name]] = \
+                    sample.value
+            elif sample.name in OPS_TOTALS:
+                totals[OPS_TOTALS[sample.name]] = sample.value
+    return sites, totals
 
 
 async def _metrics(http: Api) -> str:
     return (await http.raw("/metrics")).text
 
 
-async def health_rows(http: Api) -> tuple[list[dict[str, Any]], list[str]]:
+async def health_rows(http: Api) -> tuple[list[dict[str, Any]], dict[str, float], list[str]]:
     """Every site in tree order with its node's state and heartbeat, the archive's sync
-    position and the outbox backlog; and what could not be read."""
-    consortium, (sync, sync_error), (metrics, metrics_error) = await asyncio.gather(
-        http.get("/api/consortium"), attempt(http.get("/api/archive/sync")),
-        attempt(_metrics(http)))
+    position and the outbox backlog; the consortium-wide figures; what could not be read."""
+    consortium, (metrics, metrics_error) = await asyncio.gather(
+        http.get("/api/consortium"), attempt(_metrics(http)))
     now = dt.datetime.now(dt.UTC)
-    cursors = {c["site_id"]: c for c in (sync or {}).get("sites", [])}
-    backlog = _backlogs(metrics) if metrics else {}
+    ops, totals = operations(metrics) if metrics else ({}, {})
     rows = []
     for site in site_tree(consortium["sites"]):
         node = site.get("node") or {}
-        cursor = cursors.get(site["site_id"])
-        if cursor is not None:
-            behind = cursor["behind"]
-            lag = 0.0 if behind == 0 else _age_s(
-                cursor.get("caught_up_at") or cursor.get("last_pull_at"), now)
-            cursor = {**cursor, "lag_s": lag,
-                      "pull_age_s": _age_s(cursor.get("last_pull_at"), now)}
+        figures = ops.get(site["site_id"], {})
         rows.append({**site, "state": node.get("state"),
                      "heartbeat_at": node.get("last_heartbeat_at"),
                      "heartbeat_age_s": _age_s(node.get("last_heartbeat_at"), now),
                      "software_version": node.get("software_version"),
-                     "sync": cursor, "backlog": backlog.get(site["site_id"])})
-    problems = [str(e) for e in (sync_error, metrics_error) if e is not None]
-    return rows, problems
+                     "sync": figures if "behind" in figures else None,
+                     "backlog": figures if "pending" in figures else None})
+    problems = [str(metrics_error)] if metrics_error is not None else []
+    return rows, totals, problems
 
 
 # ----------------------------------------------------------------------------- charts
@@ -257,9 +266,11 @@ _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def _anomaly_window(search: dict[str, str], bad: dict[str, str]) -> dict[str, str]:
-    """The anomalies of the search's days when it names plain days, else the last week."""
-    return {k: search[k] for k in ("since", "until")
-            if k in search and k not in bad and _DAY.match(search[k])}
+    """The anomalies of the search's days when it names plain days, else the last week
+    (also when either day is wrong: half a window would be a different question)."""
+    if "since" in bad or "until" in bad:
+        return {}
+    return {k: search[k] for k in ("since", "until") if k in search and _DAY.match(search[k])}
 
 
 def _page_link(search: dict[str, str], offset: int) -> str:
@@ -274,24 +285,32 @@ def create_admin_router() -> APIRouter:
 
     @router.get("")
     async def overview(request: Request) -> Response:
-        http = api(request)
-        (rows, problems), (quality, quality_error), (counts, counts_error) = \
-            await asyncio.gather(health_rows(http), attempt(http.get("/api/quality")),
-                                 attempt(http.get("/api/identity/counts")))
+        rows, totals, problems = await health_rows(api(request))
         tiers: dict[str, int] = {}
         for r in rows:
             tiers[r.get("tier") or "?"] = tiers.get(r.get("tier") or "?", 0) + 1
-        by_site = {q["site_id"]: q for q in (quality or {}).get("sites", [])}
-        silent = {i["site_id"]: i["diagnostics"] for i in (quality or {}).get("issues", [])
-                  if i.get("site_id")}
-        return page(request, "admin/overview.html", rows=rows, problems=problems,
-                    tiers=tiers, quality=by_site, quality_silent=silent,
-                    quality_error=quality_error, counts=counts, counts_error=counts_error)
+        return page(request, "admin/overview.html", rows=rows, totals=totals,
+                    problems=problems, tiers=tiers)
 
     @router.get("/health")
     async def health(request: Request) -> Response:
-        rows, problems = await health_rows(api(request))
+        rows, _, problems = await health_rows(api(request))
         return page(request, "admin/_health.html", rows=rows, problems=problems)
+
+    @router.get("/details")
+    async def details(request: Request) -> Response:
+        """The overview's slower parts, fetched after the page: every node's data
+        quality (a call to each node) and the EMPI's counts (a scan of its records)."""
+        http = api(request)
+        consortium, (quality, quality_error), (counts, counts_error) = await asyncio.gather(
+            http.get("/api/consortium"), attempt(http.get("/api/quality")),
+            attempt(http.get("/api/identity/counts")))
+        silent = {i["site_id"]: i["diagnostics"] for i in (quality or {}).get("issues", [])
+                  if i.get("site_id")}
+        return page(request, "admin/_details.html", rows=site_tree(consortium["sites"]),
+                    quality={q["site_id"]: q for q in (quality or {}).get("sites", [])},
+                    quality_silent=silent, quality_error=quality_error, counts=counts,
+                    counts_error=counts_error)
 
     @router.get("/exchanges")
     async def exchanges(request: Request) -> Response:
@@ -342,14 +361,6 @@ def create_admin_router() -> APIRouter:
                     else None)
             else:
                 raise events_error
-        anomalies, anomalies_error = await attempt(
-            http.get("/api/audit/anomalies", **_anomaly_window(search, fields)))
-        last_day = ""
-        if anomalies:     # the window's end is exclusive: say the last day it covers
-            until = _aware(anomalies["until"])
-            if until is not None:
-                last_day = (until.astimezone(LOCAL) - dt.timedelta(seconds=1)).strftime(
-                    "%Y-%m-%d")
         if verify_error is not None and verify_error.status != 404:
             raise verify_error
         total = (events or {}).get("total", 0)
@@ -359,11 +370,25 @@ def create_admin_router() -> APIRouter:
                     newer=_page_link(search, max(0, offset - PAGE_SIZE)) if offset else None,
                     older=_page_link(search, offset + PAGE_SIZE)
                     if offset + PAGE_SIZE < total else None,
-                    anomalies=anomalies, anomalies_error=anomalies_error,
-                    anomalies_last_day=last_day,
+                    anomalies_query=urllib.parse.urlencode(_anomaly_window(search, fields)),
                     verification=verification,
                     sites=site_tree((sites or {}).get("sites", [])),
                     purposes=PURPOSES, outcomes=OUTCOMES)
+
+    @router.get("/audit/anomalies")
+    async def anomalies(request: Request) -> Response:
+        """The flagged anomalies of a window (a fragment the audit page loads after
+        itself: finding them reads every exchange of the window)."""
+        window = {k: v for k, v in request.query_params.items() if k in ("since", "until")}
+        found, error = await attempt(api(request).get("/api/audit/anomalies", **window))
+        last_day = ""
+        if found:         # the window's end is exclusive: say the last day it covers
+            until = _aware(found["until"])
+            if until is not None:
+                last_day = (until.astimezone(LOCAL) - dt.timedelta(seconds=1)).strftime(
+                    "%Y-%m-%d")
+        return page(request, "admin/_anomalies.html", anomalies=found,
+                    anomalies_error=error, anomalies_last_day=last_day)
 
     @router.post("/audit/verify")
     async def verify(request: Request) -> Response:
@@ -379,13 +404,11 @@ def create_admin_router() -> APIRouter:
             offset = max(0, int(request.query_params.get("offset", "0") or 0))
         except ValueError:
             offset = 0
-        http = api(request)
-        queue, (counts, _) = await asyncio.gather(
-            http.get("/api/identity/review", _count=QUEUE_SIZE, _offset=offset),
-            attempt(http.get("/api/identity/counts")))
+        queue = await api(request).get("/api/identity/review", _count=QUEUE_SIZE,
+                                       _offset=offset)
         total = queue["total"]
         base = PREFIX + "/admin/empi?offset="
-        return page(request, "admin/empi_queue.html", queue=queue, counts=counts,
+        return page(request, "admin/empi_queue.html", queue=queue,
                     done=request.query_params.get("done"),
                     done_item=request.query_params.get("item"),
                     newer=f"{base}{max(0, offset - QUEUE_SIZE)}" if offset else None,

@@ -67,8 +67,10 @@ HTTP_AUTHZ: dict[tuple[str, str], Rule] = {
     # the administrators' pages (federation.console.admin); the auditor's is the audit one
     ("GET", "/console/admin"): Rule(ADMINS, OPERATIONS),
     ("GET", "/console/admin/health"): Rule(ADMINS, OPERATIONS),
+    ("GET", "/console/admin/details"): Rule(ADMINS, OPERATIONS),
     ("GET", "/console/admin/exchanges"): Rule(ADMINS | {"auditor"}, OPERATIONS),
     ("GET", "/console/admin/audit"): Rule(AUDITORS, OPERATIONS),
+    ("GET", "/console/admin/audit/anomalies"): Rule(AUDITORS, OPERATIONS),
     ("POST", "/console/admin/audit/verify"): Rule(AUDITORS, OPERATIONS),
     ("GET", "/console/admin/empi"): Rule(REGIONAL, OPERATIONS),
     ("GET", "/console/admin/empi/{item_id}"): Rule(REGIONAL, OPERATIONS),
