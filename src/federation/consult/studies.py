@@ -216,20 +216,22 @@ async def download(obj: StudyObject, target: Path,
         f.truncate(good)
         f.seek(good)
         expected = good // obj.chunk_size
+
         def take(chunk: Chunk) -> None:
-            # in a worker thread: hashing and writing release the GIL, so gRPC takes in
-            # the next chunk meanwhile
             check_chunk(obj, chunk, where)
             f.write(chunk.data)
             f.flush()
-            whole.update(chunk.data)
 
         if good < obj.size:
             async for chunk in stream(good):
                 if chunk.index != expected:
                     raise IntegrityError(f"{where}: expected chunk {expected} of {obj.name}, "
                                          f"got {chunk.index}")
-                await asyncio.to_thread(take, chunk)
+                # two worker threads (hashing and writing release the GIL): the chunk's
+                # check and write beside the whole object's running hash, while gRPC
+                # takes in the next chunk; a bad chunk leaves the hash unused
+                await asyncio.gather(asyncio.to_thread(take, chunk),
+                                     asyncio.to_thread(whole.update, chunk.data))
                 received += len(chunk.data)
                 expected += 1
         if f.tell() != obj.size:
