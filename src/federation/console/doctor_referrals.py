@@ -35,11 +35,13 @@ from fastapi.responses import Response
 
 from federation.console.patient_view import Person, record_at, with_person
 from federation.console.referral_view import (
+    ACT_INPUTS,
     ACTIONS,
     CONSENT_METHODS,
     CONSENTERS,
     DEPARTMENTS,
     DIRECTIONS,
+    EVENTS,
     STATUSES,
     URGENCIES,
     act_body,
@@ -67,7 +69,7 @@ LIST_SIZE = 30
 #: how often the list asks for fresh statuses (seconds)
 POLL_S = 3
 
-VOCAB = {"statuses": STATUSES, "urgencies": URGENCIES, "directions": DIRECTIONS,
+VOCAB = {"statuses": STATUSES, "events": EVENTS, "urgencies": URGENCIES, "directions": DIRECTIONS,
          "departments": DEPARTMENTS, "action_labels": ACTIONS,
          "consent_methods": CONSENT_METHODS, "consenters": CONSENTERS}
 
@@ -255,7 +257,7 @@ def create_doctor_referrals_router() -> APIRouter:
                 if exc.status >= 500 or exc.status == 404:
                     raise
                 fields = form_fields(exc.fields)
-                message = None if exc.fields else str(exc)
+                message = None if set(fields) & ACT_INPUTS else str(exc)
         return await _referral(request, task_id, failed=action, fields=fields,
                                message=message, form=form, status=400)
 
@@ -271,9 +273,12 @@ async def _referral(request: Request, task_id: str, *, failed: str | None = None
         client.get("/api/referrals/options"))
     person_id = (view.get("patient") or {}).get("person_id")
     names = await _person_names(client, {person_id} if person_id else set())
-    redirect_targets = [t for t in ((options.get("targets") or {}).get(
-        view.get("direction") or "upward") or {}).get(view.get("urgency") or "routine") or []
-        if t["id"] != (view.get("owner") or {}).get("site")]
+    # the rules decide a redirect from the sender's site; offer the other sites of the
+    # target's tier and let the workflow refuse what its rules do not allow
+    ends = {(view.get("owner") or {}).get("site"), (view.get("requester") or {}).get("site")}
+    owner_tier = sites.get((view.get("owner") or {}).get("site") or "", {}).get("tier")
+    redirect_targets = [{"id": k, "name": v["name"]} for k, v in sites.items()
+                        if k not in ends and v.get("tier") == owner_tier]
     return page(request, "doctor/referral.html", status=status, view=view, sites=sites,
                 patient_name=names.get(person_id or ""), options=options,
                 redirect_targets=redirect_targets, failed=failed, fields=fields or {},

@@ -42,6 +42,8 @@ _SITE_URN = "urn:federation:site:"
 _ID_SHAPE = re.compile(r"^\d{6,}[\dXx]?$")
 _NAME = re.compile(r"^[\w·•．.\s'-]+$")
 _MAX_CHARTS = 6
+#: the consortium's local time (China Standard Time): dates on the page are the sites' dates
+CST = dt.timezone(dt.timedelta(hours=8))
 
 
 def _fold(text: str) -> str:
@@ -285,7 +287,7 @@ def timeline(bundle: dict[str, Any], site_order: list[str]) -> list[tuple[str, l
         if kind not in KINDS:
             continue
         when = _when(resource)
-        local = when.astimezone(dt.timezone(dt.timedelta(hours=8))) if when else None
+        local = when.astimezone(CST) if when else None
         key = local.strftime("%Y-%m-%d") if local else ""
         day = by_site[site_of(resource)].setdefault(key, Day(key))
         klass = (resource.get("class") or {}).get("code") if kind == "Encounter" else None
@@ -335,7 +337,7 @@ def lab_charts(bundle: dict[str, Any], names: dict[str, str],
         if (quantity.get("unit") or quantity.get("code") or "") not in ("", units[loinc]):
             continue            # another unit cannot share the axis
         series[loinc][site_of(resource)].append(
-            (when.isoformat(), float(quantity["value"])))
+            (when.astimezone(CST).isoformat(), float(quantity["value"])))
         rr = next(iter(resource.get("referenceRange") or []), None)
         if rr and loinc not in ranges:
             ranges[loinc] = ((rr.get("low") or {}).get("value"),

@@ -22,7 +22,7 @@ from typing import Any
 from federation.fhir_systems import EMPI_PERSON_SYSTEM
 
 __all__ = ["ACTIONS", "DEPARTMENTS", "DIRECTIONS", "STATUSES", "URGENCIES", "act_body",
-           "direction", "document_text",
+           "ACT_INPUTS", "EVENTS", "direction", "document_text",
            "form_fields", "referral_body", "task_row"]
 
 Message = tuple[str, str]
@@ -77,6 +77,16 @@ ACTIONS: dict[str, Message] = {
     "receive-result": ("确认收到结果", "Acknowledge the result"),
     "note": ("留言", "Add a note"), "cancel": ("撤销转诊", "Cancel the referral"),
 }
+
+#: what the history says of each event (the moves, and what the platform did)
+EVENTS: dict[str, Message] = {**ACTIONS, "create": ("发起", "Sent"),
+                              "attach-packet": ("资料包已收集", "Packet gathered"),
+                              "escalate": ("超时上报", "Escalated"),
+                              "receive-result": ("确认收到结果", "Result acknowledged")}
+#: the fields an action's form shows (an API error about another field is said on top)
+ACT_INPUTS = frozenset({"note", "reason_code", "reason_text", "target_site", "department",
+                        "admission_note", "result_text", "result_kind", "appointment_start",
+                        "visit_date"})
 
 _REQUIRED: dict[str, Message] = {
     "target_site": ("请选择转往的机构", "Choose the site to refer to"),
