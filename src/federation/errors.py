@@ -72,7 +72,16 @@ class ConfigError(FederationError):
 
 
 class InvalidInput(FederationError):
+    """``field`` names the request field at fault (a JSON key, dotted for nested ones), so
+    a form can show the message next to it; HTTP carries it as OperationOutcome
+    ``issue.expression``."""
+
     default_code = "invalid"
+
+    def __init__(self, message: str, *, code: str | None = None,
+                 field: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.field = field
 
 
 class PayloadTooLarge(InvalidInput):

@@ -85,3 +85,26 @@ def test_a_bad_rules_file_names_its_mistake(tmp_path, edit, message):
     path.write_text(text.replace(edit[0], edit[1], 1), encoding="utf-8")
     with pytest.raises(ConfigError, match=message):
         load_rules(path)
+
+
+def test_departments_come_from_the_file(tmp_path):
+    city, township = SiteFacts("city-1", "city", None), SiteFacts("t", "township", "c")
+    assert "cardiology" in RULES.departments(city)
+    assert RULES.departments(township) == ("general-practice", "chronic-disease",
+                                           "rehabilitation")
+    from importlib import resources
+
+    text = resources.files("federation.referral").joinpath("consortium.toml").read_text()
+    path = tmp_path / "rules.toml"
+    path.write_text(text + '\n[departments.sites]\n"city-1" = ["oncology"]\n', encoding="utf-8")
+    assert load_rules(path).departments(city) == ("oncology",)
+    assert load_rules(path).departments(SiteFacts("city-2", "city", None)) == \
+        RULES.departments(city)
+    path.write_text(text.replace('township = ["general-practice"', 'moon = ["general-practice"'),
+                    encoding="utf-8")
+    with pytest.raises(ConfigError, match="departments.moon must be a tier"):
+        load_rules(path)
+    path.write_text(text.replace('township = ["general-practice"', 'township = [""'),
+                    encoding="utf-8")
+    with pytest.raises(ConfigError, match="departments.township must be a list"):
+        load_rules(path)

@@ -141,3 +141,24 @@ def test_a_table_checks_itself():
     with pytest.raises(ValueError, match="foreign state"):
         TransitionTable("tiny", Tiny, ["go"], [Rule(S.REQUESTED, "go", Tiny.B, frozenset())])
     assert Tiny.of("completed", "b") is Tiny.B
+
+
+@pytest.mark.parametrize("table", [UPWARD, DOWNWARD], ids=["upward", "downward"])
+@pytest.mark.parametrize("state", list(S), ids=lambda s: s.name)
+def test_permitted_is_exactly_what_transition_lets_through(table, state):
+    """What a person's screen offers agrees with what the move itself checks, for every
+    party and role combination of note."""
+    for parties in ({Party.REQUESTER}, {Party.OWNER}, {Party.ADMIN}, {Party.SYSTEM}, set()):
+        for roles in ({"doctor"}, {"nurse"}, {"site-admin"}, {"regional-admin"}, set()):
+            actor = Actor("x", frozenset(parties), frozenset(roles))
+            offered = table.permitted(state, actor)
+            for action in table.allowed(state):
+                try:
+                    table.transition(state, action, actor)
+                    ok = True
+                except PermissionDenied:
+                    ok = False
+                assert (action in offered) == ok, (state, action, parties, roles)
+    nurse_at_owner = Actor("n", frozenset({Party.OWNER}), frozenset({"nurse"}))
+    if state is S.REQUESTED:
+        assert table.permitted(state, nurse_at_owner) == ["note"]   # triage is not hers

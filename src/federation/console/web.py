@@ -19,6 +19,7 @@ import datetime as dt
 import hmac
 import json
 import secrets
+import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from federation import errors
 from federation.gateway.auth_api import CONSOLE_PREFIX, CONSOLE_SESSION_COOKIE
 from federation.security.tokens import StaffClaims
 
-__all__ = ["ApiError", "Console", "LANGS", "SESSION_COOKIE", "CSRF_COOKIE", "LANG_COOKIE",
+__all__ = ["ApiError", "Console", "ServerTiming", "LANGS", "SESSION_COOKIE", "CSRF_COOKIE", "LANG_COOKIE",
            "api", "form_of", "page"]
 
 HERE = Path(__file__).parent
@@ -261,3 +262,29 @@ def redirect(request: Request, to: str, *, htmx: bool | None = None) -> Response
 
 def template_env() -> Environment:
     return _env
+
+
+class ServerTiming:
+    """ASGI middleware: console pages answer ``Server-Timing: app;dur=<ms>`` — the whole
+    request inside the app, its API calls included (W3C Server Timing), which the
+    browser's developer tools and ``bench/console_pages.py`` read. Other paths pass
+    through untouched (streams stay streams)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(PREFIX) \
+                or scope["path"].startswith(PREFIX + "/static"):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+
+        async def timed(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                ms = (time.perf_counter() - started) * 1000
+                message["headers"] = [*message.get("headers", []),
+                                      (b"server-timing", f"app;dur={ms:.1f}".encode())]
+            await send(message)
+
+        await self.app(scope, receive, timed)

@@ -39,6 +39,7 @@ from federation.gateway.fanout import Requester
 from federation.security.accounts import verify_password
 from federation.security.authz import authorize, rule_for
 from federation.security.limits import RateLimiter
+from federation.security.principal import Principal
 from federation.security.tokens import (
     CONSORTIUM,
     JWT_BEARER_GRANT,
@@ -54,7 +55,8 @@ from federation.store import ExchangeEntry, GatewayStore
 CONSOLE_PREFIX = "/console"
 CONSOLE_SESSION_COOKIE = "fed_session"
 
-__all__ = ["Authorize", "BearerAuth", "claims_of", "create_auth_router", "requester_of"]
+__all__ = ["Authorize", "BearerAuth", "claims_of", "create_auth_router", "principal_of_request",
+           "requester_of"]
 
 _MAX_FORM_BYTES = 16 * 1024
 
@@ -141,6 +143,13 @@ def requester_of(request: Request) -> Requester:
     claims = claims_of(request)
     return Requester(kind="user", id=claims.user_id, site=claims.site_id,
                      purpose=claims.purpose)
+
+
+def principal_of_request(request: Request) -> Principal:
+    """The signed-in person as the workflows (referral, consult) see them: a site's staff
+    member acts for their site with their roles; a regional administrator sees all."""
+    claims = claims_of(request)
+    return Principal("person", claims.user_id, claims.site_id, claims.roles, via="token")
 
 
 def create_auth_router(store: GatewayStore, tokens: AccessTokens, trust: TrustAnchor,

@@ -29,7 +29,7 @@ from federation.console.doctor import create_doctor_router
 from federation.console.doctor_referrals import create_doctor_referrals_router
 from federation.console.routes import console_crash, console_error, create_console_router
 from federation.console.web import STATIC as CONSOLE_STATIC
-from federation.console.web import ApiError, Console
+from federation.console.web import ApiError, Console, ServerTiming
 from federation.gateway.auth_api import (
     CONSOLE_PREFIX,
     Authorize,
@@ -108,6 +108,7 @@ def create_http_app(
 
     # the web console: pages for people, a client of this same API (federation.console)
     app.state.console = Console(app, auth[0])
+    app.add_middleware(ServerTiming)
     app.include_router(create_console_router(store))
     app.include_router(create_doctor_router())
     app.include_router(create_doctor_referrals_router())

@@ -34,8 +34,8 @@ def operation_outcome(exc: errors.FederationError) -> tuple[int, dict[str, Any]]
         if isinstance(exc, kind):
             status, code = http_status, issue_code
             break
-    body = {
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": code, "diagnostics": exc.message}],
-    }
-    return status, body
+    issue: dict[str, Any] = {"severity": "error", "code": code, "diagnostics": exc.message}
+    field = getattr(exc, "field", None)
+    if field:   # FHIR R4 OperationOutcome.issue.expression: where in the request
+        issue["expression"] = [field]
+    return status, {"resourceType": "OperationOutcome", "issue": [issue]}

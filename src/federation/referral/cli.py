@@ -23,6 +23,7 @@ from rich.table import Table
 from federation._cli_util import friendly, local_time, person_credentials
 from federation.errors import ConfigError, InvalidInput
 from federation.referral.client import ReferralClient
+from federation.referral.fhir import ICD10
 from federation.referral.moves import Details
 from federation.referral.rules import load_rules
 from federation.referral.service import CONSENT_METHODS, NewReferral
@@ -30,7 +31,6 @@ from federation.referral.wire import ReferralSummary
 
 __all__ = ["referral"]
 
-ICD10 = "http://hl7.org/fhir/sid/icd-10"
 
 
 def _out() -> Console:

@@ -22,7 +22,7 @@ from federation.fhir_systems import EMPI_PERSON_SYSTEM, SITE_ID_SYSTEM, site_urn
 from federation.workflow.records import TaskRow
 
 __all__ = [
-    "BUSINESS_STATUS_SYSTEM", "REJECT_REASON_SYSTEM", "REFERRAL_SYSTEM", "FLAG_SYSTEM",
+    "BUSINESS_STATUS_SYSTEM", "REJECT_REASON_SYSTEM", "REFERRAL_SYSTEM", "FLAG_SYSTEM", "ICD10",
     "PRIORITY", "org_ref", "patient_ref", "service_request", "task_resource", "consent",
     "appointment", "document", "care_plan", "communication", "bundle", "validated",
     "iso", "service_request_status",
@@ -33,6 +33,8 @@ REJECT_REASON_SYSTEM = "urn:federation:referral:reject-reason"
 REFERRAL_SYSTEM = "urn:federation:referral"
 FLAG_SYSTEM = "urn:federation:referral:flag"
 SNOMED = "http://snomed.info/sct"
+#: diagnosis codes (the national edition GB/T 14396 shares the system)
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
 LOINC = "http://loinc.org"
 #: FHIR request-priority for each consortium urgency
 PRIORITY = {"routine": "routine", "urgent": "urgent", "emergency": "stat"}

@@ -1,5 +1,7 @@
-"""Referrals on the gateway's FHIR REST API: search and read only (writes go through
-gRPC with a person or node certificate until people sign in over HTTP).
+"""Referrals on the gateway's HTTP API, for people signed in with a bearer token: FHIR
+search and read here, and the console's JSON API — create, every move, one referral's
+view, its packet — in :mod:`.http_api` (included by :func:`create_referral_router`).
+Nodes and the CLI reach the same :class:`ReferralService` over gRPC.
 
 * ``GET /fhir/Task?status=&business-status=&owner=&requester=&patient=&priority=&_id=
   &_tag=&_count=&_offset=&_sort=`` → ``Bundle`` ``searchset`` (FHIR R4 §3.1.1 search):
@@ -14,6 +16,10 @@ gRPC with a person or node certificate until people sign in over HTTP).
   &priority=&based-on=&_id=&_count=&_offset=&_sort=`` likewise.
 * ``GET /fhir/Task/{id}``, ``GET /fhir/ServiceRequest/{id}``.
 * ``GET /api/referrals/turnaround`` and ``GET /api/referrals/alerts`` (JSON).
+* ``GET /api/referrals/options``, ``POST /api/referrals``,
+  ``POST /api/referrals/packet-preview``, ``GET /api/referrals/{id}``,
+  ``GET /api/referrals/{id}/packet``, ``POST /api/referrals/{id}/{action}`` — see
+  :mod:`.http_api`.
 
 An unsupported parameter is a 400 OperationOutcome: silently ignoring a filter would
 return the wrong referrals. Every call is one exchange-log row.
@@ -30,16 +36,17 @@ from fastapi.responses import JSONResponse
 
 from federation.errors import InvalidInput
 from federation.fhir_systems import EMPI_PERSON_SYSTEM
-from federation.gateway.auth_api import claims_of, requester_of
+from federation.gateway.auth_api import principal_of_request, requester_of
 from federation.identity.lookup import logged
 from federation.referral import fhir
+from federation.referral.http_api import create_referral_api_router
 from federation.referral.service import ReferralService
-from federation.security.principal import Principal
 from federation.store import GatewayStore
 from federation.workflow.records import TaskFilter, TaskRow
 from federation.workflow.state import TaskStatus
 
-__all__ = ["create_referral_router", "TASK_PARAMETERS", "SERVICE_REQUEST_PARAMETERS"]
+__all__ = ["create_referral_router", "principal_of_request", "TASK_PARAMETERS",
+           "SERVICE_REQUEST_PARAMETERS"]
 
 FHIR_JSON = "application/fhir+json"
 _PAGING = ("_count", "_offset", "_sort", "_format")
@@ -53,14 +60,6 @@ _URGENCY_OF_PRIORITY = {v: k for k, v in fhir.PRIORITY.items()}
 _SR_STATUS = {"active": ("requested", "accepted", "in-progress"), "completed": ("completed",),
               "revoked": ("rejected", "cancelled")}
 MAX_COUNT = 200
-#: until people sign in over HTTP, the API reads as the gateway's own tool
-
-
-def principal_of_request(request: Request) -> Principal:
-    """The signed-in person (bearer token) as the workflow sees them: a site's staff member
-    sees the referrals their site sent or received; a regional administrator sees all."""
-    claims = claims_of(request)
-    return Principal("person", claims.user_id, claims.site_id, claims.roles, via="token")
 
 
 def _fhir(body: dict[str, Any], status: int = 200) -> JSONResponse:
@@ -268,5 +267,8 @@ def create_referral_router(service: ReferralService, *,
         return {"alerts": [{"referral": n.task_id, "at": n.at.isoformat(),
                             "audience": n.audience, "reason": n.reason} for n in found]}
 
+    # the console's JSON API: create, move, read one, the packet (after the fixed paths
+    # above, which its /api/referrals/{task_id} would otherwise shadow)
+    router.include_router(create_referral_api_router(service, store=store))
     return router
 

@@ -1,5 +1,6 @@
 """The consortium's referral rules, read from data: who may refer to whom, the time
-limits per urgency, and the coded reasons for rejecting a referral.
+limits per urgency, the coded reasons for rejecting a referral, and the departments
+each site receives referrals in (the vocabulary a form offers).
 
 The packaged ``consortium.toml`` is the default; a consortium with other rules points the
 gateway's ``referral_rules`` setting at its own copy. Checking a route is pure: it takes
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,13 @@ from typing import Any
 from federation.errors import ConfigError, PermissionDenied
 from federation.workflow.timelimits import TimeLimits
 
-__all__ = ["DIRECTIONS", "SiteFacts", "RouteRule", "ReferralRules", "load_rules"]
+__all__ = ["DIRECTIONS", "MAX_DEPARTMENT", "SiteFacts", "RouteRule", "ReferralRules",
+           "load_rules"]
 
 DIRECTIONS = ("upward", "downward", "redirect")
 _TIERS = ("township", "county", "city")
+#: the longest department name a referral keeps (its column's width)
+MAX_DEPARTMENT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,16 @@ class ReferralRules:
     time_limits: TimeLimits
     reject_reasons: Mapping[str, str]
     source: str
+    #: tier → departments, and site id → departments (a site's own list wins)
+    tier_departments: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    site_departments: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def departments(self, site: SiteFacts) -> tuple[str, ...]:
+        """The departments ``site`` receives referrals in, as the consortium lists them
+        (empty when it lists none: the department is then free text)."""
+        if site.site_id in self.site_departments:
+            return self.site_departments[site.site_id]
+        return self.tier_departments.get(site.tier, ())
 
     def check_route(self, direction: str, urgency: str, origin: SiteFacts,
                     target: SiteFacts) -> None:
@@ -134,5 +148,32 @@ def _parse(data: Mapping[str, Any], source: str) -> ReferralRules:
     reasons = {str(k): str(v) for k, v in (data.get("reject_reasons") or {}).items()}
     if not reasons:
         raise ConfigError(f"{source}: [reject_reasons] must list at least one coded reason")
+    tiers, sites = _departments(data.get("departments") or {}, source)
     return ReferralRules(urgencies, tuple(routes),
-                         TimeLimits.from_mapping(data, urgencies, source), reasons, source)
+                         TimeLimits.from_mapping(data, urgencies, source), reasons, source,
+                         tiers, sites)
+
+
+def _departments(raw: Mapping[str, Any], source: str
+                 ) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
+    """``[departments]``: a list per tier, and ``[departments.sites]`` a list per site."""
+    def names(value: Any, where: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(
+                isinstance(v, str) and 0 < len(v.strip()) <= MAX_DEPARTMENT for v in value):
+            raise ConfigError(f"{where} must be a list of department names (1–{MAX_DEPARTMENT} "
+                              "characters each)")
+        return tuple(v.strip() for v in value)
+
+    tiers, sites = {}, {}
+    for key, value in raw.items():
+        if key == "sites":
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: [departments.sites] must map site ids to lists")
+            sites = {str(site): names(v, f"{source}: departments.sites.{site}")
+                     for site, v in value.items()}
+        elif key in _TIERS:
+            tiers[key] = names(value, f"{source}: departments.{key}")
+        else:
+            raise ConfigError(f"{source}: departments.{key} must be a tier "
+                              f"({', '.join(_TIERS)}) or the [departments.sites] table")
+    return tiers, sites

@@ -44,12 +44,12 @@ from federation.referral.moves import (
     referral_bundle,
     row_of,
 )
-from federation.referral.rules import ReferralRules, SiteFacts
+from federation.referral.rules import MAX_DEPARTMENT, ReferralRules, SiteFacts
 from federation.referral.state import ReferralState, table_for
 from federation.security.principal import SYSTEM, Principal
-from federation.store import GatewayStore, WorkItemRow
+from federation.store import GatewayStore, SiteRow, WorkItemRow
 from federation.workflow.exchange import log_call
-from federation.workflow.packet import PACKET_JOB, PacketJobs
+from federation.workflow.packet import PACKET_JOB, PacketJobs, fetch_packet
 from federation.workflow.records import (
     DeliveryRow,
     EventRow,
@@ -60,7 +60,7 @@ from federation.workflow.records import (
     TaskFilter,
     TaskRow,
 )
-from federation.workflow.state import Actor, Party
+from federation.workflow.state import Actor, Party, parties_of
 from federation.workflow.store import WorkflowStore
 from federation.workflow.turnaround import Turnaround, turnaround
 
@@ -95,8 +95,9 @@ class ReferralView:
     resources: dict[str, dict[str, Any]]
     history: list[EventRow]
     deliveries: list[DeliveryRow]
-    allowed: list[str]
+    allowed: list[str]                                 # the state's moves, for anyone
     pending: list[str] = field(default_factory=list)   # work the gateway still owes it
+    permitted: list[str] = field(default_factory=list)  # the moves the viewer may make now
 
 
 class ReferralService:
@@ -145,11 +146,18 @@ class ReferralService:
                          Actor(who.describe(), frozenset({Party.REQUESTER}), who.roles),
                          subject="a referral")
         if new.direction not in ("upward", "downward"):
-            raise InvalidInput("direction must be upward or downward")
+            raise InvalidInput("direction must be upward or downward", field="direction")
         if new.urgency not in self.rules.urgencies:
-            raise InvalidInput(f"urgency must be one of {', '.join(self.rules.urgencies)}")
+            raise InvalidInput(f"urgency must be one of {', '.join(self.rules.urgencies)}",
+                               field="urgency")
         if not new.patient_id:
-            raise InvalidInput("a referral needs the patient's id at your site (patient_id)")
+            raise InvalidInput("a referral needs the patient's id at your site (patient_id)",
+                               field="patient_id")
+        _check_widths(department=new.department, request_id=new.request_id)
+        for days, what in new.follow_ups:
+            if days < 0 or not what.strip():
+                raise InvalidInput("each follow-up visit needs days from now (0 or more) and "
+                                   "what it is for", field="follow_ups")
         if new.request_id:
             existing = await asyncio.to_thread(self._workflows.by_request_id, who.site_id,
                                                new.request_id)
@@ -159,15 +167,16 @@ class ReferralService:
         if new.consent_method is None:
             raise InvalidInput(
                 "the patient's consent to share their record with the target is required: "
-                f"record it ({' | '.join(CONSENT_METHODS)}); nothing was sent")
+                f"record it ({' | '.join(CONSENT_METHODS)}); nothing was sent", field="consent")
         if new.consent_method not in CONSENT_METHODS:
-            raise InvalidInput(f"consent must be one of {', '.join(CONSENT_METHODS)}")
+            raise InvalidInput(f"consent must be one of {', '.join(CONSENT_METHODS)}",
+                               field="consent")
         person_id = await self._person(who.site_id, new.patient_id)
         if new.based_on:
             await self._check_based_on(who, new, person_id)
         elif new.direction == "downward" and not new.follow_ups:
             raise InvalidInput("a downward referral needs a follow-up plan (at least one "
-                               "follow-up visit: days from now and what)")
+                               "follow-up visit: days from now and what)", field="follow_ups")
         now = self._now()
         limits = self.rules.time_limits
         task = NewTask(
@@ -213,7 +222,8 @@ class ReferralService:
             options = self.rules.targets(new.direction, new.urgency, origin, list(sites.values()))
             if not options:
                 raise InvalidInput(f"the consortium's rules name no {new.urgency} "
-                                   f"{new.direction} target for {origin_id}")
+                                   f"{new.direction} target for {origin_id}",
+                                   field="target_site")
             target_id = options[0]
         target = sites.get(target_id)
         if target is None:
@@ -234,17 +244,18 @@ class ReferralService:
 
     async def _check_based_on(self, who: Principal, new: NewReferral, person_id: str) -> None:
         if new.direction != "downward":
-            raise InvalidInput("only a downward referral is based on an earlier (upward) one")
+            raise InvalidInput("only a downward referral is based on an earlier (upward) one",
+                               field="based_on")
         up = await asyncio.to_thread(self._workflows.get, new.based_on, WORKFLOW)
         if up.owner_site != who.site_id:
             raise PermissionDenied(f"referral {up.task_id} was addressed to {up.owner_site}; "
                                    f"only that site refers the patient back down from it")
         if up.person_id != person_id:
             raise InvalidInput(f"referral {up.task_id} is about another person than "
-                               f"Patient/{new.patient_id}")
+                               f"Patient/{new.patient_id}", field="based_on")
         if not new.follow_ups:
             raise InvalidInput("a downward referral needs a follow-up plan (at least one "
-                               "follow-up visit: days from now and what)")
+                               "follow-up visit: days from now and what)", field="follow_ups")
 
     def _downward_documents(self, who: Principal, new: NewReferral, task: NewTask,
                             now: dt.datetime) -> list[dict[str, Any]]:
@@ -299,7 +310,8 @@ class ReferralService:
     async def _check_redirect(self, who: Principal, task_id: str, target_id: str) -> None:
         task = await asyncio.to_thread(self._workflows.get, task_id, WORKFLOW)
         if target_id in (task.requester_site, task.owner_site):
-            raise InvalidInput(f"redirect the referral to a third site, not {target_id}")
+            raise InvalidInput(f"redirect the referral to a third site, not {target_id}",
+                               field="target_site")
         sites = {s.site_id: SiteFacts(s.site_id, s.tier, s.parent_site_id)
                  for s in await asyncio.to_thread(self._store.list_sites)}
         if target_id not in sites:
@@ -411,11 +423,45 @@ class ReferralService:
         resources = await asyncio.to_thread(self._workflows.resources, task_id)
         history = await asyncio.to_thread(self._workflows.history, task_id)
         deliveries = await asyncio.to_thread(self._workflows.deliveries, task_id)
-        allowed = table_for(task.category).allowed(task.state(ReferralState))
+        table, state = table_for(task.category), task.state(ReferralState)
         jobs = await asyncio.to_thread(self._workflows.pending_jobs, task_id)
         pending = [f"{kind}: attempt {n}" + (f" — {error}" if error else "")
                    for kind, n, error in jobs]
-        return ReferralView(task, resources, history, deliveries, allowed, pending)
+        actor = Actor(who.describe(), parties_of(
+            who.kind, who.site_id, who.roles, requester_site=task.requester_site,
+            owner_site=task.owner_site, actor_id=who.actor_id, assignee=task.assignee),
+            who.roles)
+        return ReferralView(task, resources, history, deliveries, table.allowed(state),
+                            pending, table.permitted(state, actor))
+
+    async def members(self) -> list[SiteRow]:
+        """The consortium's member sites (what a referral form may offer as targets)."""
+        return await asyncio.to_thread(self._store.list_sites)
+
+    async def preview_packet(self, who: Principal, patient_id: str, *,
+                             purpose: str = "TREAT") -> dict[str, Any]:
+        """The packet a referral of ``patient_id`` (at the caller's own site) would carry,
+        fetched now from the site's node with the packet deadline — nothing is stored or
+        sent. One node round trip, as assembling the real packet costs."""
+        started = time.perf_counter()
+        try:
+            if who.kind != "person" or not who.site_id:
+                raise PermissionDenied("a packet preview is for a site's staff")
+            if not patient_id:
+                raise InvalidInput("the preview needs the patient's id at your site",
+                                   field="patient_id")
+            async with self._packets.assembling:
+                clinical = await fetch_packet(self._store, self._clients, who.site_id,
+                                              patient_id, deadline_s=self._deadline,
+                                              purpose=purpose)
+        except FederationError as exc:
+            detail = exc.message.replace(patient_id, "<patient>") if patient_id else exc.message
+            await self._log(who, "Referrals/PacketPreview", who.site_id, patient_id, "error",
+                            exc.code, started, detail=detail)
+            raise
+        await self._log(who, "Referrals/PacketPreview", who.site_id, patient_id, "ok", "OK",
+                        started, records=len(clinical))
+        return fhir.bundle(f"preview-{uuid.uuid4().hex[:12]}", clinical, self._now())
 
     async def search(self, who: Principal, where: TaskFilter, *, offset: int = 0,
                      limit: int = 20, sort: str = "-updated") -> tuple[list[TaskRow], int]:
@@ -440,12 +486,12 @@ class ReferralService:
     async def _log(self, who: Principal, operation: str, target: str | None,
                    patient_id: str | None, outcome: str, code: str, started: float, *,
                    detail: str = "", task_id: str | None = None,
-                   patient: tuple[str, str] | None = None) -> None:
+                   patient: tuple[str, str] | None = None, records: int = 0) -> None:
         if patient is None and patient_id and who.site_id:
             patient = (who.site_id, patient_id)
         await log_call(self._store, who, operation, now=self._now(), started=started,
                        target=target, outcome=outcome, code=code, detail=detail,
-                       task_id=task_id, patient=patient)
+                       task_id=task_id, patient=patient, records=records)
 
 
 def _deliver_packet(after: TaskRow, packet: dict[str, Any], now: dt.datetime) -> list[Message]:
@@ -468,33 +514,49 @@ def _fields(where: TaskFilter) -> dict[str, Any]:
     return {f: getattr(where, f) for f in where.__dataclass_fields__}
 
 
+def _check_widths(**values: str | None) -> None:
+    """What the store keeps in a column of fixed width (the department, the request id)."""
+    for name, value in values.items():
+        if value and len(value) > MAX_DEPARTMENT:
+            raise InvalidInput(f"{name} must be at most {MAX_DEPARTMENT} characters",
+                               field=name)
+
+
 def _check_details(action: str, d: Details, rules: ReferralRules) -> None:
     """What each move needs from the person making it (checked before any write)."""
     if action == "accept" and not (d.appointment_start or d.admission_note):
-        raise InvalidInput("accepting needs an appointment time (--appointment) or an "
-                           "admission note (--admission)")
+        raise InvalidInput("accepting needs an appointment time or an admission note (or "
+                           "both)", field="appointment_start")
     if action == "book" and d.appointment_start is None:
-        raise InvalidInput("booking needs the appointment time")
+        raise InvalidInput("booking needs the appointment time", field="appointment_start")
     if d.appointment_start is not None and d.appointment_start.tzinfo is None:
-        raise InvalidInput("the appointment time needs a time zone (e.g. 2026-12-01T09:30+08:00)")
+        raise InvalidInput("the appointment time needs a time zone (e.g. "
+                           "2026-12-01T09:30+08:00)", field="appointment_start")
     if action == "reject" and d.reason_code not in rules.reject_reasons:
         raise InvalidInput(f"rejecting needs a coded reason: one of "
-                           f"{', '.join(rules.reject_reasons)}")
+                           f"{', '.join(rules.reject_reasons)}", field="reason_code")
     if action == "redirect" and not d.target_site:
-        raise InvalidInput("redirecting needs the site to send the referral on to")
+        raise InvalidInput("redirecting needs the site to send the referral on to",
+                           field="target_site")
+    _check_widths(department=d.department)
     if action in ("note",) and not d.note.strip():
-        raise InvalidInput("a note needs text")
+        raise InvalidInput("a note needs text", field="note")
     if action == "follow-up" and not (d.note.strip() or d.result_text.strip()):
-        raise InvalidInput("a follow-up visit needs a note of what was found")
+        raise InvalidInput("a follow-up visit needs a note of what was found", field="note")
     if action == "complete":
         if d.result_resource is not None:
             kind = d.result_resource.get("resourceType")
             if kind not in ("DocumentReference", "DiagnosticReport") or not d.result_resource.get("id"):
                 raise InvalidInput("the result must be a DocumentReference or DiagnosticReport "
-                                   "with an id")
-            fhir.validated(d.result_resource, "the result")
+                                   "with an id", field="result_resource")
+            try:
+                fhir.validated(d.result_resource, "the result")
+            except InvalidInput as exc:
+                raise InvalidInput(exc.message, field="result_resource") from None
         elif not d.result_text.strip():
             raise InvalidInput("completing needs the result: a consult note or discharge "
-                               "summary text, or a FHIR DocumentReference/DiagnosticReport")
+                               "summary text, or a FHIR DocumentReference/DiagnosticReport",
+                               field="result_text")
         if d.result_kind not in ("consult-note", "discharge-summary"):
-            raise InvalidInput("result kind must be consult-note or discharge-summary")
+            raise InvalidInput("result kind must be consult-note or discharge-summary",
+                               field="result_kind")

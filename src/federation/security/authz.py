@@ -105,8 +105,9 @@ HTTP_AUTHZ: dict[tuple[str, str], Rule] = {
         "Encounter", "MedicationRequest", "Observation")},
     ("POST", "/fhir/Consent"): Rule(CLINICIANS, CARE, ("Consent", "write")),
     ("GET", "/fhir/Consent/{consent_id}"): Rule(CLINICIANS, CARE, ("Consent", "read")),
-    # two-way referral, read side (writes go over gRPC with person or node certificates):
-    # staff see their own site's referrals, a regional administrator all of them
+    # two-way referral: staff see their own site's referrals, a regional administrator all
+    # of them; doctors and specialists send them (the site is the token's); the state
+    # machine then says which party and role may make which move
     ("GET", "/fhir/Task"): Rule(CLINICIANS | ADMINS, CARE | OPERATIONS, ("Task", "read")),
     ("GET", "/fhir/Task/{task_id}"): Rule(CLINICIANS | ADMINS, CARE | OPERATIONS,
                                           ("Task", "read")),
@@ -116,6 +117,17 @@ HTTP_AUTHZ: dict[tuple[str, str], Rule] = {
                                                        ("ServiceRequest", "read")),
     ("GET", "/api/referrals/turnaround"): Rule(ADMINS | {"auditor"}, OPERATIONS),
     ("GET", "/api/referrals/alerts"): Rule(CLINICIANS | ADMINS, CARE | OPERATIONS),
+    ("GET", "/api/referrals/options"): Rule(CLINICIANS | ADMINS, CARE | OPERATIONS),
+    ("POST", "/api/referrals"): Rule(frozenset({"doctor", "specialist"}), CARE,
+                                     ("Task", "write")),
+    # the packet is the patient's clinical record: clinicians, for care
+    ("POST", "/api/referrals/packet-preview"): Rule(frozenset({"doctor", "specialist"}), CARE,
+                                                    ("Patient", "read")),
+    ("GET", "/api/referrals/{task_id}"): Rule(CLINICIANS | ADMINS, CARE | OPERATIONS,
+                                              ("Task", "read")),
+    ("GET", "/api/referrals/{task_id}/packet"): Rule(CLINICIANS, CARE, ("Patient", "read")),
+    ("POST", "/api/referrals/{task_id}/{action}"): Rule(CLINICIANS | ADMINS, CARE | OPERATIONS,
+                                                        ("Task", "write")),
     # remote consultation: clinicians request, specialists of a pool claim and report,
     # regional administrators oversee; the service then checks party, pool and state
     ("GET", "/api/consults"): Rule(CLINICIANS | ADMINS, CARE | OPERATIONS, ("Task", "read")),

@@ -46,7 +46,7 @@ class Principal:
             return "the gateway"
         roles = f" ({', '.join(sorted(self.roles))})" if self.roles else ""
         where = f" at {self.site_id}" if self.site_id else ""
-        via = " via its site's node" if self.via else ""
+        via = " via its site's node" if self.via == "node" else ""
         return f"{self.user_id}{roles}{where}{via}"
 
     @property

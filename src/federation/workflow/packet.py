@@ -113,7 +113,8 @@ class PacketJobs:
         self._bundle, self._wake, self._now = bundle, wake, clock
         #: set when this replica queued a packet job (others' jobs are found by polling)
         self.due = asyncio.Event()
-        self._assembling = asyncio.Semaphore(PACKET_CONCURRENCY)
+        #: held while a packet is fetched: a preview waits its turn like a job
+        self.assembling = asyncio.Semaphore(PACKET_CONCURRENCY)
 
     async def assemble(self, limit: int = 20) -> int:
         """Fetch the packet of every task that still needs one from its origin node and
@@ -131,7 +132,7 @@ class PacketJobs:
     async def _one(self, task_id: str, attempt: int) -> bool:
         task = await asyncio.to_thread(self._workflows.get, task_id, self._workflow)
         try:
-            async with self._assembling:
+            async with self.assembling:
                 clinical = await fetch_packet(self._store, self._clients, task.requester_site,
                                               task.patient_id, deadline_s=self._deadline)
         except FederationError as exc:

@@ -154,6 +154,18 @@ class TransitionTable:
         """The actions the table allows from ``state`` (for anyone)."""
         return [a for a in self.actions if (state, a) in self._rules]
 
+    def permitted(self, state: WorkflowState, actor: Actor) -> list[str]:
+        """The actions ``actor`` may take from ``state``: what a person's screen offers,
+        decided by the same :meth:`transition` that checks the move itself."""
+        out = []
+        for action in self.allowed(state):
+            try:
+                self.transition(state, action, actor)
+            except PermissionDenied:
+                continue
+            out.append(action)
+        return out
+
     def rule(self, state: WorkflowState, action: str, *, subject: str = "") -> Rule:
         """The rule for ``action`` in ``state``, or :class:`InvalidTransition`."""
         if action not in self.actions:
