@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import logging
 import re
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections import defaultdict
@@ -252,7 +253,8 @@ def test_actions_need_what_their_move_needs_and_times_are_china_time() -> None:
     assert set(act_body("reject", {"reason_text": "满了"})[1]) == {"reason_code"}
     assert set(act_body("complete", {})[1]) == {"result_text"}
     assert set(act_body("note", {"note": "  "})[1]) == {"note"}
-    assert act_body("accept", {})[1] == {}
+    assert set(act_body("accept", {})[1]) == {"admission_note"}   # or a time
+    assert act_body("accept", {"admission_note": "明日门诊"})[1] == {}
     assert form_fields({"consent": "x", "reason.code": "y", "follow_ups[2].what": "z",
                         "target_site": "w"}) == {"consent_method": "x", "reason_code": "y",
                                                  "fu_2": "z", "target_site": "w"}
@@ -406,8 +408,11 @@ def _api_post(demo, token: str, path: str, body: dict) -> dict:
     request = urllib.request.Request(
         f"{demo.url}{path}", data=json.dumps(body).encode(), method="POST",
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        return json.load(answer)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return json.load(answer)
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"{path}: {exc.code} {exc.read().decode()[:500]}") from None
 
 
 def test_county_doctor_finds_refers_reads_and_sees_the_status_change_live(
@@ -423,7 +428,7 @@ def test_county_doctor_finds_refers_reads_and_sees_the_status_change_live(
     assert row.count() == 1
     shown = {s.get_attribute("data-site") for s in row.locator("[data-site]").all()}
     assert shown >= set(sites) and len(shown) >= 2
-    assert record.resident_id not in page.content()          # masked on the page
+    assert record.resident_id not in page.locator("#results").inner_html()   # masked
     row.locator("a.button").click()
     page.wait_for_load_state("networkidle")
     assert "/console/patients/P" in page.url
@@ -448,9 +453,11 @@ def test_county_doctor_finds_refers_reads_and_sees_the_status_change_live(
         assert page.locator(f'.field-error[data-field="{field}"]').is_visible(), field
 
     # the rules' targets for an urgent upward referral, then a complete form
-    page.select_option("#urgency", "urgent")
+    with page.expect_response("**/console/referrals/new/targets?*"):
+        page.select_option("#urgency", "urgent")
     page.wait_for_selector("#target_site option[value='city-1']", state="attached")
-    page.select_option("#target_site", "city-1")
+    with page.expect_response("**/console/referrals/new/targets?*"):
+        page.select_option("#target_site", "city-1")
     page.wait_for_selector("#department option[value='cardiology']", state="attached")
     page.select_option("#department", "cardiology")
     page.fill("#reason_text", "不稳定型心绞痛")
@@ -470,7 +477,8 @@ def test_county_doctor_finds_refers_reads_and_sees_the_status_change_live(
     # the city accepts (its staff, through the API); the list shows it without a reload
     page.evaluate("window.__stayed = true")
     city = _token(demo_consortium, "dr-li", "city-1")
-    _api_post(demo_consortium, city, f"/api/referrals/{task_id}/accept", {})
+    _api_post(demo_consortium, city, f"/api/referrals/{task_id}/accept",
+              {"admission_note": "明日上午心内科门诊"})
     page.wait_for_selector(f"#status-{task_id}[data-status='accepted']", timeout=15_000)
     assert page.evaluate("window.__stayed === true")             # the same page, live
     assert "已接收" in page.locator(f"#status-{task_id}").inner_text()

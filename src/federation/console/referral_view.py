@@ -201,6 +201,10 @@ def act_body(action: str, form: dict[str, str]) -> tuple[dict[str, Any], dict[st
     if action == "book" and "appointment_start" not in body and "appointment_start" \
             not in errors:
         errors["appointment_start"] = ("请选择预约时间", "Choose the appointment time")
+    if action == "accept" and not (body.get("admission_note") or body.get("appointment_start")) \
+            and "appointment_start" not in errors:
+        errors["admission_note"] = ("接收时请写接诊安排或选择预约时间",
+                                    "Accepting needs an admission note or an appointment time")
     if action == "reject" and not body.get("reason_code"):
         errors["reason_code"] = ("请选择拒绝原因", "Choose why")
     if action == "redirect" and not body.get("target_site"):
