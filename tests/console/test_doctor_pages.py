@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import logging
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -529,3 +530,77 @@ def test_break_glass_asks_why_and_the_password_then_reads_once(demo_consortium) 
         assert 'id="break-glass-notice"' in read.text and 'id="timeline"' in read.text
         # once: the session keeps its own purpose, the next read is refused again
         assert http.get(f"/console/patients/{person_id}").status_code == 403
+
+
+def _console(demo, user: str) -> tuple[httpx.Client, str]:
+    account = next(a for a in demo.accounts if a.user == user)
+    http = httpx.Client(base_url=demo.url, timeout=60)
+    signin = http.get("/console/signin")
+    answer = http.post("/console/signin", data={
+        "csrf": _csrf(signin.text), "site": account.signin_site, "username": user,
+        "password": account.password})
+    assert answer.status_code == 303, answer.text[:300]
+    return http, _csrf(signin.text)
+
+
+def test_a_referral_runs_its_whole_loop_through_the_console(demo_consortium) -> None:
+    """Sent by the county, accepted, booked, seen and completed by the city through its
+    referral page, the result acknowledged by the county: each page offers only the moves
+    the workflow allows then, and a move missing what it needs says so at the field."""
+    _, _, record = _multi_site_person(demo_consortium)
+    wang, wang_csrf = _console(demo_consortium, "dr-wang")
+    li, li_csrf = _console(demo_consortium, "dr-li")
+    try:
+        found = wang.post("/console/patients", data={"csrf": wang_csrf,
+                                                     "q": record.resident_id})
+        person_id = re.search(r'data-person="([^"]+)"', found.text)[1]
+        sent = wang.post("/console/referrals/new", data={
+            "csrf": wang_csrf, "person": person_id, "direction": "upward",
+            "urgency": "routine", "target_site": "city-1", "department": "oncology",
+            "reason_text": "肺部占位待查", "reason_code": "R91", "consent_method": "verbal",
+            "consent_by": "relative", "consent_name": "王五", "request_id": "loop-1"})
+        assert sent.status_code == 303, sent.text[:800]
+        task_id = sent.headers["location"].rpartition("sent=")[2]
+        url = f"/console/referrals/{task_id}"
+
+        def actions(http: httpx.Client) -> set[str]:
+            page = http.get(url)
+            assert page.status_code == 200, page.text[:500]
+            return set(re.findall(r'data-action="([^"]+)"', page.text))
+
+        def act(http: httpx.Client, csrf: str, action: str, **data: str) -> httpx.Response:
+            return http.post(f"{url}/{action}", data={"csrf": csrf, **data})
+
+        assert actions(wang) == {"note", "cancel"}
+        assert {"accept", "reject", "redirect"} <= actions(li)
+        refused = act(li, li_csrf, "reject", reason_text="没有床位")
+        assert refused.status_code == 400 and 'data-field="reason_code"' in refused.text
+        assert act(li, li_csrf, "accept", admission_note="肿瘤科门诊").status_code == 303
+        bad_time = act(li, li_csrf, "book", appointment_start="下周一")
+        assert bad_time.status_code == 400 and 'data-field="appointment_start"' in bad_time.text
+        assert act(li, li_csrf, "book", appointment_start="2026-12-07T09:30").status_code == 303
+        assert act(li, li_csrf, "start").status_code == 303
+        empty = act(li, li_csrf, "complete", result_kind="consult-note")
+        assert empty.status_code == 400 and 'data-field="result_text"' in empty.text
+        done = act(li, li_csrf, "complete", result_kind="consult-note",
+                   result_text="CT 示右上肺结节，建议3个月后复查")
+        assert done.status_code == 303
+        page = wang.get(url).text
+        assert "建议3个月后复查" in page and "知情同意：近亲属（王五）" in page
+        # the county acknowledges the result (its node may do so first, on delivery)
+        deadline = time.monotonic() + 30
+        while 'data-status="closed"' not in page and time.monotonic() < deadline:
+            if 'data-action="receive-result"' in page:
+                act(wang, wang_csrf, "receive-result")
+            time.sleep(0.5)
+            page = wang.get(url).text
+        assert 'data-status="closed"' in page and "已确认收到" in page
+        listed = wang.get("/console/referrals").text
+        assert f'id="status-{task_id}"' in listed and 'data-status="closed"' in listed
+        # a stale form (another person moved first) is a message, not a crash
+        stale = act(li, li_csrf, "note", note="补充", expected_version="1")
+        assert stale.status_code == 400 and "Traceback" not in stale.text
+        assert stale.text.count('role="alert"') >= 1
+    finally:
+        wang.close()
+        li.close()
