@@ -31,18 +31,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import json
 import os
 import signal
-import sqlite3
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from sqlalchemy import text
+from _shared import caught_up, inbox_received, linked_patients, percentile  # path first
 
 from federation.demo.runner import Supervisor, consortium_state
 from federation.demo.workspace import DemoLayout, prepare_workspace
@@ -50,22 +47,16 @@ from federation.referral.client import ReferralClient
 from federation.referral.service import NewReferral
 from federation.security.tls import TlsMaterial
 from federation.settings import load_node_settings
-from federation.store import make_engine
 
 TARGET, ORIGIN = "city-1", "county-a"
 CALLS: list[float] = []   # Create call durations, ms
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _summary(label: str, lat_ms: list[float]) -> str:
     if not lat_ms:
         return f"{label}: no deliveries"
     return (f"{label}: n={len(lat_ms)} p50={statistics.median(lat_ms):.1f} ms "
-            f"p99={_pct(lat_ms, 0.99):.1f} ms max={max(lat_ms):.1f} ms")
+            f"p99={percentile(lat_ms, 0.99):.1f} ms max={max(lat_ms):.1f} ms")
 
 
 class CityInbox:
@@ -76,57 +67,8 @@ class CityInbox:
         self.path = settings.state_dir / "inbox.sqlite"
 
     def received(self, which: str = "referral") -> dict[str, list[float]]:
-        """referral id → the times (epoch s) the inbox stored its ``which`` bundle
-        (``referral`` or ``packet``); more than one time is a duplicate."""
-        if not self.path.exists():
-            return {}
-        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5)
-        try:
-            rows = conn.execute("SELECT payload, received_at FROM inbox "
-                                "WHERE kind = 'referral'").fetchall()
-        except sqlite3.OperationalError:
-            return {}
-        finally:
-            conn.close()
-        out: dict[str, list[float]] = {}
-        for payload, received in rows:
-            rid, _, kind = json.loads(payload)["id"].rpartition("-")
-            if kind != which:
-                continue
-            at = dt.datetime.fromisoformat(str(received))
-            at = at if at.tzinfo else at.replace(tzinfo=dt.UTC)
-            out.setdefault(rid, []).append(at.timestamp())
-        return out
-
-
-def _linked_patients(url: str) -> list[str]:
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(text(
-                "SELECT record_id FROM identity_record WHERE site_id = :s AND "
-                "state = 'linked' ORDER BY record_id"), {"s": ORIGIN}).scalars())
-    except Exception:  # not migrated yet
-        return []
-    finally:
-        engine.dispose()
-
-
-def _caught_up(url: str) -> bool:
-    """The archive has read both nodes' change feeds to their heads (the start-up's heavy
-    work — first scans, pulls, EMPI linking — is over)."""
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows = {r.site_id: r for r in conn.execute(text(
-                "SELECT site_id, after, node_head, caught_up_at FROM feed_cursor"))}
-    except Exception:  # not migrated yet
-        return False
-    finally:
-        engine.dispose()
-    return all(site in rows and rows[site].caught_up_at is not None and
-               rows[site].node_head > 0 and rows[site].after == rows[site].node_head
-               for site in (ORIGIN, TARGET))
+        """See :func:`_shared.inbox_received`."""
+        return inbox_received(self.path, which)
 
 
 def _node_state(layout: DemoLayout, site: str) -> str:
@@ -179,11 +121,11 @@ async def run(args: argparse.Namespace) -> int:
         patients: list[str] = []
         for _ in range(3000):
             if all(_node_state(layout, s) == "online" for s in (ORIGIN, TARGET)) and \
-                    await asyncio.to_thread(_caught_up, url):
+                    await asyncio.to_thread(caught_up, url, (ORIGIN, TARGET)):
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(args.settle)
-        patients = await asyncio.to_thread(_linked_patients, url)
+        patients = await asyncio.to_thread(linked_patients, url, ORIGIN)
         print(f"gateway {layout.grpc_address} ({url.split(':')[0]}), {len(patients)} linked "
               f"patients at {ORIGIN}; gateway, {ORIGIN} and {TARGET} nodes are processes")
         # warm-up: channels, caches

@@ -26,15 +26,12 @@ import json
 import multiprocessing as mp
 import random
 import statistics
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT))
+from _shared import machine, percentile, throwaway_database  # sets the path first
 
 SITE = "county-a"
 
@@ -159,10 +156,53 @@ async def _drive(ports: list[tuple[int, int]], root: Path, patients: int, client
     elapsed = time.monotonic() - started - warmup
     for c in channels:
         await c.close()
-    q = statistics.quantiles(sorted(latencies), n=100)
-    return {"rps": len(latencies) / elapsed, "res_s": resources / elapsed, "p50": q[49] * 1000,
-            "p99": q[98] * 1000, "errors": errors,
+    return {"rps": len(latencies) / elapsed, "res_s": resources / elapsed,
+            "p50": percentile(latencies, 0.5) * 1000, "p99": percentile(latencies, 0.99) * 1000,
+            "errors": errors,
             "metrics_ms": statistics.median(scrapes) * 1000 if scrapes else float("nan")}
+
+
+def run(replicas: list[int], *, patients: int = 1000, per_patient: int = 15,
+        clients: int = 32, seconds: float = 10.0, warmup: float = 3.0) -> dict[int, dict]:
+    """The archive read curve: replica count → reads/s, resources/s, p50/p99 ms, errors,
+    /metrics ms; on one throwaway PostgreSQL database loaded once for every count."""
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp, throwaway_database(prefix="fed_bench") as url:
+        root = Path(tmp)
+        _pki(root)
+        t0 = time.perf_counter()
+        rows = _populate(url, patients, per_patient)
+        print(f"archive: {rows} resources of {patients} patients loaded in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        results = {}
+        for k in replicas:
+            ready: mp.Queue = ctx.Queue()
+            procs = [ctx.Process(target=_gateway_main, args=(url, tmp, ready), daemon=True)
+                     for _ in range(k)]
+            for p in procs:
+                p.start()
+            try:
+                ports = [ready.get(timeout=120) for _ in procs]
+                results[k] = asyncio.run(_drive(ports, root, patients, clients, seconds, warmup))
+                results[k]["machine"] = machine()
+            finally:
+                for p in procs:
+                    p.terminate()
+                for p in procs:
+                    p.join(10)
+    return results
+
+
+def print_table(results: dict[int, dict], *, per_patient: int = 15, clients: int = 32,
+                seconds: float = 10.0, warmup: float = 3.0) -> None:
+    print(f"Gateway.ReadPatientRecord ({1 + per_patient} resources a patient), "
+          f"{clients} clients round-robin, {seconds:.0f} s after {warmup:.0f} s "
+          f"warm-up, one PostgreSQL, {mp.cpu_count()} cores")
+    print(f"{'replicas':>8} {'reads/s':>8} {'res/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'errors':>7} {'/metrics ms':>12}  machine at the end")
+    for k, r in results.items():
+        print(f"{k:>8} {r['rps']:>8.0f} {r['res_s']:>8.0f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
+              f"{r['errors']:>7} {r['metrics_ms']:>12.1f}  {r['machine']}")
 
 
 def main() -> None:
@@ -174,40 +214,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--replicas", default="1,2,3")
     args = parser.parse_args()
-    from tests.pg_util import throwaway_database
-
-    ctx = mp.get_context("spawn")
-    with tempfile.TemporaryDirectory() as tmp, throwaway_database(prefix="fed_bench") as url:
-        root = Path(tmp)
-        _pki(root)
-        t0 = time.perf_counter()
-        rows = _populate(url, args.patients, args.per_patient)
-        print(f"archive: {rows} resources of {args.patients} patients loaded in "
-              f"{time.perf_counter() - t0:.0f} s")
-        results = {}
-        for k in map(int, args.replicas.split(",")):
-            ready: mp.Queue = ctx.Queue()
-            procs = [ctx.Process(target=_gateway_main, args=(url, tmp, ready), daemon=True)
-                     for _ in range(k)]
-            for p in procs:
-                p.start()
-            try:
-                ports = [ready.get(timeout=120) for _ in procs]
-                results[k] = asyncio.run(_drive(ports, root, args.patients, args.clients,
-                                                args.seconds, args.warmup))
-            finally:
-                for p in procs:
-                    p.terminate()
-                for p in procs:
-                    p.join(10)
-    print(f"Gateway.ReadPatientRecord ({1 + args.per_patient} resources a patient), "
-          f"{args.clients} clients round-robin, {args.seconds:.0f} s after {args.warmup:.0f} s "
-          f"warm-up, one PostgreSQL, {mp.cpu_count()} cores")
-    print(f"{'replicas':>8} {'reads/s':>8} {'res/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'errors':>7} {'/metrics ms':>12}")
-    for k, r in results.items():
-        print(f"{k:>8} {r['rps']:>8.0f} {r['res_s']:>8.0f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
-              f"{r['errors']:>7} {r['metrics_ms']:>12.1f}")
+    shape = {"per_patient": args.per_patient, "clients": args.clients,
+             "seconds": args.seconds, "warmup": args.warmup}
+    results = run([int(k) for k in args.replicas.split(",")], patients=args.patients, **shape)
+    print_table(results, **shape)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def test_only_the_store_writes_exchange_rows_and_it_always_appends_the_audit() -
                     isinstance(node, ast.Constant) and node.value == "exchange_log"
                     and "migrations" not in path.parts):
                 offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
-    allowed = {"audit/verify.py", "audit/log.py"}       # readers, not writers
+    allowed = {"audit/verify.py", "audit/log.py", "audit/search.py"}   # readers, not writers
     assert {o.split(":")[0] for o in offenders} <= allowed, offenders
     source = WRITER.read_text(encoding="utf-8")
     body = source[source.index("def log_exchanges"):source.index("def list_exchanges")]

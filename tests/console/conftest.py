@@ -105,11 +105,11 @@ def _chromium() -> str | None:
     return found or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    """Chromium for one test: Playwright's sync API keeps an event loop running on this
-    thread while it is open, and the async tests after a browser test need the thread's
-    loop free (held for the session, every later async test failed to start)."""
+    """Chromium for one test module. Playwright's sync API keeps an event loop running
+    while it is started, so a browser module holds only plain (sync) tests, and the
+    browser stops with its module: asyncio tests in other modules then run as usual."""
     executable = _chromium()
     if executable is None:
         message = ("Debian's chromium is not installed (apt-get install chromium); the "

@@ -18,12 +18,6 @@ import asyncio
 import csv
 import dataclasses
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -34,7 +28,7 @@ from federation._proto.v1 import archive_pb2, archive_pb2_grpc
 from federation.audit.verify import verify_store
 from federation.consult.client import ConsultClient
 from federation.consult.service import NewConsult
-from federation.demo.workspace import DemoLayout, free_ports, prepare_workspace
+from federation.demo.workspace import DemoLayout, prepare_workspace
 from federation.errors import FederationError, Unavailable
 from federation.nodes.agent import RunningNode, start_node
 from federation.referral.client import ReferralClient
@@ -45,6 +39,7 @@ from federation.security.tls import TlsMaterial
 from federation.settings import load_node_settings
 from federation.store import make_engine, upgrade
 from federation.synth.studies import write_ecg_study
+from tests.deploy.gateways import Gateways, until
 from tests.pg_util import throwaway_database
 from tests.referral.conftest import bundle
 
@@ -55,73 +50,6 @@ REFERRALS = 12
 CONSULTS = 4
 ST_ELEVATION = {"system": "http://snomed.info/sct", "code": "164865005",
                 "display": "ST elevation"}
-
-
-class Gateways:
-    """``federation gateway serve`` processes sharing one database and one key ring."""
-
-    def __init__(self, layout: DemoLayout, url: str, count: int) -> None:
-        self.layout, self.url = layout, url
-        ports = free_ports(2 * count)
-        self.grpc = ports[:count]
-        self.http = ports[count:]
-        self.procs: list[subprocess.Popen | None] = [None] * count
-        base = layout.gateway_config.read_text()
-        self.configs = []
-        for i in range(count):
-            lines = [line for line in base.splitlines()
-                     if not line.startswith(("database_url", "grpc_listen", "http_listen"))]
-            head = [f'database_url = "{url}"', f'grpc_listen = "127.0.0.1:{self.grpc[i]}"',
-                    f'http_listen = "127.0.0.1:{self.http[i]}"',
-                    'privacy_keyring = "privacy-keys.json"', "inbox_poll_ms = 200"]
-            config = layout.workdir / f"gateway-{i + 1}.toml"
-            config.write_text("\n".join(head + lines[1:]) + "\n")
-            self.configs.append(config)
-
-    @property
-    def addresses(self) -> str:
-        return ",".join(f"127.0.0.1:{p}" for p in self.grpc)
-
-    async def start(self, i: int) -> None:
-        log = (self.layout.logs / f"gateway-{i + 1}.log").open("wb")
-        self.procs[i] = subprocess.Popen(
-            [sys.executable, "-m", "federation", "gateway", "serve", "--config",
-             str(self.configs[i])], stdout=log, stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        await _until(lambda: _healthy(self.http[i]), 60, f"gateway {i + 1} to serve")
-
-    def kill(self, i: int) -> None:
-        proc = self.procs[i]
-        assert proc is not None and proc.poll() is None, f"gateway {i + 1} is not running"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            if proc is not None:
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-async def _until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(predicate):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 def _rows(url: str, sql: str, **params) -> list:
@@ -210,7 +138,7 @@ async def test_three_gateways_one_killed_nothing_lost_or_doubled(tmp_path: Path)
                 settings = load_node_settings(layout.node_configs[site])
                 nodes[site] = await start_node(dataclasses.replace(
                     settings, gateway=gateways.addresses))
-            await _until(lambda: _caught_up(url, (ORIGIN, TARGET)), 180,
+            await until(lambda: _caught_up(url, (ORIGIN, TARGET)), 180,
                          "the archive to read both nodes' feeds")
             patients = [r.record_id for r in _rows(
                 url, "SELECT record_id FROM identity_record WHERE site_id = :s AND "
@@ -276,14 +204,14 @@ async def test_three_gateways_one_killed_nothing_lost_or_doubled(tmp_path: Path)
                 items = target.inbox.items()
                 return all(bundle(items, r, "referral") and bundle(items, r, "packet")
                            for r in made)
-            await _until(delivered, 180, "every referral and packet at the target")
+            await until(delivered, 180, "every referral and packet at the target")
             origin = nodes[ORIGIN]
 
             def reported() -> bool:
                 ids = [json.loads(i.payload).get("id") for i in origin.inbox.items()]
                 return all(ids.count(f"{c}-r1-delivery") == 1 for c in consults)
-            await _until(reported, 120, "every signed report at the requester")
-            await _until(lambda: not _rows(
+            await until(reported, 120, "every signed report at the requester")
+            await until(lambda: not _rows(
                 url, "SELECT item_id FROM work_item WHERE acked_at IS NULL AND site_id "
                      "IN (:a, :b)", a=ORIGIN, b=TARGET), 60, "every work item acknowledged")
         finally:

@@ -31,7 +31,8 @@ TABLES = {"site", "node", "node_event", "exchange_log", "work_item", "site_resou
           "archive_consent", "export_job", "export_file",
           "workflow_task", "workflow_event", "workflow_resource", "workflow_message",
           "workflow_notice", "workflow_job",
-          "audit_head", "audit_leaf", "audit_tile", "audit_party", "audit_tree_head"}
+          "audit_head", "audit_leaf", "audit_tile", "audit_party", "audit_tree_head",
+          "audit_verification"}
 
 
 def _diffs(engine: Engine) -> list:

@@ -49,12 +49,9 @@ def _print_report(report: Any, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.as_json(), ensure_ascii=False, indent=1))
     elif report.ok:
-        click.echo(f"ok: {report.leaves_checked} entries and {report.tree_heads_checked} signed "
-                   f"tree heads check out (tree size {report.tree_size})")
+        click.echo(report.summary())
     else:
-        first = report.first
-        click.secho(f"TAMPERED: {len(report.findings)} finding(s); first bad entry: "
-                    f"leaf {first.leaf} ({first.kind}): {first.message}", fg="red")
+        click.secho(report.summary(), fg="red")
         for f in report.findings[:20]:
             click.echo(f"  leaf {f.leaf}: {f.kind}: {f.message}")
     if not report.ok:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from federation.audit.events import BREAK_GLASS, action_of
 from federation.store.models import ExchangeEntry
 
-__all__ = ["Rules", "CST", "build_report"]
+__all__ = ["Rules", "CST", "build_report", "exchange_volume", "find_anomalies"]
 
 CST = dt.timezone(dt.timedelta(hours=8), "CST")
 _CARE_PREFIXES = ("Referral", "Consult")
@@ -67,16 +67,10 @@ def build_report(entries: Iterable[ExchangeEntry], *, since: dt.datetime, until:
                  rules: Rules = Rules(), tz: dt.tzinfo = CST) -> dict[str, object]:
     """The report for exchanges in [since, until)."""
     rows = sorted((e for e in entries if since <= e.at < until), key=lambda e: e.at)
-    volume: Counter[tuple[str, str, str]] = Counter()
-    records: Counter[tuple[str, str, str]] = Counter()
     purposes: Counter[str] = Counter()
     refusals: Counter[tuple[str, str, str]] = Counter()
     glass = []
     for e in rows:
-        day = e.at.astimezone(tz).date().isoformat()
-        pair = (day, e.requester_site or _requester(e), e.target_site or "gateway")
-        volume[pair] += 1
-        records[pair] += e.records
         if action_of(e.operation) == "R":
             purposes[e.purpose or "unspecified"] += 1
         if e.outcome == "refused":
@@ -88,8 +82,7 @@ def build_report(entries: Iterable[ExchangeEntry], *, since: dt.datetime, until:
                           "outcome": e.outcome, "reason": e.detail or "(no reason given)"})
     return {
         "since": since.isoformat(), "until": until.isoformat(), "exchanges": len(rows),
-        "volume": [{"day": d, "from": a, "to": b, "exchanges": n, "records": records[(d, a, b)]}
-                   for (d, a, b), n in sorted(volume.items())],
+        "volume": exchange_volume(rows, tz),
         "reads_by_purpose": dict(sorted(purposes.items())),
         "refusals": [{"requester": r, "operation": o, "status": s, "count": n}
                      for (r, o, s), n in sorted(refusals.items(), key=lambda t: -t[1])],
@@ -97,6 +90,29 @@ def build_report(entries: Iterable[ExchangeEntry], *, since: dt.datetime, until:
         "anomalies": _anomalies(rows, rules, tz),
         "rules": {k: getattr(rules, k) for k in rules.__slots__},
     }
+
+
+def exchange_volume(entries: Iterable[ExchangeEntry], tz: dt.tzinfo = CST
+                    ) -> list[dict[str, object]]:
+    """Exchanges and records per local day and (requesting site, target site), sorted; a
+    requester without a site (an operator) stands as ``kind:id``, no target as
+    ``gateway``."""
+    volume: Counter[tuple[str, str, str]] = Counter()
+    records: Counter[tuple[str, str, str]] = Counter()
+    for e in entries:
+        day = e.at.astimezone(tz).date().isoformat()
+        pair = (day, e.requester_site or _requester(e), e.target_site or "gateway")
+        volume[pair] += 1
+        records[pair] += e.records
+    return [{"day": d, "from": a, "to": b, "exchanges": n, "records": records[(d, a, b)]}
+            for (d, a, b), n in sorted(volume.items())]
+
+
+def find_anomalies(entries: Iterable[ExchangeEntry], *, since: dt.datetime, until: dt.datetime,
+                   rules: Rules = Rules(), tz: dt.tzinfo = CST) -> list[dict[str, object]]:
+    """Only the anomalies of :func:`build_report` (the console's "flagged" list)."""
+    rows = sorted((e for e in entries if since <= e.at < until), key=lambda e: e.at)
+    return _anomalies(rows, rules, tz)
 
 
 def _anomalies(rows: list[ExchangeEntry], rules: Rules, tz: dt.tzinfo) -> list[dict[str, object]]:

@@ -79,6 +79,8 @@ class Finding:
 @dataclass(slots=True)
 class VerifyReport:
     tree_size: int = 0
+    #: the root the leaves give (recomputed from the stored leaf hashes)
+    root_hash: bytes = b""
     leaves_checked: int = 0
     tree_heads_checked: int = 0
     exchanges_before_trail: int = 0
@@ -97,13 +99,23 @@ class VerifyReport:
         return min(self.findings, key=lambda f: (f.kind not in EXACT,
                                                  f.leaf if f.leaf is not None else -1))
 
+    def summary(self) -> str:
+        """One line for people: what checked out, or the first bad entry."""
+        if self.ok:
+            return (f"ok: {self.leaves_checked} entries and {self.tree_heads_checked} signed "
+                    f"tree heads check out (tree size {self.tree_size})")
+        first = self.first
+        assert first is not None
+        return (f"TAMPERED: {len(self.findings)} finding(s); first bad entry: leaf "
+                f"{first.leaf} ({first.kind}): {first.message}")
+
     def add(self, finding: Finding) -> None:
         if len(self.findings) < MAX_FINDINGS:
             self.findings.append(finding)
 
     def as_json(self) -> dict[str, object]:
         first = self.first
-        return {"ok": self.ok, "tree_size": self.tree_size,
+        return {"ok": self.ok, "tree_size": self.tree_size, "root_hash": self.root_hash.hex(),
                 "leaves_checked": self.leaves_checked,
                 "tree_heads_checked": self.tree_heads_checked,
                 "exchanges_before_trail": self.exchanges_before_trail,
@@ -211,7 +223,7 @@ def verify_store(engine: Engine, ca_pem: bytes, *, workers: int = 1) -> VerifyRe
             report.add(Finding("head", top, f"{extra} leaves lie beyond the log head and every "
                                "signed tree head: appended around the log"))
         _check_unaudited(conn, report)
-    report.tree_size = frontier.size
+    report.tree_size, report.root_hash = frontier.size, frontier.root()
     for sth in heads:
         if sth.tree_size > frontier.size:
             report.add(Finding("tree-head", frontier.size, (

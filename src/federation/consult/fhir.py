@@ -26,7 +26,8 @@ from federation.workflow.records import TaskRow
 
 __all__ = ["CONSULT_SYSTEM", "BUSINESS_STATUS_SYSTEM", "KIND_CATEGORY", "service_request",
            "task_resource", "appointment", "practitioner_role", "report_bundle", "bundle",
-           "validated", "iso", "study_reference", "practitioner_ref", "REPORT_MARK_SYSTEM"]
+           "validated", "iso", "study_reference", "practitioner_ref", "REPORT_MARK_SYSTEM",
+           "ACK_DUE_URL", "SLOT_MINUTES_URL", "POOL_SYSTEM"]
 
 CONSULT_SYSTEM = "urn:federation:consult"
 BUSINESS_STATUS_SYSTEM = "urn:federation:consult:business-status"
@@ -34,6 +35,10 @@ POOL_SYSTEM = "urn:federation:consult:pool"
 STUDY_SYSTEM = "urn:federation:consult:study"
 REPORT_MARK_SYSTEM = "urn:federation:consult:report"
 FLAG_SYSTEM = "urn:federation:consult:flag"
+#: Task extension: the instant by which the pool must claim (acknowledge) the request
+ACK_DUE_URL = f"{CONSULT_SYSTEM}:acknowledge-by"
+#: PractitionerRole extension: how long each of the pool's slots is, in minutes
+SLOT_MINUTES_URL = f"{CONSULT_SYSTEM}:slot-minutes"
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
 #: DiagnosticReport.category (HL7 v2 table 0074, diagnostic service section) per kind
 KIND_CATEGORY = {"imaging": ("RAD", "Radiology"), "ecg": ("EC", "Electrocardiac"),
@@ -109,6 +114,8 @@ def task_resource(row: TaskRow) -> dict[str, Any]:
     if row.ack_due_at or row.complete_due_at:
         body["restriction"] = {"period": {k: v for k, v in (
             ("start", iso(row.created_at)), ("end", iso(row.complete_due_at))) if v}}
+    if row.ack_due_at:      # FHIR Task has no acknowledgement deadline of its own
+        body["extension"] = [{"url": ACK_DUE_URL, "valueDateTime": iso(row.ack_due_at)}]
     if row.escalated_at is not None:
         body["meta"]["tag"] = [{"system": FLAG_SYSTEM, "code": "escalated"}]
     if a.get("appointment_start"):
@@ -152,6 +159,8 @@ def practitioner_role(pool: Pool, user_id: str | None = None) -> dict[str, Any]:
         "availableTime": [{"daysOfWeek": list(s.days),
                            "availableStartTime": s.start.strftime("%H:%M:%S"),
                            "availableEndTime": s.end.strftime("%H:%M:%S")}],
+        # slots cut from availableTime (FHIR keeps their length on Schedule/Slot)
+        "extension": [{"url": SLOT_MINUTES_URL, "valueInteger": s.minutes}],
     }
     if user_id:
         body["practitioner"] = practitioner_ref(pool.site_id, user_id)

@@ -26,7 +26,6 @@ from federation._proto.v1 import (
     archive_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
-    consult_pb2_grpc,
     diagnostics_pb2,
     diagnostics_pb2_grpc,
     gateway_pb2,
@@ -46,6 +45,7 @@ from federation.archive.servicer import ARCHIVE_POLICY, ArchiveServicer
 from federation.archive.servicer import SERVICE_NAME as ARCHIVE_SERVICE
 from federation.archive.store import ArchiveStore
 from federation.archive.sync import FeedPuller
+from federation.audit.console_http import create_audit_console_router
 from federation.audit.log import AuditLog
 from federation.audit.refusals import refusal_logger
 from federation.audit.service import AUDIT_POLICY, AuditServicer
@@ -53,9 +53,10 @@ from federation.audit.tree_heads import TreeHeadSigner
 from federation.consult.http import create_consult_router
 from federation.consult.rules import load_rules as load_consult_rules
 from federation.consult.service import ConsultService
-from federation.consult.servicer import CONSULT_POLICY, ConsultsServicer
+from federation.consult.servicer import CONSULT_POLICY, ConsultsServicer, add_consults
 from federation.consult.servicer import SERVICE as CONSULTS_SERVICE
 from federation.errors import FederationError, Unavailable
+from federation.gateway.dashboard import create_dashboard_router
 from federation.gateway.diagnostics import DIAGNOSTICS_POLICY, DiagnosticsServicer
 from federation.gateway.http_app import create_http_app
 from federation.gateway.inbox import Inbox
@@ -65,6 +66,7 @@ from federation.gateway.registry import NodeRegistry
 from federation.gateway.search import FederatedSearch
 from federation.gateway.servicer import GATEWAY_POLICY, GatewayServicer
 from federation.identity.http_api import create_identity_api
+from federation.identity.review_http import create_review_router
 from federation.identity.store import IdentityStore
 from federation.referral.http import create_referral_router
 from federation.referral.rules import load_rules
@@ -220,7 +222,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     diagnostics_pb2_grpc.add_DiagnosticsServicer_to_server(DiagnosticsServicer(store), server)
     archive_pb2_grpc.add_ArchiveServicer_to_server(ArchiveServicer(service), server)
     referral_pb2_grpc.add_ReferralsServicer_to_server(ReferralsServicer(referrals), server)
-    consult_pb2_grpc.add_ConsultsServicer_to_server(ConsultsServicer(consults), server)
+    add_consults(ConsultsServicer(consults), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -249,7 +251,12 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
                                    create_referral_router(referrals, store=store),
                                    create_consult_router(
                                        consults, store=store,
-                                       view_max_bytes=settings.consult_view_max_bytes)],
+                                       view_max_bytes=settings.consult_view_max_bytes),
+                                   # the administrators' console: audit, dashboard, EMPI review
+                                   create_audit_console_router(
+                                       store, audit, identity, lambda: files.material.ca_pem),
+                                   create_dashboard_router(store, audit, WorkflowStore(engine)),
+                                   create_review_router(identity, store=store)],
                           limits=(RateLimiter(settings.http_rate_per_user,
                                               max(1, int(3 * settings.http_rate_per_user)),
                                               what="user"),

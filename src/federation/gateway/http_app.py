@@ -28,6 +28,7 @@ from federation.audit.log import AuditLog
 from federation.console.doctor import create_doctor_router
 from federation.console.doctor_referrals import create_doctor_referrals_router
 from federation.console.routes import console_crash, console_error, create_console_router
+from federation.console.specialist import create_specialist_router
 from federation.console.web import STATIC as CONSOLE_STATIC
 from federation.console.web import ApiError, Console, ServerTiming
 from federation.gateway.auth_api import (
@@ -112,6 +113,7 @@ def create_http_app(
     app.include_router(create_console_router(store))
     app.include_router(create_doctor_router())
     app.include_router(create_doctor_referrals_router())
+    app.include_router(create_specialist_router(auth[1].ca_pem))
     app.mount(CONSOLE_PREFIX + "/static", StaticFiles(directory=CONSOLE_STATIC),
               name="console-static")
 

@@ -189,6 +189,8 @@ class LogNote:
     patient_ref: str | None = None
     records: int = 0
     target_site: str | None = None
+    #: what the row says of a call that went well (no patient data); errors give their own
+    detail: str = ""
 
 
 @contextlib.asynccontextmanager
@@ -210,5 +212,5 @@ async def logged(store: GatewayStore | None, requester: Requester, operation: st
                 requester_kind=requester.kind, requester_id=requester.id,
                 requester_site=requester.site, target_site=note.target_site,
                 operation=operation, purpose=requester.purpose, patient_ref=note.patient_ref,
-                outcome=outcome, status_code=status, detail=detail,
+                outcome=outcome, status_code=status, detail=detail or note.detail,
                 records=note.records, duration_ms=(time.perf_counter() - started) * 1000))

@@ -38,7 +38,11 @@ from federation.store.models import (
     Site,
 )
 
-__all__ = ["IdentityStore", "PersonView", "ReviewItem", "patient_fields"]
+__all__ = ["IdentityStore", "PersonView", "ReviewItem", "ReviewPair", "StoredRecord",
+           "patient_fields"]
+
+#: how many merged-away person ids :meth:`IdentityStore.ever_linked` follows at most
+_MAX_ALIASES = 200
 
 
 def patient_fields(resource: Mapping[str, Any]) -> tuple[dict[str, object], str | None]:
@@ -77,6 +81,26 @@ class ReviewItem:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """One site record as the EMPI holds it (features decrypted): for reviewers only."""
+
+    ref: RecordRef
+    local_id: str | None
+    person_id: str | None
+    state: str
+    pinned: bool
+    features: Features
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewPair:
+    item: ReviewItem
+    record: StoredRecord
+    candidate: StoredRecord
+    model: LinkageModel
+
+
+@dataclass(frozen=True, slots=True)
 class PersonView:
     person_id: str
     merged_into: str | None
@@ -101,12 +125,40 @@ class IdentityStore(StoreSessions):
 
     # ------------------------------------------------------------------ review
 
-    def review_queue(self, *, status: str = "open", limit: int = 100) -> list[ReviewItem]:
+    def review_queue(self, *, status: str = "open", limit: int = 100,
+                     offset: int = 0) -> list[ReviewItem]:
+        """Review items of ``status``, the strongest candidates first (by the indexed
+        status, then weight)."""
         with self._read() as s:
             rows = s.execute(select(IdentityReview).where(col(IdentityReview.status) == status)
                              .order_by(col(IdentityReview.weight).desc(),
-                                       col(IdentityReview.id)).limit(limit)).scalars().all()
+                                       col(IdentityReview.id)).offset(offset).limit(limit)
+                             ).scalars().all()
             return [_item(r) for r in rows]
+
+    def review_count(self, *, status: str = "open") -> int:
+        with self._read() as s:
+            return int(s.execute(select(func.count()).select_from(IdentityReview).where(
+                col(IdentityReview.status) == status)).scalar_one())
+
+    def review_pair(self, review_id: int) -> ReviewPair:
+        """A review item with both records as the EMPI holds them (decrypted features),
+        for a reviewer to compare side by side; NotFound for an unknown item."""
+        with self._read() as s:
+            row = s.get(IdentityReview, review_id)
+            if row is None:
+                raise NotFound(f"review item {review_id} does not exist")
+            item = _item(row)
+            records = []
+            for ref in (item.record, item.candidate):
+                rec = s.get(IdentityRecord, (ref.site_id, ref.record_id))
+                if rec is None:
+                    raise NotFound(f"the EMPI no longer holds record {ref} of review item "
+                                   f"{review_id}")
+                records.append(StoredRecord(
+                    ref, rec.local_id, rec.person_id, rec.state, rec.pinned,
+                    self.index.load_features(rec.site_id, rec.record_id, rec.features)))
+            return ReviewPair(item, records[0], records[1], self.index.model(s))
 
     def accept(self, review_id: int, *, actor: str) -> str:
         with self._write() as s:
@@ -235,6 +287,36 @@ class IdentityStore(StoreSessions):
                             "person_id": c.person_id, "weight": round(c.score.weight, 2),
                             "probability": round(c.score.probability, 4)})
             return out
+
+    def ever_linked(self, person_id: str) -> tuple[set[str], set[RecordRef]]:
+        """Every person id that stood for this person (itself and those merged into it,
+        transitively) and every record that was ever linked to one of them — what the
+        exchange log may have hashed when it recorded an exchange about them. Read from
+        the indexed history (``identity_event.person_id``), never a scan."""
+        with self._read() as s:
+            if s.get(IdentityPerson, person_id) is None:
+                raise NotFound(f"person '{person_id}' does not exist")
+            persons, records, todo = {person_id}, set(), [person_id]
+            while todo and len(persons) < _MAX_ALIASES:
+                events = s.execute(select(IdentityEvent.site_id, IdentityEvent.record_id,
+                                          IdentityEvent.previous_person_id).where(
+                    col(IdentityEvent.person_id).in_(todo))).all()
+                todo = []
+                for site_id, record_id, previous in events:
+                    if site_id and record_id:
+                        records.add(RecordRef(site_id, record_id))
+                    if not previous or previous in persons:
+                        continue
+                    # a merge (no record), or the last record moving out of a person that
+                    # was then retired into this one: either way the same human
+                    gone = s.get(IdentityPerson, previous)
+                    if gone is not None and gone.merged_into in persons:
+                        persons.add(previous)
+                        todo.append(previous)
+            current = s.execute(select(IdentityRecord.site_id, IdentityRecord.record_id).where(
+                col(IdentityRecord.person_id) == person_id)).all()
+            records.update(RecordRef(a, b) for a, b in current)
+            return persons, records
 
     def person(self, person_id: str) -> PersonView:
         with self._read() as s:

@@ -30,6 +30,9 @@ EVERYONE = CLINICIANS | ADMINS | {"auditor"}
 CARE = frozenset({"TREAT", "COC", "ETREAT"})
 OPERATIONS = frozenset({"HOPERAT", "HCOMPL"})
 ANY_PURPOSE = CARE | OPERATIONS | {"HRESCH"}
+REGIONAL = frozenset({"regional-admin"})
+#: who reads the audit trail: auditors and the regional administrators
+AUDITORS = frozenset({"auditor", "regional-admin"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,18 @@ HTTP_AUTHZ: dict[tuple[str, str], Rule] = {
     ("POST", "/console/referrals/new/preview"): Rule(CLINICIANS, CARE),
     ("GET", "/console/referrals/{task_id}"): Rule(CLINICIANS, CARE),
     ("POST", "/console/referrals/{task_id}/{action}"): Rule(CLINICIANS, CARE),
+    # the specialist's consult pages (federation.console.specialist); a doctor sees their
+    # site's consults and the reports that came back
+    ("GET", "/console/consults"): Rule(CLINICIANS, CARE),
+    ("GET", "/console/consults/inbox"): Rule(CLINICIANS, CARE),
+    ("GET", "/console/consults/{consult_id}"): Rule(CLINICIANS, CARE),
+    ("POST", "/console/consults/{consult_id}/act/{action}"): Rule(CLINICIANS, CARE),
+    ("GET", "/console/consults/{consult_id}/studies/{study_id}/{name}/view"):
+        Rule(frozenset({"doctor", "specialist"}), CARE),
+    ("GET", "/console/consults/{consult_id}/studies/{study_id}/{name}/ecg"):
+        Rule(frozenset({"doctor", "specialist"}), CARE),
+    ("POST", "/console/consults/{consult_id}/report-draft"): Rule(frozenset({"specialist"}), CARE),
+    ("POST", "/console/consults/{consult_id}/report"): Rule(frozenset({"specialist"}), CARE),
     # the consortium at a glance (no patient data)
     ("GET", "/api/consortium"): Rule(EVERYONE),
     ("GET", "/api/consortium/sites/{site_id}"): Rule(EVERYONE),
@@ -94,6 +109,16 @@ HTTP_AUTHZ: dict[tuple[str, str], Rule] = {
     ("GET", "/api/identity/records/{site_id}/{record_id}/person"):
         Rule(CLINICIANS | {"regional-admin"}, CARE | OPERATIONS, ("Person", "read")),
     ("GET", "/api/identity/counts"): Rule(ADMINS | {"auditor"}, OPERATIONS),
+    # the EMPI review queue: the regional administrator compares two records' demographics
+    # and decides (accept, reject), or splits a wrongly linked record
+    ("GET", "/api/identity/review"): Rule(REGIONAL, OPERATIONS, ("Person", "read")),
+    ("GET", "/api/identity/review/{item_id}"): Rule(REGIONAL, OPERATIONS, ("Patient", "read")),
+    ("POST", "/api/identity/review/{item_id}/accept"):
+        Rule(REGIONAL, OPERATIONS, ("Person", "write")),
+    ("POST", "/api/identity/review/{item_id}/reject"):
+        Rule(REGIONAL, OPERATIONS, ("Person", "write")),
+    ("POST", "/api/identity/records/{site_id}/{record_id}/split"):
+        Rule(REGIONAL, OPERATIONS, ("Person", "write")),
     # the regional archive: a person's record across sites, for their care (the archive's
     # access policy then asks for a care relationship or break-glass, and the Consent)
     ("GET", "/fhir/Patient/{some_id}/$everything"): Rule(CLINICIANS, CARE, ("Patient", "read")),
@@ -156,6 +181,13 @@ HTTP_AUTHZ: dict[tuple[str, str], Rule] = {
                                              OPERATIONS, ("AuditEvent", "read")),
     ("GET", "/api/audit/tree-head"): Rule(ADMINS | {"auditor"}, OPERATIONS),
     ("GET", "/api/audit/proof/{leaf}"): Rule(ADMINS | {"auditor"}, OPERATIONS),
+    # the audit console: search, flagged anomalies, verification now / last result, and
+    # the exchange dashboard (no demographics; patients as hashes)
+    ("GET", "/api/audit/events"): Rule(AUDITORS, OPERATIONS, ("AuditEvent", "read")),
+    ("GET", "/api/audit/anomalies"): Rule(AUDITORS, OPERATIONS),
+    ("GET", "/api/audit/verify"): Rule(AUDITORS, OPERATIONS),
+    ("POST", "/api/audit/verify"): Rule(AUDITORS, OPERATIONS),
+    ("GET", "/api/dashboard/exchanges"): Rule(AUDITORS, OPERATIONS),
     # research export (FHIR Bulk Data), de-identified: regional administrators only
     ("GET", "/fhir/Patient/$export"): Rule(frozenset({"regional-admin"}), frozenset({"HRESCH"})),
     ("GET", "/fhir/$export-status/{job_id}"):

@@ -129,6 +129,7 @@ class TrustAnchor:
     """The consortium CA certificate plus a revocation check (the CRL follower)."""
 
     def __init__(self, ca_pem: bytes, is_revoked: Callable[[str], object] | None = None) -> None:
+        self.ca_pem = ca_pem        # public: pages check signed reports against it
         self._ca = x509.load_pem_x509_certificate(ca_pem)
         self._is_revoked = is_revoked or (lambda _serial: None)
 

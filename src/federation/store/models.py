@@ -44,7 +44,7 @@ __all__ = [
     "IdentityNoMatch", "IdentityModel", "ArchiveConsent", "ExportJob", "ExportFile",
     "WorkflowTask", "WorkflowEvent", "WorkflowResource", "WorkflowMessage", "WorkflowNotice",
     "WorkflowJob",
-    "AuditHead", "AuditLeaf", "AuditTile", "AuditParty", "AuditTreeHead",
+    "AuditHead", "AuditLeaf", "AuditTile", "AuditParty", "AuditTreeHead", "AuditVerification",
     "SiteRow", "NodeRow", "NodeEventRow", "ExchangeEntry", "WorkItemRow",
 ]
 
@@ -139,6 +139,10 @@ class NodeEvent(StoreModel, table=True):
 
 class ExchangeLog(StoreModel, table=True):
     __tablename__ = "exchange_log"
+    # the audit search (:mod:`federation.audit.search`): "everything about this patient"
+    # and "everything this person did", newest first within a time window
+    __table_args__ = (Index("ix_exchange_log_patient_ref_at", "patient_ref", "at"),
+                      Index("ix_exchange_log_requester_id_at", "requester_id", "at"))
 
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
     at: dt.datetime = Field(sa_type=UtcDateTime, index=True)
@@ -554,6 +558,26 @@ class AuditTreeHead(StoreModel, table=True):
     timestamp_ms: int = Field(sa_type=BigInteger)
     signature: bytes = Field(sa_type=LargeBinary)
     signer_cert: str = Field(sa_type=Text)         # PEM of the signing gateway certificate
+
+
+class AuditVerification(StoreModel, table=True):
+    """A run of the audit log's verification (``POST /api/audit/verify``): kept in the
+    store, so every gateway replica answers "when was the log last verified, and how did
+    it go" the same way. Append-only; the newest row is the current status."""
+
+    __tablename__ = "audit_verification"
+
+    id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
+    verified_at: dt.datetime = Field(sa_type=UtcDateTime, index=True)
+    verified_by: str = Field(sa_type=String(200))
+    ok: bool = Field(sa_type=Boolean)
+    entries: int = Field(default=0, sa_type=BigInteger)
+    tree_size: int = Field(default=0, sa_type=BigInteger)
+    root_hash: str = Field(sa_type=String(64))
+    findings: int = Field(default=0)
+    first_bad_entry: str | None = Field(default=None, sa_type=Text, nullable=True)  # JSON
+    message: str = Field(sa_type=String(500))
+    duration_ms: float = Field(default=0.0)
 
 
 # ---------------------------------------------------------------- rows handed to callers

@@ -10,12 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from federation.workflow.records import TaskRow
 
-__all__ = ["Turnaround", "turnaround"]
+__all__ = ["Turnaround", "by_owner", "by_urgency", "turnaround"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +35,26 @@ class Turnaround:
     close_median_h: float | None
 
 
+def by_owner(row: TaskRow) -> tuple[str, str]:
+    """The default line: the owner site and department."""
+    return row.owner_site, row.owner_department or "—"
+
+
+def by_urgency(row: TaskRow) -> tuple[str, str]:
+    """One line per urgency for the whole consortium (``site_id`` "*", ``department`` the
+    urgency): what the administrators' dashboard charts."""
+    return "*", row.urgency
+
+
 def turnaround(rows: Iterable[TaskRow], now: dt.datetime, *,
-               closed_business: str = "closed") -> list[Turnaround]:
-    """One line per (owner site, department), sorted; minutes to acknowledge, hours to
-    complete and to close the loop (medians), counted from creation."""
+               closed_business: str = "closed",
+               key: Callable[[TaskRow], tuple[str, str]] = by_owner) -> list[Turnaround]:
+    """One line per ``key`` (owner site, department by default), sorted; minutes to
+    acknowledge, hours to complete and to close the loop (medians), counted from
+    creation."""
     groups: dict[tuple[str, str], list[TaskRow]] = defaultdict(list)
     for row in rows:
-        groups[(row.owner_site, row.owner_department or "—")].append(row)
+        groups[key(row)].append(row)
     out = []
     for (site, dept), tasks in sorted(groups.items()):
         ack = [_minutes(t.created_at, t.acknowledged_at) for t in tasks if t.acknowledged_at]
