@@ -19,7 +19,8 @@ import traceback
 
 from federation.settings import LOG_FORMATS
 
-__all__ = ["LOG_FORMATS", "JsonFormatter", "configure_logging", "describe_exception"]
+__all__ = ["LOG_FORMATS", "QUIET_LOGGERS", "JsonFormatter", "configure_logging",
+           "describe_exception"]
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,6 +51,11 @@ class _TextFormatter(logging.Formatter):
         return "  " + describe_exception(ei[1]) if ei and ei[1] is not None else ""
 
 
+#: loggers kept to warnings: access lines and client request lines carry URLs, and a URL
+#: may carry a search (the console's in-process API client asks ``/fhir/Patient?name=…``)
+QUIET_LOGGERS = ("uvicorn.access", "sqlalchemy.engine", "httpx", "httpcore")
+
+
 def configure_logging(level: str = "INFO", *, component: str = "federation",
                       fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
@@ -61,7 +67,7 @@ def configure_logging(level: str = "INFO", *, component: str = "federation",
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("uvicorn.access", "sqlalchemy.engine"):
+    for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

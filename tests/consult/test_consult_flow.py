@@ -165,7 +165,9 @@ async def test_an_interactive_imaging_consult_books_a_slot_with_a_meeting_link(
 async def test_a_cut_stream_resumes_and_a_corrupted_chunk_is_refused(
         world, tmp_path: Path) -> None:
     patient = world.linked("county-a")[1]
-    size = 8 * CHUNK_SIZE + 999
+    # large enough that the gateway cannot have handed the whole object to gRPC's
+    # flow-control windows before the cut reaches it (the cut fetch's row says "error")
+    size = 40 * CHUNK_SIZE + 999
     folder = write_blob_study(world.studies["county-a"], "slide-flow-1", patient, size)
     doctor, li = world.consult("cdr-wang"), world.consult("csp-li")
     consult, _ = await doctor.request(ask(patient, "pathology", question="请会诊病理切片",

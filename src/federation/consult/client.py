@@ -26,6 +26,7 @@ from federation.consult.wire import (
     ConsultDetail,
     ConsultSummary,
     consult_from_proto,
+    decode_chunk,
     detail_from_proto,
 )
 from federation.errors import NotFound
@@ -38,6 +39,8 @@ from federation.security.signing import Signer
 from federation.security.tls import TlsMaterial
 
 __all__ = ["ConsultClient"]
+
+_FETCH = "/federation.v1.Consults/FetchStudy"
 
 
 class ConsultClient:
@@ -123,16 +126,21 @@ class ConsultClient:
                interrupt_after: int | None = None) -> Callable[[int], AsyncIterator[Chunk]]:
         """The chunk source :func:`download` reads; ``interrupt_after`` chunks cut the
         stream (drills and tests of resuming)."""
+        where = f"gateway {self._address}"
+
         async def chunks(offset: int) -> AsyncIterator[Chunk]:
-            call = self._stub.FetchStudy(pb.FetchStudyRequest(
-                practitioner=self._practitioner, consult_id=consult_id, study_id=study_id,
-                object=name, offset=offset))
+            # replies as bytes: the chunk's data is hashed and written where gRPC put it
+            call = self._channel.unary_stream(
+                _FETCH, request_serializer=pb.FetchStudyRequest.SerializeToString,
+                response_deserializer=None)(pb.FetchStudyRequest(
+                    practitioner=self._practitioner, consult_id=consult_id,
+                    study_id=study_id, object=name, offset=offset))
             n = 0
             try:
-                async for m in call:
+                async for raw in call:
                     if interrupt_after is not None and n >= interrupt_after:
                         raise ConnectionError(f"stream cut after {n} chunks")
-                    yield Chunk(m.offset, m.data, m.sha256, m.index)
+                    yield decode_chunk(raw, where)
                     n += 1
             except grpc.aio.AioRpcError as exc:
                 raise error_from_rpc(exc, f"gateway {self._address}") from None

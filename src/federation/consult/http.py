@@ -299,9 +299,9 @@ def create_consult_router(service: ConsultService, *, store: GatewayStore | None
 
         async def body():
             if first is not None:
-                yield first.data
+                yield bytes(first.data)
             async for chunk in chunks:
-                yield chunk.data
+                yield bytes(chunk.data)
 
         headers = {"X-Object-SHA256": item.sha256, "Accept-Ranges": "bytes",
                    "Digest": "sha-256=" + base64.b64encode(bytes.fromhex(item.sha256)).decode(),

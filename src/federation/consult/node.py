@@ -8,16 +8,17 @@ so a slow reader never makes the node hold more than a chunk or two.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 
 from federation._proto.v1 import consult_pb2, consult_pb2_grpc
-from federation.consult.studies import StudyFolder
-from federation.consult.wire import manifest_to_proto
+from federation.consult.studies import Chunk, StudyFolder
+from federation.consult.wire import encode_chunk, manifest_to_proto
 from federation.errors import InvalidInput, NotFound
+from federation.rpc.handlers import add_with_raw_replies
 
-__all__ = ["StudySourceServicer", "STUDY_SOURCE_POLICY"]
+__all__ = ["StudySourceServicer", "STUDY_SOURCE_POLICY", "add_study_source"]
 
 _PREFIX = "/federation.v1.StudySource/"
 _GATEWAY = frozenset({"gateway"})
@@ -25,7 +26,6 @@ STUDY_SOURCE_POLICY: dict[str, frozenset[str]] = {
     _PREFIX + "DescribeStudy": _GATEWAY,
     _PREFIX + "ReadStudyObject": _GATEWAY,
 }
-_END = object()
 
 
 class StudySourceServicer(consult_pb2_grpc.StudySourceServicer):
@@ -47,9 +47,21 @@ class StudySourceServicer(consult_pb2_grpc.StudySourceServicer):
         return manifest_to_proto(manifest)
 
     async def ReadStudyObject(self, request: consult_pb2.ReadStudyObjectRequest,
-                              context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
+                              context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         chunks = self._studies().read(request.study_id, request.object, request.offset,
-                                      request.chunk_size or None)
-        while (c := await asyncio.to_thread(next, chunks, _END)) is not _END:
-            yield consult_pb2.StudyChunk(offset=c.offset, data=c.data,  # type: ignore[union-attr]
-                                         sha256=c.sha256, index=c.index)  # type: ignore[union-attr]
+                                      request.chunk_size or None, digest=False)
+        # each chunk read and encoded in a worker thread (the read releases the GIL), sent
+        # as the bytes of a StudyChunk (see add_study_source)
+        while (raw := await asyncio.to_thread(_next_encoded, chunks)) is not None:
+            yield raw
+
+
+def _next_encoded(chunks: Iterator[Chunk]) -> bytes | None:
+    c = next(chunks, None)
+    return None if c is None else encode_chunk(c)
+
+
+def add_study_source(servicer: StudySourceServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer``; ``ReadStudyObject`` replies leave as the bytes it yields."""
+    add_with_raw_replies(consult_pb2_grpc.add_StudySourceServicer_to_server, servicer, server,
+                         ("ReadStudyObject",))

@@ -13,12 +13,13 @@ from federation._proto.v1 import consult_pb2 as pb
 from federation._proto.v1 import consult_pb2_grpc
 from federation.consult.moves import Details
 from federation.consult.service import ConsultService, NewConsult
-from federation.consult.wire import consult_to_proto, detail_to_proto
+from federation.consult.wire import consult_to_proto, detail_to_proto, encode_chunk
 from federation.errors import InvalidInput
 from federation.referral.servicer import staff_caller as _who
+from federation.rpc.handlers import add_with_raw_replies
 from federation.rpc.wire import from_timestamp
 
-__all__ = ["ConsultsServicer", "CONSULT_POLICY", "SERVICE"]
+__all__ = ["ConsultsServicer", "CONSULT_POLICY", "SERVICE", "add_consults"]
 
 _PREFIX = "/federation.v1.Consults/"
 _STAFF = frozenset({"node", "person"})
@@ -102,10 +103,16 @@ class ConsultsServicer(consult_pb2_grpc.ConsultsServicer):
         return pb.ConsultInboxReply(consults=[consult_to_proto(r) for r in rows], total=total)
 
     async def FetchStudy(self, request: pb.FetchStudyRequest,
-                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StudyChunk]:
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         if not request.consult_id or not request.study_id or not request.object:
             raise InvalidInput("FetchStudy needs consult_id, study_id and object")
         async for c in self._service.fetch_study(_who(request.practitioner),
                                                  request.consult_id, request.study_id,
                                                  request.object, request.offset):
-            yield pb.StudyChunk(offset=c.offset, data=c.data, sha256=c.sha256, index=c.index)
+            yield encode_chunk(c)     # the node's message as it came, checked
+
+
+def add_consults(servicer: ConsultsServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer``; ``FetchStudy`` replies leave as the bytes it yields."""
+    add_with_raw_replies(consult_pb2_grpc.add_ConsultsServicer_to_server, servicer, server,
+                         ("FetchStudy",))

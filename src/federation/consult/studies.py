@@ -16,6 +16,7 @@ Pure file and hash work; the transports are in :mod:`.node` and :mod:`.client`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -92,9 +93,10 @@ class StudyManifest:
 @dataclass(frozen=True, slots=True)
 class Chunk:
     offset: int
-    data: bytes
-    sha256: str
+    data: bytes | memoryview     # a view into ``wire`` when read off the wire
+    sha256: str                  # hex of data as the sender hashed it; "" when it did not
     index: int
+    wire: bytes | None = None    # the StudyChunk message this was read from, to relay as is
 
 
 def chunk_count(size: int, chunk_size: int) -> int:
@@ -164,8 +166,11 @@ class StudyFolder:
                            self._chunk, tuple(chunks))
 
     def read(self, study_id: str, name: str, offset: int,
-             chunk_size: int | None = None) -> Iterator[Chunk]:
-        """The object's chunks from ``offset`` (a multiple of the chunk size), read lazily."""
+             chunk_size: int | None = None, *, digest: bool = True) -> Iterator[Chunk]:
+        """The object's chunks from ``offset`` (a multiple of the chunk size), read lazily;
+        each with its SHA-256 unless ``digest`` is false (the node serving a stream: the
+        gateway and the client check every chunk against the manifest anyway, so a
+        hash here would only be a fourth pass over the data)."""
         size = chunk_size or self._chunk
         path = self._dir(study_id) / _name(name, "object name")
         if not path.is_file():
@@ -176,7 +181,8 @@ class StudyFolder:
             f.seek(offset)
             index = offset // size
             while block := f.read(size):
-                yield Chunk(offset, block, hashlib.sha256(block).hexdigest(), index)
+                yield Chunk(offset, block,
+                            hashlib.sha256(block).hexdigest() if digest else "", index)
                 offset += len(block)
                 index += 1
 
@@ -210,15 +216,22 @@ async def download(obj: StudyObject, target: Path,
         f.truncate(good)
         f.seek(good)
         expected = good // obj.chunk_size
+
+        def take(chunk: Chunk) -> None:
+            check_chunk(obj, chunk, where)
+            f.write(chunk.data)
+            f.flush()
+
         if good < obj.size:
             async for chunk in stream(good):
                 if chunk.index != expected:
                     raise IntegrityError(f"{where}: expected chunk {expected} of {obj.name}, "
                                          f"got {chunk.index}")
-                check_chunk(obj, chunk, where)
-                f.write(chunk.data)
-                f.flush()
-                whole.update(chunk.data)
+                # two worker threads (hashing and writing release the GIL): the chunk's
+                # check and write beside the whole object's running hash, while gRPC
+                # takes in the next chunk; a bad chunk leaves the hash unused
+                await asyncio.gather(asyncio.to_thread(take, chunk),
+                                     asyncio.to_thread(whole.update, chunk.data))
                 received += len(chunk.data)
                 expected += 1
         if f.tell() != obj.size:

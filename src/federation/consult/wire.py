@@ -1,5 +1,15 @@
 """Consults at the protobuf edge: study manifests, consult summaries and details convert
-here, so that neither the service nor the domain sees a ``_pb2``."""
+here, so that neither the service nor the domain sees a ``_pb2``.
+
+Study chunks are the one message written and read by hand (:func:`encode_chunk`,
+:func:`decode_chunk`): a ``StudyChunk`` carries a MiB of data, and going through the
+protobuf classes costs a copy of it each way (into the message and out of it) at every
+hop. Here the node writes the message once, the gateway reads the few header bytes,
+checks the data where it lies (a ``memoryview``) and forwards the same bytes, and the
+client hashes and writes that view (bench/consult_stream.py). The bytes are the standard
+protobuf encoding of ``StudyChunk``: any protobuf library reads them, and these read
+any protobuf library's.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +20,107 @@ from typing import TYPE_CHECKING, Any
 from federation._proto.v1 import consult_pb2
 from federation.consult import fhir
 from federation.consult.moves import payload
-from federation.consult.studies import StudyManifest, StudyObject
+from federation.consult.studies import Chunk, StudyManifest, StudyObject
+from federation.errors import IntegrityError
 from federation.rpc.wire import timestamp
 from federation.workflow.records import TaskRow
 
 if TYPE_CHECKING:
     from federation.consult.service import ConsultView
 
-__all__ = ["manifest_from_proto", "manifest_to_proto", "consult_to_proto", "consult_from_proto",
+__all__ = ["encode_chunk", "decode_chunk", "manifest_from_proto", "manifest_to_proto", "consult_to_proto", "consult_from_proto",
            "detail_to_proto", "detail_from_proto", "ConsultSummary", "ConsultDetail"]
+
+
+# StudyChunk: offset = 1 (uint64), data = 2 (bytes), sha256 = 3 (string), index = 4 (uint32)
+_OFFSET, _DATA, _SHA256, _INDEX = 0x08, 0x12, 0x1A, 0x20
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode_chunk(chunk: Chunk) -> bytes:
+    """``chunk`` as a serialized ``StudyChunk``, data last: one copy of the data (the
+    message as received, ``chunk.wire``, is returned as it is)."""
+    if chunk.wire is not None:
+        return chunk.wire
+    head = bytearray()
+    if chunk.offset:
+        head += bytes((_OFFSET,)) + _varint(chunk.offset)
+    if chunk.sha256:
+        sha = chunk.sha256.encode()
+        head += bytes((_SHA256,)) + _varint(len(sha)) + sha
+    if chunk.index:
+        head += bytes((_INDEX,)) + _varint(chunk.index)
+    if not len(chunk.data):
+        return bytes(head)
+    head += bytes((_DATA,)) + _varint(len(chunk.data))
+    return b"".join((head, chunk.data))
+
+
+def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(raw) or shift > 63:
+            raise ValueError("truncated varint")
+        b = raw[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+
+
+def decode_chunk(raw: bytes, where: str = "the study stream") -> Chunk:
+    """A serialized ``StudyChunk`` as a :class:`Chunk` whose data is a view into ``raw``
+    (no copy). Read as protobuf does: fields in any order, the last of a repeated field
+    wins, unknown fields skipped. Only a message holding exactly the known fields once
+    keeps ``raw`` as its ``wire`` (to be forwarded unchanged); anything else is
+    re-encoded from what was read, so nothing unread passes on. Malformed bytes raise
+    :class:`IntegrityError`."""
+    view = memoryview(raw)
+    offset = index = 0
+    sha256, data = "", view[0:0]
+    seen: set[int] = set()
+    canonical, pos, end = True, 0, len(raw)
+    try:
+        while pos < end:
+            key, pos = _read_varint(raw, pos)
+            kind = key & 7
+            if kind == 0:
+                value, pos = _read_varint(raw, pos)
+            elif kind == 2:
+                size, pos = _read_varint(raw, pos)
+                if pos + size > end:
+                    raise ValueError("a field runs past the end")
+                field_view, pos = view[pos:pos + size], pos + size
+            elif kind in (1, 5):
+                pos += 8 if kind == 1 else 4
+                if pos > end:
+                    raise ValueError("a field runs past the end")
+            else:
+                raise ValueError(f"wire type {kind}")
+            canonical = canonical and key not in seen
+            seen.add(key)
+            if key == _OFFSET:
+                offset = value & 0xFFFF_FFFF_FFFF_FFFF
+            elif key == _DATA:
+                data = field_view
+            elif key == _SHA256:
+                sha256 = str(field_view, "utf-8")
+            elif key == _INDEX:
+                index = value & 0xFFFF_FFFF
+            else:
+                canonical = False
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{where}: a malformed study chunk ({exc}); fetch again") from None
+    return Chunk(offset, data, sha256, index, raw if canonical else None)
 
 
 def manifest_from_proto(m: consult_pb2.StudyManifest) -> StudyManifest:

@@ -26,7 +26,6 @@ from federation._proto.v1 import (
     archive_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
-    consult_pb2_grpc,
     diagnostics_pb2,
     diagnostics_pb2_grpc,
     gateway_pb2,
@@ -54,7 +53,7 @@ from federation.audit.tree_heads import TreeHeadSigner
 from federation.consult.http import create_consult_router
 from federation.consult.rules import load_rules as load_consult_rules
 from federation.consult.service import ConsultService
-from federation.consult.servicer import CONSULT_POLICY, ConsultsServicer
+from federation.consult.servicer import CONSULT_POLICY, ConsultsServicer, add_consults
 from federation.consult.servicer import SERVICE as CONSULTS_SERVICE
 from federation.errors import FederationError, Unavailable
 from federation.gateway.dashboard import create_dashboard_router
@@ -223,7 +222,7 @@ async def start_gateway(settings: GatewaySettings) -> RunningGateway:
     diagnostics_pb2_grpc.add_DiagnosticsServicer_to_server(DiagnosticsServicer(store), server)
     archive_pb2_grpc.add_ArchiveServicer_to_server(ArchiveServicer(service), server)
     referral_pb2_grpc.add_ReferralsServicer_to_server(ReferralsServicer(referrals), server)
-    consult_pb2_grpc.add_ConsultsServicer_to_server(ConsultsServicer(consults), server)
+    add_consults(ConsultsServicer(consults), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -26,6 +26,8 @@ from federation.archive.store import ArchiveStore
 from federation.audit.http import create_audit_router
 from federation.audit.log import AuditLog
 from federation.console.admin import create_admin_router
+from federation.console.doctor import create_doctor_router
+from federation.console.doctor_referrals import create_doctor_referrals_router
 from federation.console.routes import console_crash, console_error, create_console_router
 from federation.console.specialist import create_specialist_router
 from federation.console.web import STATIC as CONSOLE_STATIC
@@ -111,6 +113,8 @@ def create_http_app(
     app.add_middleware(ServerTiming)
     app.include_router(create_console_router(store))
     app.include_router(create_admin_router())
+    app.include_router(create_doctor_router())
+    app.include_router(create_doctor_referrals_router())
     app.include_router(create_specialist_router(auth[1].ca_pem))
     app.mount(CONSOLE_PREFIX + "/static", StaticFiles(directory=CONSOLE_STATIC),
               name="console-static")

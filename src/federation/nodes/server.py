@@ -13,8 +13,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from federation import __version__
-from federation._proto.v1 import consult_pb2_grpc, node_agent_pb2, node_agent_pb2_grpc
-from federation.consult.node import STUDY_SOURCE_POLICY, StudySourceServicer
+from federation._proto.v1 import node_agent_pb2, node_agent_pb2_grpc
+from federation.consult.node import STUDY_SOURCE_POLICY, StudySourceServicer, add_study_source
 from federation.consult.studies import StudyFolder
 from federation.errors import Unavailable
 from federation.nodes.feed import ChangeFeed
@@ -140,8 +140,7 @@ def create_node_server(
     )
     node_agent_pb2_grpc.add_NodeAgentServicer_to_server(
         NodeAgentServicer(service, feed, max_message_bytes=max_message_bytes), server)
-    consult_pb2_grpc.add_StudySourceServicer_to_server(
-        StudySourceServicer(studies, service.site_id), server)
+    add_study_source(StudySourceServicer(studies, service.site_id), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:

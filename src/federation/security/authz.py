@@ -75,6 +75,20 @@ HTTP_AUTHZ: dict[tuple[str, str], Rule] = {
     ("GET", "/console/admin/empi"): Rule(REGIONAL, OPERATIONS),
     ("GET", "/console/admin/empi/{item_id}"): Rule(REGIONAL, OPERATIONS),
     ("POST", "/console/admin/empi/{item_id}/{action}"): Rule(REGIONAL, OPERATIONS),
+    # the doctor's pages (federation.console.doctor): clinicians, for care
+    ("GET", "/console/patients"): Rule(CLINICIANS, CARE),
+    ("POST", "/console/patients"): Rule(CLINICIANS, CARE),
+    ("GET", "/console/patients/{person_id}"): Rule(CLINICIANS, CARE),
+    ("POST", "/console/patients/{person_id}/break-glass"): Rule(CLINICIANS, CARE),
+    ("GET", "/console/referrals"): Rule(CLINICIANS, CARE),
+    ("GET", "/console/referrals/live"): Rule(CLINICIANS, CARE),
+    ("GET", "/console/referrals/new"): Rule(CLINICIANS, CARE),
+    ("GET", "/console/referrals/new/targets"): Rule(CLINICIANS, CARE),
+    ("POST", "/console/referrals/new"): Rule(CLINICIANS, CARE),
+    ("POST", "/console/referrals/new/normalize"): Rule(CLINICIANS, CARE),
+    ("POST", "/console/referrals/new/preview"): Rule(CLINICIANS, CARE),
+    ("GET", "/console/referrals/{task_id}"): Rule(CLINICIANS, CARE),
+    ("POST", "/console/referrals/{task_id}/{action}"): Rule(CLINICIANS, CARE),
     # the specialist's consult pages (federation.console.specialist); a doctor sees their
     # site's consults and the reports that came back
     ("GET", "/console/consults"): Rule(CLINICIANS, CARE),
