@@ -54,6 +54,7 @@ from federation.consult.report import SIG_FORMAT, canonical
 from federation.consult.service import ConsultService, NewConsult
 from federation.errors import IntegrityError, InvalidInput
 from federation.gateway.auth_api import requester_of
+from federation.gateway.params import int_param
 from federation.identity.lookup import logged
 from federation.referral.http import principal_of_request
 from federation.store import GatewayStore
@@ -100,18 +101,6 @@ def _when(text: str, key: str) -> dt.datetime | None:
     if value.tzinfo is None:
         raise InvalidInput(f"'{key}' needs a time zone (e.g. 2026-12-01T09:30+08:00)")
     return value
-
-
-def _int(raw: str | None, name: str, default: int, low: int, high: int) -> int:
-    if raw is None:
-        return default
-    try:
-        n = int(raw)
-    except ValueError:
-        n = low - 1
-    if not low <= n <= high:
-        raise InvalidInput(f"{name} must be a whole number from {low} to {high}")
-    return n
 
 
 def _new_consult(body: dict[str, Any]) -> NewConsult:
@@ -179,8 +168,8 @@ def create_consult_router(service: ConsultService, *, store: GatewayStore | None
             if unknown:
                 raise InvalidInput(f"parameter '{sorted(unknown)[0]}' is not supported here; "
                                    "supported: status, mine, _count, _offset")
-            count = _int(q.get("_count"), "_count", 20, 1, MAX_COUNT)
-            offset = _int(q.get("_offset"), "_offset", 0, 0, 10**9)
+            count = int_param(q.get("_count"), "_count", 20, 1, MAX_COUNT)
+            offset = int_param(q.get("_offset"), "_offset", 0, 0, 10**9)
             statuses = tuple(s for s in (q.get("status") or "").split(",") if s)
             rows, total = await service.inbox(who, statuses=statuses,
                                               mine=q.get("mine") == "true", offset=offset,

@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse
 from federation.errors import InvalidInput
 from federation.fhir_systems import EMPI_PERSON_SYSTEM
 from federation.gateway.auth_api import principal_of_request, requester_of
+from federation.gateway.params import int_param
 from federation.identity.lookup import logged
 from federation.referral import fhir
 from federation.referral.http_api import create_referral_api_router
@@ -114,16 +115,7 @@ def _patients(params: dict[str, list[str]]) -> tuple[tuple[str, ...], tuple[str,
 
 def _paging(params: dict[str, list[str]]) -> tuple[int, int, str]:
     def number(name: str, default: int, low: int, high: int) -> int:
-        raw = params.get(name, [None])[0]
-        if raw is None:
-            return default
-        try:
-            n = int(raw)
-        except ValueError:
-            n = low - 1
-        if not low <= n <= high:
-            raise InvalidInput(f"{name} must be a whole number from {low} to {high}")
-        return n
+        return int_param(params.get(name, [None])[0], name, default, low, high)
 
     sort = params.get("_sort", ["-_lastUpdated"])
     if len(sort) != 1 or sort[0] not in _SORTS:
