@@ -107,6 +107,17 @@ async def _lists(client: Api, site: str) -> tuple[list[dict[str, Any]], list[dic
             [task_row(e["resource"]) for e in received.get("entry") or []])
 
 
+async def _list_context(client: Api, sent: list[dict[str, Any]],
+                        received: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the two lists show besides the Tasks: sites, directions, patients' names."""
+    sites = await sites_of(client)
+    _with_direction(sent, sites)
+    _with_direction(received, sites)
+    people = await _person_names(client, {r["person_id"] for r in sent + received
+                                          if r["person_id"]})
+    return {"sent": sent, "received": received, "sites": sites, "people": people}
+
+
 def _with_direction(rows: list[dict[str, Any]], sites: dict[str, dict[str, Any]]) -> None:
     for r in rows:
         r["direction"] = direction(sites.get(r["requester"], {}).get("tier"),
@@ -150,25 +161,27 @@ def create_doctor_referrals_router() -> APIRouter:
         claims = claims_or_none(request)
         assert claims is not None
         client = api(request)
-        (sent, received), sites = await asyncio.gather(_lists(client, claims.site_id),
-                                                       sites_of(client))
-        _with_direction(sent, sites)
-        _with_direction(received, sites)
-        people = await _person_names(client, {r["person_id"] for r in sent + received
-                                              if r["person_id"]})
-        return page(request, "doctor/referrals.html", sent=sent, received=received,
-                    sites=sites, people=people, poll_s=POLL_S,
+        sent, received = await _lists(client, claims.site_id)
+        return page(request, "doctor/referrals.html",
+                    **await _list_context(client, sent, received), poll_s=POLL_S,
                     just_sent=request.query_params.get("sent"), **VOCAB)
 
     @router.get("/referrals/live")
     async def live(request: Request) -> Response:
-        """The statuses of the listed referrals, swapped into the page in place (one Task
-        search per list, no patient data read)."""
+        """Polled by the page: the listed referrals' statuses, swapped in place (one Task
+        search per list, no patient data read) — and, when a referral was sent or
+        arrived since the page last saw the lists (``known``: the ids it shows), both
+        lists again, so a new one appears without a reload."""
         claims = claims_or_none(request)
         assert claims is not None
-        sent, received = await _lists(api(request), claims.site_id)
+        client = api(request)
+        sent, received = await _lists(client, claims.site_id)
+        known = set(filter(None, request.query_params.get("known", "").split(",")))
+        changed = known != {r["id"] for r in sent + received}
+        lists = await _list_context(client, sent, received) if changed else {}
         return page(request, "doctor/referrals_live.html", rows=sent + received,
-                    poll_s=POLL_S, now=dt.datetime.now(dt.UTC), **VOCAB)
+                    poll_s=POLL_S, now=dt.datetime.now(dt.UTC), changed=changed,
+                    **lists, **VOCAB)
 
     @router.get("/referrals/new")
     async def new_form(request: Request) -> Response:
