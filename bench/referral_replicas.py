@@ -33,9 +33,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from _shared import caught_up, inbox_received, linked_patients, machine, percentile
@@ -82,8 +85,10 @@ def _tasks_per_key(url: str, prefix: str) -> dict[str, int]:
 class Load:
     """Closed-loop creators: each client creates a referral, waits for the answer, again."""
 
-    def __init__(self, clients: list[ReferralClient], patients: list[str], prefix: str) -> None:
+    def __init__(self, clients: list[ReferralClient], patients: list[str], prefix: str,
+                 on_measure: Callable[[], object] | None = None) -> None:
         self.clients, self.patients, self.prefix = clients, patients, prefix
+        self.on_measure = on_measure                        # called as the window opens
         self.created: dict[str, tuple[float, bool]] = {}   # id → (time before call, measured)
         self.calls: list[float] = []                        # measured Create calls, s
         self.keys: list[str] = []                           # every idempotency key sent
@@ -119,6 +124,8 @@ class Load:
         stop_at = time.monotonic() + warmup + seconds
         tasks = [asyncio.create_task(self._client(c, stop_at)) for c in self.clients]
         await asyncio.sleep(warmup)
+        if self.on_measure is not None:
+            self.on_measure()
         self.measuring, began = True, time.monotonic()
         await asyncio.sleep(max(0.0, stop_at - time.monotonic()))
         self.measuring, window = False, time.monotonic() - began
@@ -147,11 +154,26 @@ async def one_k(k: int, workdir: Path, args: argparse.Namespace) -> dict:
             doctor = person_credentials(layout.staff[DOCTOR])
             clients = [ReferralClient(gateways.address(i % k), doctor)
                        for i in range(args.clients)]
-            load = Load(clients, patients, prefix=f"bench-k{k}-")
+            profiler: list[subprocess.Popen] = []
+
+            def start_profiler() -> None:
+                named = {f"gateway-{i + 1}": p.pid for i, p in enumerate(gateways.procs) if p}
+                named |= {f"node-{n}": p.pid for n, p in nodes.procs.items()}
+                named["load-driver"] = os.getpid()
+                profiler.append(subprocess.Popen(
+                    [sys.executable, str(Path(__file__).with_name("pg_profile.py")),
+                     "--url", url, "--seconds", str(args.seconds),
+                     "--pids", ",".join(f"{n}={p}" for n, p in named.items()),
+                     "--out", str(args.profile / f"k{k}.json")], stdout=subprocess.DEVNULL))
+
+            load = Load(clients, patients, prefix=f"bench-k{k}-",
+                        on_measure=start_profiler if args.profile else None)
             print(f"k={k}: {len(patients)} linked patients at {ORIGIN}; driving "
                   f"{args.clients} clients for {args.warmup:.0f} + {args.seconds:.0f} s "
                   f"({machine()})", file=sys.stderr, flush=True)
             window = await load.run(args.warmup, args.seconds)
+            for proc in profiler:
+                await asyncio.to_thread(proc.wait, 30)
             at_end = machine()
             ids = set(load.created)
             drain_started = time.monotonic()
@@ -176,6 +198,22 @@ async def one_k(k: int, workdir: Path, args: argparse.Namespace) -> dict:
         tracebacks = sum((layout.logs / f"gateway-{i + 1}.log").read_text(errors="replace")
                          .count("Traceback") for i in range(k))
 
+    if args.profile:                  # the per-referral figures, beside the raw profile
+        prof_path = args.profile / f"k{k}.json"
+        prof = json.loads(prof_path.read_text())
+        n = max(1, load.done_in_window)
+        prof["per_referral"] = {
+            "referrals": load.done_in_window,
+            **{f"{key}_per_referral": round(v / n, 1)
+               for key, v in prof["pg_stat_database"].items()},
+            **({"statements_per_referral":
+                round(prof["statements_total"]["calls"] / n, 1),
+                "statement_exec_ms_per_referral":
+                round(prof["statements_total"]["exec_ms"] / n, 1)}
+               if "statements_total" in prof else {}),
+            "cpu_ms_per_referral": {
+                key: round(v * 1000 / n) for key, v in prof["cpu_s"].items() if v is not None}}
+        prof_path.write_text(json.dumps(prof, indent=1, ensure_ascii=False))
     measured = {r: t for r, (t, m) in load.created.items() if m}
     delivered_ms = [(got[r][0] - t) * 1000 for r, t in measured.items() if r in got]
     return {
@@ -231,10 +269,15 @@ def main() -> None:
                         help="seconds to wait once the archive has caught up")
     parser.add_argument("--drain", type=float, default=120.0,
                         help="how long to wait for the last referrals to be delivered")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="sample PostgreSQL and per-process CPU over each measured window "
+                             "(bench/pg_profile.py) into DIR/k<k>.json")
     parser.add_argument("--with-archive", action="store_true",
                         help="then the archive read curve of replicas.py, same replica counts")
     parser.add_argument("--archive-seconds", type=float, default=10.0)
     args = parser.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
 
     results = asyncio.run(run(args))
     print(f"\nReferrals.Create (dr-wang's person certificate), {args.clients} clients "

@@ -403,14 +403,18 @@ def _emit(s: Session, task: WorkflowTask, messages: Iterable[Message],
           now: dt.datetime) -> list[str]:
     """Queue messages in the outbox (work_item) and remember which task they belong to.
     Item ids are ``<task>.<version>.<n>``: a retried move cannot queue a second copy."""
-    ids = []
-    for n, m in enumerate(messages, 1):
-        item_id = f"{task.task_id}.{task.version}.{n}"
-        insert_work_item(s, m.site_id, m.kind, m.payload, source_site=m.source_site,
-                         item_id=item_id)
+    messages = list(messages)
+    ids = [f"{task.task_id}.{task.version}.{n}" for n in range(1, len(messages) + 1)]
+    for item_id, m in zip(ids, messages, strict=True):
         s.add(WorkflowMessage(item_id=item_id, task_id=task.task_id, version=task.version,
                               site_id=m.site_id, purpose=m.purpose, created_at=now))
-        ids.append(item_id)
+    # written before the outbox rows: inserting one locks its site's row until the
+    # commit, and other writers for that site queue behind it, so nothing else should
+    # be left to write after the lock (bench/README.md, referral replicas)
+    s.flush()
+    for item_id, m in zip(ids, messages, strict=True):
+        insert_work_item(s, m.site_id, m.kind, m.payload, source_site=m.source_site,
+                         item_id=item_id)
     return ids
 
 
