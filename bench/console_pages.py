@@ -202,7 +202,7 @@ def _gateway_main(url: str, root: str, ready: mp.Queue) -> None:
 
     async def serve() -> None:
         gw = await start_gateway(GatewaySettings(
-            grpc_rate_per_node=1e6, http_rate_per_user=1e6,
+            grpc_rate_per_node=1e6, http_rate_per_user=1e6, signin_rate_per_minute=1e6,
             database_url=url, grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0",
             tls=TlsSettings(r / "gateway/gateway.crt", r / "gateway/gateway.key",
                             r / "ca/ca.crt", r / "ca/crl.pem"),

@@ -117,6 +117,8 @@ def create_console_router(store: GatewayStore) -> APIRouter:
                 set_session(request, response, body["access_token"])
                 return response
             error = str(ApiError.of(answer))
+            if answer.status_code == 429:      # too many attempts from this address
+                return console_error(request, 429, error)
         return page(request, "signin.html", status=400 if fields else 401,
                     sites=await sites(), next=_safe_next(form.get("next")),
                     form={"site": site, "username": user}, fields=fields, error=error)
