@@ -19,7 +19,9 @@
    (``/console/admin``), alternately — sign in through the sign-in form and send
    ``--requests`` page loads in all. Reported per page: p50/p99 of the server's own time
    (``Server-Timing: app;dur=…``, the whole request inside the app, API calls included)
-   and of the time the client saw.
+   and of the time the client saw. ``--think-ms`` gives each user a pause between
+   pages (a person reads a page before opening the next); 0, the default, sends them
+   back to back, the harshest load.
 
 The aim (issue 9): p99 ≤ 300 ms for both pages. On a 2-core machine the load driver and
 the gateway share the cores; the client's figure includes that contention.
@@ -231,8 +233,8 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def drive(base: str, ids: list[str], users: int, requests: int, seed: int
-                ) -> dict[str, Any]:
+async def drive(base: str, ids: list[str], users: int, requests: int, seed: int,
+                think_ms: float = 0.0) -> dict[str, Any]:
     doctors = [await _signed_in(base, DOCTOR[0], DOCTOR[1]) for _ in range(users // 2)]
     admins = [await _signed_in(base, ADMIN[0], "consortium") for _ in range(users - users // 2)]
     rng = random.Random(seed)
@@ -262,6 +264,8 @@ async def drive(base: str, ids: list[str], users: int, requests: int, seed: int
             seen[kind]["client"].append(client_ms)
             if timing:
                 seen[kind]["server"].append(float(timing[1]))
+            if think_ms:                    # a person reads the page before the next one
+                await asyncio.sleep(rng.uniform(0, 2 * think_ms) / 1000)
 
     for client in doctors[:1] + admins[:1]:        # warm-up: first page of each kind
         await client.get("/console/admin" if client in admins else
@@ -271,7 +275,7 @@ async def drive(base: str, ids: list[str], users: int, requests: int, seed: int
     elapsed = time.perf_counter() - started
     for client in doctors + admins:
         await client.aclose()
-    out: dict[str, Any] = {"users": users, "requests": requests,
+    out: dict[str, Any] = {"users": users, "requests": requests, "think_ms": think_ms,
                            "pages_per_s": round(requests / elapsed, 1),
                            "failures": len(failures), "failure_examples": failures[:3]}
     for kind, figures in seen.items():
@@ -289,6 +293,9 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=800)
     ap.add_argument("--db", type=Path, default=None, help="keep the loaded store here")
     ap.add_argument("--seed", type=int, default=20261130)
+    ap.add_argument("--think-ms", type=float, default=0.0,
+                    help="mean time a user spends on a page before the next (uniform "
+                         "0..2×); 0: back to back, the harshest load")
     args = ap.parse_args()
     from federation.security.ca import init_ca
 
@@ -306,7 +313,7 @@ def main() -> None:
         try:
             port = ready.get(timeout=120)
             result = asyncio.run(drive(f"http://127.0.0.1:{port}", ids, args.users,
-                                       args.requests, args.seed))
+                                       args.requests, args.seed, args.think_ms))
         finally:
             proc.terminate()
             proc.join(10)

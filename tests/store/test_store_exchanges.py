@@ -65,3 +65,78 @@ def test_unknown_vocabulary_is_refused(store: GatewayStore, entry: ExchangeEntry
     with pytest.raises(InvalidInput, match=field):
         store.log_exchange(replace(entry, **{field: value}))
     assert store.list_exchanges() == []
+
+
+def test_concurrent_callers_share_commits_and_each_gets_its_own_ids(
+        store: GatewayStore, entry: ExchangeEntry) -> None:
+    """Group commit: 32 threads × 10 exchanges — every id distinct and each caller's own,
+    one AuditEvent leaf per exchange, leaf indexes without a gap, in the log's order."""
+    import threading
+
+    from sqlalchemy import text
+
+    barrier = threading.Barrier(32)
+    got: dict[int, list[int]] = {}
+
+    def caller(n: int) -> None:
+        barrier.wait()
+        got[n] = [store.log_exchange(replace(entry, correlation_id=f"c{n}-{k}"))
+                  for k in range(10)]
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [i for n in sorted(got) for i in got[n]]
+    assert len(ids) == len(set(ids)) == 320
+    with store.engine.connect() as conn:
+        mine = dict(conn.execute(text("SELECT id, correlation_id FROM exchange_log")).all())
+        leaves = conn.execute(text("SELECT idx, exchange_id FROM audit_leaf ORDER BY idx")).all()
+    for n, logged in got.items():               # each caller got the ids of its own rows
+        assert [mine[i] for i in logged] == [f"c{n}-{k}" for k in range(10)]
+    assert [idx for idx, _ in leaves] == list(range(320))
+    assert sorted(e for _, e in leaves) == sorted(ids)
+    assert [e for _, e in leaves] == sorted(ids)    # leaves in the order of the log
+
+
+def test_a_failing_request_in_a_shared_commit_fails_alone(
+        store: GatewayStore, entry: ExchangeEntry, monkeypatch) -> None:
+    """If the shared transaction fails, each request is retried alone: only the caller
+    whose rows cannot be written gets the error."""
+    import threading
+
+    real = store._append_log
+
+    def flaky(rows):  # noqa: ANN001, ANN202 - the store's own signature
+        if any(r["correlation_id"] == "poison" for r in rows):
+            raise RuntimeError("cannot write this one")
+        return real(rows)
+
+    monkeypatch.setattr(store, "_append_log", flaky)
+    hold = threading.Lock()
+    hold.acquire()
+    results: dict[str, object] = {}
+
+    def caller(name: str) -> None:
+        try:
+            results[name] = store.log_exchange(replace(entry, correlation_id=name))
+        except RuntimeError as exc:
+            results[name] = exc
+
+    # queue three requests behind a writer that waits, so that they share one commit
+    with store._log_writer:
+        threads = [threading.Thread(target=caller, args=(n,))
+                   for n in ("good-1", "poison", "good-2")]
+        for t in threads:
+            t.start()
+        import time
+        deadline = time.monotonic() + 5
+        while len(store._log_queue) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(store._log_queue) == 3
+    for t in threads:
+        t.join()
+    assert isinstance(results["poison"], RuntimeError)
+    assert isinstance(results["good-1"], int) and isinstance(results["good-2"], int)
+    assert {e.correlation_id for e in store.list_exchanges()} == {"good-1", "good-2"}

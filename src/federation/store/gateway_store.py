@@ -29,6 +29,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, case, delete, func, insert, or_, text, update
@@ -127,6 +128,11 @@ class StoreSessions:
         # on the same file still rely on busy_timeout.
         self._write_lock: AbstractContextManager[object] = (
             threading.Lock() if engine.dialect.name == "sqlite" else nullcontext())
+        # group commit of the exchange log (log_exchanges): callers queue here, and one
+        # of them at a time writes everything queued in one transaction
+        self._log_queue: list[_LogRequest] = []
+        self._log_queue_lock = threading.Lock()
+        self._log_writer = threading.Lock()
 
     @property
     def engine(self) -> Engine:
@@ -141,6 +147,15 @@ class StoreSessions:
     def _read(self) -> Iterator[Session]:
         with _translated(self._engine), Session(self._reader) as s, s.begin():
             yield s
+
+
+@dataclass(slots=True)
+class _LogRequest:
+    """One caller's exchange rows waiting for the group commit, and its answer."""
+
+    rows: list[dict[str, Any]]
+    ids: list[int] | None = None
+    error: BaseException | None = None
 
 
 class GatewayStore(StoreSessions):
@@ -336,12 +351,48 @@ class GatewayStore(StoreSessions):
         return self.log_exchanges([entry])[0]
 
     def log_exchanges(self, entries: Sequence[ExchangeEntry]) -> list[int]:
-        """Append exchanges (and their AuditEvents) in one transaction; returns their ids.
+        """Append exchanges (and their AuditEvents) in one transaction; returns their ids
+        once they are committed.
 
-        Core statements, not the ORM: this runs for every cross-site call."""
+        Group commit: every cross-site call ends here (each page of the console makes
+        several), so concurrent callers of this process share transactions — whoever
+        gets the writer's lock writes every request queued by then, in queue order, as
+        one transaction and one audit append (one lock of the audit head, one commit),
+        and each caller returns when the transaction holding its rows has committed. If
+        a shared transaction fails, each request is retried alone, so one caller's
+        failure is never another's. Core statements, not the ORM."""
         rows = [_exchange_row(entry) for entry in entries]
         if not rows:
             return []
+        request = _LogRequest(rows)
+        with self._log_queue_lock:
+            self._log_queue.append(request)
+        while request.ids is None and request.error is None:
+            with self._log_writer:
+                if request.ids is not None or request.error is not None:
+                    break                      # a writer before us took our rows along
+                with self._log_queue_lock:
+                    batch, self._log_queue = self._log_queue, []
+                self._write_log(batch)
+        if request.error is not None:
+            raise request.error
+        assert request.ids is not None
+        return request.ids
+
+    def _write_log(self, batch: list[_LogRequest]) -> None:
+        try:
+            ids = self._append_log([row for r in batch for row in r.rows])
+        except Exception as exc:   # noqa: BLE001 - retried alone, each gets its own answer
+            if len(batch) == 1:
+                batch[0].error = exc
+                return
+            for request in batch:
+                self._write_log([request])
+            return
+        for request in batch:
+            request.ids, ids = ids[:len(request.rows)], ids[len(request.rows):]
+
+    def _append_log(self, rows: list[dict[str, Any]]) -> list[int]:
         with self._write_lock, _translated(self._engine), self._engine.begin() as conn:
             ids = _insert_exchanges(conn, rows)
             append_exchanges(conn, [(ExchangeEntry(**row, id=i), i)
