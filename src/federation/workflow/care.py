@@ -32,9 +32,8 @@ _LIMIT = 200
 
 def _tasks(store: WorkflowStore, workflow: str, person_id: str,
            statuses: tuple[str, ...] = ()) -> list[TaskRow]:
-    rows, _ = store.search(workflow, TaskFilter(person_ids=(person_id,), statuses=statuses),
-                           limit=_LIMIT, sort="-updated")
-    return rows
+    return store.find(workflow, TaskFilter(person_ids=(person_id,), statuses=statuses),
+                      limit=_LIMIT, sort="-updated")
 
 
 class WorkflowCare:

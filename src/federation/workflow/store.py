@@ -304,15 +304,27 @@ class WorkflowStore(StoreSessions):
     def search(self, workflow: str, where: TaskFilter, *, offset: int = 0, limit: int = 20,
                sort: str = "-updated") -> tuple[list[TaskRow], int]:
         """A page of matching tasks and how many match in all."""
+        return self._search(workflow, where, offset=offset, limit=limit, sort=sort,
+                            count=True)
+
+    def find(self, workflow: str, where: TaskFilter, *, limit: int = 20,
+             sort: str = "-updated") -> list[TaskRow]:
+        """The first ``limit`` matching tasks, without counting them all (the archive
+        asks this on every read, for its care relationships)."""
+        return self._search(workflow, where, offset=0, limit=limit, sort=sort,
+                            count=False)[0]
+
+    def _search(self, workflow: str, where: TaskFilter, *, offset: int, limit: int,
+                sort: str, count: bool) -> tuple[list[TaskRow], int]:
         if sort not in SORTS:
             raise InvalidInput(f"sort must be one of {', '.join(SORTS)}")
         conditions = _conditions(workflow, where)
         with self._read() as s:
-            total = s.execute(select(func.count()).select_from(WorkflowTask)
-                           .where(*conditions)).scalar_one()
             rows = s.execute(select(WorkflowTask).where(*conditions)
                           .order_by(SORTS[sort], col(WorkflowTask.task_id))
                           .offset(offset).limit(limit)).scalars().all()
+            total = s.execute(select(func.count()).select_from(WorkflowTask)
+                              .where(*conditions)).scalar_one() if count else len(rows)
             return [TaskRow.of(r) for r in rows], int(total)
 
     def all_tasks(self, workflow: str, since: dt.datetime | None = None) -> list[TaskRow]:
