@@ -49,6 +49,18 @@ def _multi_site_person(demo) -> tuple[str, dict[str, str], object]:
     raise AssertionError("the demo has nobody at county-a and city-1 with an ID number")
 
 
+def choose_urgent_cardiology_at_the_city(page) -> None:  # noqa: ANN001
+    """In the referral form: urgent, to city-1's cardiology — each choice waits for the
+    targets and departments the consortium's rules then offer."""
+    with page.expect_response("**/console/referrals/new/targets?*"):
+        page.select_option("#urgency", "urgent")
+    page.wait_for_selector("#target_site option[value='city-1']", state="attached")
+    with page.expect_response("**/console/referrals/new/targets?*"):
+        page.select_option("#target_site", "city-1")
+    page.wait_for_selector("#department option[value='cardiology']", state="attached")
+    page.select_option("#department", "cardiology")
+
+
 def _token(demo, user: str, site: str) -> str:
     account = next(a for a in demo.accounts if a.user == user)
     data = urllib.parse.urlencode({
@@ -108,13 +120,7 @@ def test_county_doctor_finds_refers_reads_and_sees_the_status_change_live(
         assert page.locator(f'.field-error[data-field="{field}"]').is_visible(), field
 
     # the rules' targets for an urgent upward referral, then a complete form
-    with page.expect_response("**/console/referrals/new/targets?*"):
-        page.select_option("#urgency", "urgent")
-    page.wait_for_selector("#target_site option[value='city-1']", state="attached")
-    with page.expect_response("**/console/referrals/new/targets?*"):
-        page.select_option("#target_site", "city-1")
-    page.wait_for_selector("#department option[value='cardiology']", state="attached")
-    page.select_option("#department", "cardiology")
+    choose_urgent_cardiology_at_the_city(page)
     page.fill("#reason_text", "不稳定型心绞痛")
     page.click("#normalize")
     page.wait_for_function("document.querySelector('#reason_code').value !== '胸痛'")

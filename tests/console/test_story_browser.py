@@ -13,7 +13,10 @@ Plain (sync) tests only: the module's browser keeps Playwright's event loop runn
 from __future__ import annotations
 
 from federation.synth.studies import write_ecg_study
-from tests.console.test_doctor_browser import _multi_site_person
+from tests.console.test_doctor_browser import (
+    _multi_site_person,
+    choose_urgent_cardiology_at_the_city,
+)
 from tests.console.test_specialist_browser import _demo_call, _demo_token
 
 
@@ -38,13 +41,7 @@ def test_referral_consult_result_and_audit_across_three_people(demo_consortium,
     assert row.count() == 1
     person_id = row.get_attribute("data-person")
     wang.goto(f"{url}/console/referrals/new?person={person_id}")
-    with wang.expect_response("**/console/referrals/new/targets?*"):
-        wang.select_option("#urgency", "urgent")
-    wang.wait_for_selector("#target_site option[value='city-1']", state="attached")
-    with wang.expect_response("**/console/referrals/new/targets?*"):
-        wang.select_option("#target_site", "city-1")
-    wang.wait_for_selector("#department option[value='cardiology']", state="attached")
-    wang.select_option("#department", "cardiology")
+    choose_urgent_cardiology_at_the_city(wang)
     wang.fill("#reason_code", "I20.0")
     wang.fill("#reason_text", "不稳定型心绞痛")
     wang.select_option("#consent_method", "written")
