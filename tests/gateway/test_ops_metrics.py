@@ -41,7 +41,13 @@ async def test_replicas_scrape_the_same_consortium_figures(pki, consortium, star
             await b.inbox.enqueue("county-b", "referral", b"{}", source_site="city-1")
             await b.inbox.enqueue("county-b", "consult", b"{}", source_site="city-1")
             await a.registry.flush()
-            seen = [await _scrape(gw.http_port) for gw in (a, b)]
+            # on a loaded machine a heartbeat may come late (200 ms apart, 1 s allowed):
+            # the node is then briefly unreachable and back with the next one
+            for _ in range(50):
+                seen = [await _scrape(gw.http_port) for gw in (a, b)]
+                if all(_site(m, "federation_node_up", "county-a") == 1 for m in seen):
+                    break
+                await asyncio.sleep(0.1)
             for metrics in seen:
                 assert metrics[("federation_store_up", ())] == 1
                 assert _site(metrics, "federation_node_up", "county-a") == 1
