@@ -201,8 +201,11 @@ def run_demo(workdir: Path, *, tour_only: bool, people: int) -> int:
 def console_table(layout: DemoLayout, accounts: tuple[ConsoleAccount, ...]) -> Table:
     """The web console's address and the demo's accounts, to sign in with."""
     table = Table(title=f"Web console: {layout.http_url}/console  (中文; English: ?lang=en)")
-    for column in ("who", "institution (机构)", "user", "password"):
-        table.add_column(column)
+    table.add_column("who")
+    table.add_column("institution (机构)")
+    for column in ("user", "password"):      # never cut short: they are typed in
+        table.add_column(column, no_wrap=True,
+                         min_width=max(len(getattr(a, column)) for a in accounts))
     for a in accounts:
         table.add_row(a.what, a.signin_site, a.user, a.password)
     return table
