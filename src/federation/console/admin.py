@@ -45,9 +45,11 @@ from federation.console.web import (
     ApiError,
     api,
     form_of,
+    instant,
     lang_of,
     page,
     redirect,
+    segment,
 )
 from federation.security.tokens import PURPOSES
 from federation.store.models import OUTCOMES
@@ -78,15 +80,8 @@ async def attempt(call: Awaitable[T]) -> tuple[T | None, ApiError | None]:
         return None, exc
 
 
-def _aware(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
-
-
 def _age_s(value: str | None, now: dt.datetime) -> float | None:
-    when = _aware(value)
+    when = instant(value)
     return None if when is None else max(0.0, (now - when).total_seconds())
 
 
@@ -383,7 +378,7 @@ def create_admin_router() -> APIRouter:
         found, error = await attempt(api(request).get("/api/audit/anomalies", **window))
         last_day = ""
         if found:         # the window's end is exclusive: say the last day it covers
-            until = _aware(found["until"])
+            until = instant(found["until"])
             if until is not None:
                 last_day = (until.astimezone(LOCAL) - dt.timedelta(seconds=1)).strftime(
                     "%Y-%m-%d")
@@ -417,7 +412,7 @@ def create_admin_router() -> APIRouter:
 
     async def item_page(request: Request, item_id: str, *, status: int = 200,
                         error: str | None = None) -> Response:
-        body = await api(request).get(f"/api/identity/review/{urllib.parse.quote(item_id)}")
+        body = await api(request).get(f"/api/identity/review/{segment(item_id)}")
         sizes = {p["person_id"]: len(p.get("records") or []) for p in body.get("persons", [])}
         # a record can be split off only from a person it shares with other records
         splittable = [r for r in body["records"] if sizes.get(r.get("person_id"), 0) > 1]
@@ -435,7 +430,7 @@ def create_admin_router() -> APIRouter:
             raise errors.NotFound(f"there is no '{action[:20]}' action on a review item; "
                                   f"the actions are {', '.join(EMPI_ACTIONS)}")
         http = api(request)
-        quoted = urllib.parse.quote(item_id)
+        quoted = segment(item_id)
         try:
             if action == "split":
                 review = await http.get(f"/api/identity/review/{quoted}")
@@ -444,8 +439,8 @@ def create_admin_router() -> APIRouter:
                 if chosen not in mine:
                     raise ApiError(400, ["choose one of the two records to split off"])
                 await http.post("/api/identity/records/"
-                                f"{urllib.parse.quote(chosen[0])}/"
-                                f"{urllib.parse.quote(chosen[1])}/split")
+                                f"{segment(chosen[0])}/"
+                                f"{segment(chosen[1])}/split")
             else:
                 await http.post(f"/api/identity/review/{quoted}/{action}")
         except ApiError as exc:

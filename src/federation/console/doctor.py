@@ -20,7 +20,6 @@ sits in a URL (access logs, browser history, the Referer header).
 from __future__ import annotations
 
 import asyncio
-import urllib.parse
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -37,7 +36,18 @@ from federation.console.patient_view import (
     timeline,
     with_person,
 )
-from federation.console.web import PREFIX, Api, ApiError, api, claims_or_none, form_of, page
+from federation.console.web import (
+    PREFIX,
+    Api,
+    ApiError,
+    api,
+    claims_or_none,
+    form_of,
+    page,
+    password_grant,
+    segment,
+    sites_of,
+)
 
 __all__ = ["create_doctor_router", "site_names"]
 
@@ -49,21 +59,16 @@ TIMELINE_PAGE = 200
 MAX_LABS = 1000
 
 
-def _q(value: str) -> str:
-    return urllib.parse.quote(value, safe="")
-
-
 async def site_names(client: Api) -> dict[str, str]:
     """Site id → the site's name (the consortium's registry, no patient data)."""
-    body = await client.get("/api/consortium")
-    return {s["site_id"]: s.get("name") or s["site_id"] for s in body.get("sites") or []}
+    return {site_id: site["name"] for site_id, site in (await sites_of(client)).items()}
 
 
 async def _people(client: Api, params: dict[str, str]) -> tuple[list[Person], int]:
     bundle = await client.get("/fhir/Patient", **params, _count="50")
     people, unlinked = people_of(bundle)
     people = people[:MAX_PEOPLE]
-    answers = await asyncio.gather(*(client.get(f"/fhir/Person/{_q(p.person_id)}")
+    answers = await asyncio.gather(*(client.get(f"/fhir/Person/{segment(p.person_id)}")
                                      for p in people), return_exceptions=True)
     for person, answer in zip(people, answers, strict=True):
         if isinstance(answer, dict):
@@ -84,7 +89,7 @@ async def _record(request: Request, person_id: str, *, token: str | None = None,
         offset = max(0, int(request.query_params.get("offset", "0")))
     except ValueError:
         offset = 0
-    pid = _q(person_id)
+    pid = segment(person_id)
     person, names = await asyncio.gather(client.get(f"/fhir/Person/{pid}"), site_names(client))
     summary, everything, labs = await asyncio.gather(
         client.get(f"/api/archive/persons/{pid}/summary"),
@@ -171,12 +176,9 @@ def create_doctor_router() -> APIRouter:
             fields["password"] = ("请再次输入您的密码", "Enter your password again")
         token = None
         if not fields:
-            grant = {"grant_type": "password", "username": claims.user_id,
-                     "password": password, "site": claims.site_id,
-                     "scope": "user/*.read", "purpose_of_use": "ETREAT", "reason": reason}
-            answer = await api(request, token="").client.post(
-                "/auth/token", content=urllib.parse.urlencode(grant),
-                headers={"Content-Type": "application/x-www-form-urlencoded"})
+            answer = await password_grant(
+                request, username=claims.user_id, password=password, site=claims.site_id,
+                scope="user/*.read", purpose_of_use="ETREAT", reason=reason)
             if answer.status_code == 200:
                 token = answer.json()["access_token"]
             else:

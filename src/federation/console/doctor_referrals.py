@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import urllib.parse
 import uuid
 from typing import Any
 
@@ -58,8 +57,11 @@ from federation.console.web import (
     api,
     claims_or_none,
     form_of,
+    nothing,
     page,
     redirect,
+    segment,
+    sites_of,
 )
 
 __all__ = ["create_doctor_referrals_router"]
@@ -74,20 +76,10 @@ VOCAB = {"statuses": STATUSES, "events": EVENTS, "urgencies": URGENCIES, "direct
          "consent_methods": CONSENT_METHODS, "consenters": CONSENTERS}
 
 
-def _q(value: str) -> str:
-    return urllib.parse.quote(value, safe="")
-
-
-async def sites_of(client: Api) -> dict[str, dict[str, Any]]:
-    body = await client.get("/api/consortium")
-    return {s["site_id"]: {"name": s.get("name") or s["site_id"], "tier": s.get("tier")}
-            for s in body.get("sites") or []}
-
-
 async def _person_names(client: Api, person_ids: set[str]) -> dict[str, str]:
     """EMPI person id → name for the people of a list (one Person read each, at once)."""
     ids = sorted(person_ids)
-    answers = await asyncio.gather(*(client.get(f"/fhir/Person/{_q(p)}") for p in ids),
+    answers = await asyncio.gather(*(client.get(f"/fhir/Person/{segment(p)}") for p in ids),
                                    return_exceptions=True)
     out = {}
     for pid, answer in zip(ids, answers, strict=True):
@@ -131,7 +123,7 @@ async def _form_context(request: Request, form: dict[str, str]) -> dict[str, Any
     client = api(request)
     person_id = form.get("person", "")
     person_body, options, sites = await asyncio.gather(
-        client.get(f"/fhir/Person/{_q(person_id)}") if person_id else _none(),
+        client.get(f"/fhir/Person/{segment(person_id)}") if person_id else nothing(),
         client.get("/api/referrals/options"), sites_of(client))
     person = None
     patient_id = None
@@ -147,10 +139,6 @@ async def _form_context(request: Request, form: dict[str, str]) -> dict[str, Any
                 **form, "direction": chosen_dir, "urgency": urgency,
                 "request_id": form.get("request_id") or uuid.uuid4().hex},
             **VOCAB}
-
-
-async def _none() -> None:
-    return None
 
 
 def create_doctor_referrals_router() -> APIRouter:
@@ -243,7 +231,7 @@ def create_doctor_referrals_router() -> APIRouter:
         if not fields:
             try:
                 task = await api(request).post("/api/referrals", body)
-                return redirect(request, f"{PREFIX}/referrals?sent={_q(task['id'])}")
+                return redirect(request, f"{PREFIX}/referrals?sent={segment(task['id'])}")
             except ApiError as exc:
                 if exc.status >= 500:
                     raise
@@ -264,8 +252,8 @@ def create_doctor_referrals_router() -> APIRouter:
         message: str | None = None
         if not fields:
             try:
-                await api(request).post(f"/api/referrals/{_q(task_id)}/{_q(action)}", body)
-                return redirect(request, f"{PREFIX}/referrals/{_q(task_id)}")
+                await api(request).post(f"/api/referrals/{segment(task_id)}/{segment(action)}", body)
+                return redirect(request, f"{PREFIX}/referrals/{segment(task_id)}")
             except ApiError as exc:
                 if exc.status >= 500 or exc.status == 404:
                     raise
@@ -282,7 +270,7 @@ async def _referral(request: Request, task_id: str, *, failed: str | None = None
                     form: dict[str, str] | None = None, status: int = 200) -> Response:
     client = api(request)
     view, sites, options = await asyncio.gather(
-        client.get(f"/api/referrals/{_q(task_id)}"), sites_of(client),
+        client.get(f"/api/referrals/{segment(task_id)}"), sites_of(client),
         client.get("/api/referrals/options"))
     person_id = (view.get("patient") or {}).get("person_id")
     names = await _person_names(client, {person_id} if person_id else set())

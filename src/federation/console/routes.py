@@ -23,10 +23,10 @@ from federation.console.web import (
     PREFIX,
     SESSION_COOKIE,
     ApiError,
-    api,
     claims_or_none,
     form_of,
     page,
+    password_grant,
     redirect,
     set_session,
 )
@@ -103,12 +103,8 @@ def create_console_router(store: GatewayStore) -> APIRouter:
             account = await asyncio.to_thread(store.account, user)
             purpose = next((p for role, p in ROLE_PURPOSE
                             if account and role in account.roles), "TREAT")
-            grant = {"grant_type": "password", "username": user,
-                     "password": form["password"], "site": site, "scope": SCOPES,
-                     "purpose_of_use": purpose}
-            answer = await api(request, token="").client.post(
-                "/auth/token", content=urllib.parse.urlencode(grant),
-                headers={"Content-Type": "application/x-www-form-urlencoded"})
+            answer = await password_grant(request, username=user, password=form["password"],
+                                          site=site, scope=SCOPES, purpose_of_use=purpose)
             if answer.status_code == 200:
                 body = answer.json()
                 roles = frozenset(account.roles) if account else frozenset()

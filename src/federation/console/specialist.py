@@ -49,6 +49,7 @@ from federation.console.web import (
     check_csrf,
     claims_or_none,
     form_of,
+    nothing,
     page,
     redirect,
 )
@@ -192,9 +193,9 @@ def create_specialist_router(ca_pem: bytes | None = None) -> APIRouter:
         wants_slots = task.mode == "interactive" and task.business == "claimed" and mine
         person, summary, slots = await asyncio.gather(
             _maybe(client.get(f"/fhir/Person/{task.person_id}")) if task.person_id
-            else _none(), _maybe(client.get(f"/api/archive/persons/{task.person_id}/summary"))
-            if task.person_id else _none(),
-            _maybe(_slots(request, pool_id)) if wants_slots and pool_id else _none())
+            else nothing(), _maybe(client.get(f"/api/archive/persons/{task.person_id}/summary"))
+            if task.person_id else nothing(),
+            _maybe(_slots(request, pool_id)) if wants_slots and pool_id else nothing())
         appointment = (found.get("Appointment") or [None])[0]
         link = next((e.get("valueUrl") for e in (appointment or {}).get("extension") or []
                      if e.get("url", "").endswith(":meeting-link")), None)
@@ -278,5 +279,3 @@ async def _maybe(call: Any) -> dict[str, Any]:
         return {"refused": str(exc), "status": exc.status}
 
 
-async def _none() -> None:
-    return None

@@ -37,7 +37,8 @@ from federation.gateway.auth_api import CONSOLE_PREFIX, CONSOLE_SESSION_COOKIE
 from federation.security.tokens import StaffClaims
 
 __all__ = ["ApiError", "Console", "ServerTiming", "LANGS", "SESSION_COOKIE", "CSRF_COOKIE", "LANG_COOKIE",
-           "api", "form_of", "page"]
+           "api", "form_of", "instant", "nothing", "page", "password_grant", "segment",
+           "sites_of"]
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -64,15 +65,30 @@ def lang_of(request: Request) -> str:
     return kept if kept in LANGS else "zh"
 
 
-def _local(value: str | dt.datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
-    """An ISO instant (or datetime) in the consortium's local time; '' for nothing."""
+def instant(value: str | dt.datetime | None) -> dt.datetime | None:
+    """An ISO instant from the API (``Z`` or an offset; none given: UTC) as an aware
+    datetime; None for nothing."""
     if not value:
-        return ""
+        return None
     when = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(
         str(value).replace("Z", "+00:00"))
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.astimezone(LOCAL).strftime(fmt)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _local(value: str | dt.datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    """An ISO instant (or datetime) in the consortium's local time; '' for nothing."""
+    when = instant(value)
+    return when.astimezone(LOCAL).strftime(fmt) if when else ""
+
+
+def segment(value: str) -> str:
+    """``value`` as one path segment of an API call (a ``/`` in an id stays inside it)."""
+    return urllib.parse.quote(value, safe="")
+
+
+async def nothing() -> None:
+    """An awaitable that answers None: the slot of a call a page need not make."""
+    return None
 
 
 def _json_attr(value: Any) -> Markup:
@@ -153,6 +169,13 @@ class Api:
         return answer.json()
 
 
+async def sites_of(client: Api) -> dict[str, dict[str, Any]]:
+    """Site id → its name and tier, from the consortium's registry (no patient data)."""
+    body = await client.get("/api/consortium")
+    return {s["site_id"]: {"name": s.get("name") or s["site_id"], "tier": s.get("tier")}
+            for s in body.get("sites") or []}
+
+
 def _clean(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v not in (None, "")}
 
@@ -167,6 +190,14 @@ def api(request: Request, *, token: str | None = None) -> Api:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return Api(httpx.AsyncClient(transport=transport, base_url="http://console.internal",
                                  headers=headers, timeout=60.0))
+
+
+async def password_grant(request: Request, **form: str) -> httpx.Response:
+    """``POST /auth/token`` with a password grant, as the person at their own address
+    (the sign-in limits count per address) — the token endpoint's own answer."""
+    return await api(request, token="").client.post(
+        "/auth/token", content=urllib.parse.urlencode({"grant_type": "password", **form}),
+        headers={"Content-Type": "application/x-www-form-urlencoded"})
 
 
 def csrf_token(request: Request) -> str:
@@ -258,10 +289,6 @@ def redirect(request: Request, to: str, *, htmx: bool | None = None) -> Response
         response = RedirectResponse(to, status_code=303)
     finish(request, response)
     return response
-
-
-def template_env() -> Environment:
-    return _env
 
 
 class ServerTiming:
