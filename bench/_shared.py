@@ -9,7 +9,9 @@ environment's Python runs it.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import multiprocessing as mp
 import os
 import sqlite3
 import sys
@@ -29,7 +31,7 @@ from federation.store import make_engine  # noqa: E402
 from tests.pg_util import throwaway_database  # noqa: E402
 
 __all__ = ["ROOT", "free_ports", "throwaway_database", "percentile", "machine",
-           "inbox_received", "caught_up", "linked_patients"]
+           "inbox_received", "caught_up", "linked_patients", "gateway_process"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -38,6 +40,32 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def gateway_process(url: str, root: str, ready: mp.Queue) -> None:
+    """A spawned process's target: one gateway on ``url`` with the throwaway PKI under
+    ``root`` (``ca/``, ``gateway/``), ports chosen by the system and put on ``ready`` as
+    ``(grpc_port, http_port)``; rate and sign-in limits lifted, to measure the server
+    and not the limits; the archive's schedule off."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from federation.gateway.app import start_gateway
+    from federation.settings import GatewaySettings, TlsSettings
+
+    r = Path(root)
+
+    async def serve() -> None:
+        gw = await start_gateway(GatewaySettings(
+            grpc_rate_per_node=1e6, http_rate_per_user=1e6, signin_rate_per_minute=1e6,
+            database_url=url, grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0",
+            tls=TlsSettings(r / "gateway/gateway.crt", r / "gateway/gateway.key",
+                            r / "ca/ca.crt", r / "ca/crl.pem"),
+            sync_interval_ms=3_600_000))
+        ready.put((gw.grpc_port, gw.http_port))
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
 
 
 def machine() -> str:

@@ -37,15 +37,12 @@ import multiprocessing as mp
 import random
 import re
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT))
+from _shared import gateway_process, percentile  # sets the path first
 
 SITES = (("city-1", "市第一人民医院", "city", None),
          ("county-a", "东阳县人民医院", "county", "city-1"),
@@ -193,28 +190,6 @@ def build(url: str, persons: int, seed: int) -> list[str]:
     return ids
 
 
-def _gateway_main(url: str, root: str, ready: mp.Queue) -> None:
-    import logging
-
-    logging.basicConfig(level=logging.WARNING)
-    from federation.gateway.app import start_gateway
-    from federation.settings import GatewaySettings, TlsSettings
-
-    r = Path(root)
-
-    async def serve() -> None:
-        gw = await start_gateway(GatewaySettings(
-            grpc_rate_per_node=1e6, http_rate_per_user=1e6, signin_rate_per_minute=1e6,
-            database_url=url, grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0",
-            tls=TlsSettings(r / "gateway/gateway.crt", r / "gateway/gateway.key",
-                            r / "ca/ca.crt", r / "ca/crl.pem"),
-            sync_interval_ms=3_600_000))
-        ready.put(gw.http_port)
-        await asyncio.Event().wait()
-
-    asyncio.run(serve())
-
-
 async def _signed_in(base: str, user: str, site: str):  # noqa: ANN202
     import httpx
 
@@ -226,11 +201,6 @@ async def _signed_in(base: str, user: str, site: str):  # noqa: ANN202
     if answer.status_code != 303:
         raise SystemExit(f"sign-in as {user} failed: {answer.status_code}")
     return client
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def drive(base: str, ids: list[str], users: int, requests: int, seed: int,
@@ -282,7 +252,7 @@ async def drive(base: str, ids: list[str], users: int, requests: int, seed: int,
         for which, values in figures.items():
             if values:
                 out[f"{kind}_{which}_p50_ms"] = round(statistics.median(values), 1)
-                out[f"{kind}_{which}_p99_ms"] = round(_pct(values, 0.99), 1)
+                out[f"{kind}_{which}_p99_ms"] = round(percentile(values, 0.99), 1)
     return out
 
 
@@ -308,10 +278,10 @@ def main() -> None:
         ids = build(url, args.persons, args.seed)
         ctx = mp.get_context("spawn")
         ready: mp.Queue = ctx.Queue()
-        proc = ctx.Process(target=_gateway_main, args=(url, str(root), ready), daemon=True)
+        proc = ctx.Process(target=gateway_process, args=(url, str(root), ready), daemon=True)
         proc.start()
         try:
-            port = ready.get(timeout=120)
+            _, port = ready.get(timeout=120)
             result = asyncio.run(drive(f"http://127.0.0.1:{port}", ids, args.users,
                                        args.requests, args.seed, args.think_ms))
         finally:

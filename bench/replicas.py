@@ -31,7 +31,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _shared import machine, percentile, throwaway_database  # sets the path first
+from _shared import (  # sets the path first
+    gateway_process,
+    machine,
+    percentile,
+    throwaway_database,
+)
 
 SITE = "county-a"
 
@@ -77,28 +82,6 @@ def _populate(url: str, patients: int, per_patient: int) -> int:
                       now=dt.datetime.now(dt.UTC), caught_up=True)
     engine.dispose()
     return seq
-
-
-def _gateway_main(url: str, root: str, ready: mp.Queue) -> None:
-    import logging
-
-    logging.basicConfig(level=logging.WARNING)
-    from federation.gateway.app import start_gateway
-    from federation.settings import GatewaySettings, TlsSettings
-
-    r = Path(root)
-
-    async def serve() -> None:
-        gw = await start_gateway(GatewaySettings(
-            grpc_rate_per_node=1e6, http_rate_per_user=1e6,  # measure the server, not the limits
-            database_url=url, grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0",
-            tls=TlsSettings(r / "gateway/gateway.crt", r / "gateway/gateway.key",
-                            r / "ca/ca.crt", r / "ca/crl.pem"),
-            sync_interval_ms=3_600_000))
-        ready.put((gw.grpc_port, gw.http_port))
-        await asyncio.Event().wait()
-
-    asyncio.run(serve())
 
 
 async def _drive(ports: list[tuple[int, int]], root: Path, patients: int, clients: int,
@@ -177,7 +160,7 @@ def run(replicas: list[int], *, patients: int = 1000, per_patient: int = 15,
         results = {}
         for k in replicas:
             ready: mp.Queue = ctx.Queue()
-            procs = [ctx.Process(target=_gateway_main, args=(url, tmp, ready), daemon=True)
+            procs = [ctx.Process(target=gateway_process, args=(url, tmp, ready), daemon=True)
                      for _ in range(k)]
             for p in procs:
                 p.start()
