@@ -49,6 +49,36 @@ class DemoConsortium:
         return next(a for a in self.accounts
                     if role in a.roles and a.signin_site.startswith(site_prefix))
 
+    def token(self, account: ConsoleAccount) -> str:
+        """An access token of ``account`` for care (TREAT), as the console's sign-in
+        gets one: the password grant at ``/auth/token``."""
+        from federation.demo.signin import sign_in
+
+        return str(sign_in(self.layout, {
+            "grant_type": "password", "username": account.user,
+            "password": account.password, "site": account.signin_site,
+            "scope": "user/*.read user/*.write", "purpose_of_use": "TREAT"})["access_token"])
+
+    def linked_record(self, site: str, column: str = "record_id", nth: int = 0) -> str:
+        """A ``site`` record the EMPI has linked (its ``record_id`` or ``person_id``),
+        read from the demo gateway's store as the test's own set-up (pages never read
+        the store)."""
+        from sqlalchemy import text
+
+        from federation.settings import load_gateway_settings
+        from federation.store import make_engine
+
+        assert column in ("record_id", "person_id")
+        engine = make_engine(load_gateway_settings(self.layout.gateway_config).database_url)
+        try:
+            with engine.connect() as conn:
+                return str(conn.execute(text(
+                    f"SELECT {column} FROM identity_record WHERE site_id = :s AND "
+                    "state = 'linked' ORDER BY record_id LIMIT 1 OFFSET :n"),
+                    {"s": site, "n": nth}).scalar_one())
+        finally:
+            engine.dispose()
+
 
 def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout

@@ -6,26 +6,6 @@ keeps Playwright's event loop running while it is open."""
 from __future__ import annotations
 
 
-def _a_person_known_at(demo_consortium, site: str) -> str:
-    """An EMPI person with a record at ``site`` (read from the demo gateway's store, as
-    the test's own set-up: the pages never read the store)."""
-    from sqlalchemy import text
-
-    from federation.settings import load_gateway_settings
-    from federation.store import make_engine
-
-    engine = make_engine(load_gateway_settings(demo_consortium.layout.gateway_config)
-                         .database_url)
-    try:
-        with engine.connect() as conn:
-            person = conn.execute(text(
-                "SELECT person_id FROM identity_record WHERE site_id = :s AND state = 'linked' "
-                "ORDER BY record_id LIMIT 1"), {"s": site}).scalar_one()
-    finally:
-        engine.dispose()
-    return str(person)
-
-
 def test_the_administrator_sees_the_consortium_at_a_glance(signed_in, demo_consortium
                                                            ) -> None:
     from tests.console.conftest import screenshot
@@ -76,7 +56,7 @@ def test_the_administrator_finds_a_doctors_exchanges_and_verifies_the_log(
     from federation.demo.signin import bearer_headers, get_json
     from tests.console.conftest import screenshot
 
-    person = _a_person_known_at(demo_consortium, "county-a")
+    person = demo_consortium.linked_record("county-a", "person_id")
     doctor = bearer_headers(demo_consortium.layout, site="county-a", role="doctor",
                             purpose="TREAT", user="dr-wang")
     assert get_json(demo_consortium.layout, f"/fhir/Person/{person}", headers=doctor)

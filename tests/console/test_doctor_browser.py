@@ -61,16 +61,6 @@ def choose_urgent_cardiology_at_the_city(page) -> None:  # noqa: ANN001
     page.select_option("#department", "cardiology")
 
 
-def _token(demo, user: str, site: str) -> str:
-    account = next(a for a in demo.accounts if a.user == user)
-    data = urllib.parse.urlencode({
-        "grant_type": "password", "username": user, "password": account.password,
-        "site": site, "scope": "user/*.read user/*.write", "purpose_of_use": "TREAT"}).encode()
-    with urllib.request.urlopen(urllib.request.Request(
-            f"{demo.url}/auth/token", data=data, method="POST"), timeout=30) as answer:
-        return json.load(answer)["access_token"]
-
-
 def _api_post(demo, token: str, path: str, body: dict) -> dict:
     request = urllib.request.Request(
         f"{demo.url}{path}", data=json.dumps(body).encode(), method="POST",
@@ -137,7 +127,7 @@ def test_county_doctor_finds_refers_reads_and_sees_the_status_change_live(
 
     # the city accepts (its staff, through the API); the list shows it without a reload
     page.evaluate("window.__stayed = true")
-    city = _token(demo_consortium, "dr-li", "city-1")
+    city = demo_consortium.token(demo_consortium.account("specialist", "city"))
     _api_post(demo_consortium, city, f"/api/referrals/{task_id}/accept",
               {"admission_note": "明日上午心内科门诊"})
     page.wait_for_selector(f"#status-{task_id}[data-status='accepted']", timeout=15_000)

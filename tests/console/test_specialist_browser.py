@@ -13,31 +13,6 @@ from tests.conftest import bearer
 from tests.console.conftest import screenshot
 
 
-def _demo_patient(demo) -> str:
-    """A county-a patient the demo's EMPI has linked (consults need the EMPI person)."""
-    from sqlalchemy import text
-
-    from federation.settings import load_gateway_settings
-    from federation.store import make_engine
-    engine = make_engine(load_gateway_settings(demo.layout.gateway_config).database_url)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text(
-                "SELECT record_id FROM identity_record WHERE site_id = 'county-a' AND "
-                "state = 'linked' ORDER BY record_id LIMIT 1 OFFSET 2")).scalar_one()
-    finally:
-        engine.dispose()
-
-
-def _demo_token(demo, role: str, prefix: str) -> str:
-    from federation.demo.signin import sign_in
-    who = demo.account(role, prefix)
-    return sign_in(demo.layout, {"grant_type": "password", "username": who.user,
-                                 "password": who.password, "site": who.signin_site,
-                                 "scope": "user/*.read user/*.write",
-                                 "purpose_of_use": "TREAT"})["access_token"]
-
-
 def _demo_call(demo, method: str, path: str, token: str, body: dict | None = None) -> dict:
     answer = httpx.request(method, demo.url + path, headers=bearer(token), json=body,
                            timeout=60)
@@ -49,11 +24,11 @@ def test_a_specialist_takes_an_ecg_consult_in_the_browser(signed_in, demo_consor
     from federation.consult.report import verify_bundle
 
     demo = demo_consortium
-    patient = _demo_patient(demo)
+    patient = demo.linked_record("county-a", nth=2)
     studies = demo.layout.workdir / "studies" / "county-a"
     write_ecg_study(studies, "ecg-browser-1", patient)
     write_dicom_study(studies, "ct-browser-1", patient, slices=3, size=96)
-    wang = _demo_token(demo, "doctor", "county")
+    wang = demo.token(demo.account("doctor", "county"))
     li_account = demo.account("specialist", "city")
     page = signed_in(li_account)
     assert page.url.endswith("/console/consults")
@@ -99,7 +74,7 @@ def test_a_specialist_takes_an_ecg_consult_in_the_browser(signed_in, demo_consor
     assert (report_id, signer.name, signer.site_id) == (f"{cid}-r1", "dr-li", "city-1")
 
     # an imaging consult: the DICOM slice is rendered in the page
-    li = _demo_token(demo, "specialist", "city")
+    li = demo.token(demo.account("specialist", "city"))
     ct = _demo_call(demo, "POST", "/api/consults", wang, {
         "patient_id": patient, "kind": "imaging", "question": "肺结节性质？",
         "consent": "written", "study_ids": ["ct-browser-1"]})["id"]

@@ -17,7 +17,7 @@ from tests.console.test_doctor_browser import (
     _multi_site_person,
     choose_urgent_cardiology_at_the_city,
 )
-from tests.console.test_specialist_browser import _demo_call, _demo_token
+from tests.console.test_specialist_browser import _demo_call
 
 
 def test_referral_consult_result_and_audit_across_three_people(demo_consortium,
@@ -59,11 +59,9 @@ def test_referral_consult_result_and_audit_across_three_people(demo_consortium,
 
     # an ECG consult: the doctor asks (the API, as the county's systems would), the
     # specialist claims it from the pool inbox, views the ECG and signs the report
-    from tests.console.test_specialist_browser import _demo_patient
-
-    patient = _demo_patient(demo)
+    patient = demo.linked_record("county-a", nth=2)
     write_ecg_study(demo.layout.workdir / "studies" / "county-a", "ecg-story-1", patient)
-    wang_token = _demo_token(demo, "doctor", "county")
+    wang_token = demo.token(wang_account)
     li.goto(f"{url}/console/consults")
     consult = _demo_call(demo, "POST", "/api/consults", wang_token, {
         "patient_id": patient, "kind": "ecg", "question": "心悸，请判读12导联心电图",
