@@ -28,6 +28,7 @@ from sqlalchemy import text  # noqa: E402 (after the path is set)
 
 from federation.demo.workspace import free_ports  # noqa: E402
 from federation.store import make_engine  # noqa: E402
+from tests.deploy.gateways import caught_up  # noqa: E402
 from tests.pg_util import throwaway_database  # noqa: E402
 
 __all__ = ["ROOT", "free_ports", "throwaway_database", "percentile", "machine",
@@ -99,22 +100,6 @@ def inbox_received(path: Path, which: str = "referral") -> dict[str, list[float]
         at = at if at.tzinfo else at.replace(tzinfo=dt.UTC)
         out.setdefault(rid, []).append(at.timestamp())
     return out
-
-
-def caught_up(url: str, sites: tuple[str, ...]) -> bool:
-    """The archive has read these sites' change feeds to their heads: the start-up's
-    heavy work (first scans, pulls, EMPI linking) is over."""
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows = {r.site_id: r for r in conn.execute(text(
-                "SELECT site_id, after, node_head, caught_up_at FROM feed_cursor"))}
-    except Exception:  # not migrated yet
-        return False
-    finally:
-        engine.dispose()
-    return all(s in rows and rows[s].caught_up_at is not None and rows[s].node_head > 0
-               and rows[s].after == rows[s].node_head for s in sites)
 
 
 def linked_patients(url: str, site: str) -> list[str]:

@@ -16,9 +16,12 @@ import time
 import urllib.request
 from collections.abc import Callable
 
-from federation.demo.workspace import DemoLayout, free_ports
+from sqlalchemy import text
 
-__all__ = ["Gateways", "healthy", "until"]
+from federation.demo.workspace import DemoLayout, free_ports
+from federation.store import make_engine
+
+__all__ = ["Gateways", "caught_up", "healthy", "until"]
 
 
 class Gateways:
@@ -94,3 +97,17 @@ async def until(predicate: Callable[[], bool], timeout: float, what: str) -> Non
         await asyncio.sleep(0.2)
 
 
+def caught_up(url: str, sites: tuple[str, ...]) -> bool:
+    """The archive has read these sites' change feeds to their heads: the start-up's
+    heavy work (first scans, pulls, EMPI linking) is over."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = {r.site_id: r for r in conn.execute(text(
+                "SELECT site_id, after, node_head, caught_up_at FROM feed_cursor"))}
+    except Exception:  # not migrated yet
+        return False
+    finally:
+        engine.dispose()
+    return all(s in rows and rows[s].caught_up_at is not None and rows[s].node_head > 0
+               and rows[s].after == rows[s].node_head for s in sites)

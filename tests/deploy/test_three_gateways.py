@@ -39,7 +39,7 @@ from federation.security.tls import TlsMaterial
 from federation.settings import load_node_settings
 from federation.store import make_engine, upgrade
 from federation.synth.studies import write_ecg_study
-from tests.deploy.gateways import Gateways, until
+from tests.deploy.gateways import Gateways, caught_up, until
 from tests.pg_util import throwaway_database
 from tests.referral.conftest import bundle
 
@@ -59,13 +59,6 @@ def _rows(url: str, sql: str, **params) -> list:
             return list(conn.execute(text(sql), params).all())
     finally:
         engine.dispose()
-
-
-def _caught_up(url: str, sites: tuple[str, ...]) -> bool:
-    rows = {r.site_id: r for r in _rows(url, "SELECT site_id, after, node_head, caught_up_at "
-                                             "FROM feed_cursor")}
-    return all(s in rows and rows[s].caught_up_at is not None and rows[s].node_head > 0
-               and rows[s].after == rows[s].node_head for s in sites)
 
 
 async def _create(client: ReferralClient, new: NewReferral) -> str:
@@ -138,7 +131,7 @@ async def test_three_gateways_one_killed_nothing_lost_or_doubled(tmp_path: Path)
                 settings = load_node_settings(layout.node_configs[site])
                 nodes[site] = await start_node(dataclasses.replace(
                     settings, gateway=gateways.addresses))
-            await until(lambda: _caught_up(url, (ORIGIN, TARGET)), 180,
+            await until(lambda: caught_up(url, (ORIGIN, TARGET)), 180,
                          "the archive to read both nodes' feeds")
             patients = [r.record_id for r in _rows(
                 url, "SELECT record_id FROM identity_record WHERE site_id = :s AND "
