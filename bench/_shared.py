@@ -51,6 +51,7 @@ def gateway_process(url: str, root: str, ready: mp.Queue) -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
+    from federation._runtime import settle_heap
     from federation.gateway.app import start_gateway
     from federation.settings import GatewaySettings, TlsSettings
 
@@ -63,6 +64,7 @@ def gateway_process(url: str, root: str, ready: mp.Queue) -> None:
             tls=TlsSettings(r / "gateway/gateway.crt", r / "gateway/gateway.key",
                             r / "ca/ca.crt", r / "ca/crl.pem"),
             sync_interval_ms=3_600_000))
+        settle_heap()                                 # as `federation gateway serve` does
         ready.put((gw.grpc_port, gw.http_port))
         await asyncio.Event().wait()
 

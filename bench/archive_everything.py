@@ -73,6 +73,7 @@ def _wait_stdin() -> asyncio.Event:
 
 
 async def _nodes(args: argparse.Namespace) -> None:
+    from federation._runtime import settle_heap
     from federation.nodes.agent import start_node
     from federation.settings import NodeSettings
     from federation.synth import load_manifest
@@ -86,6 +87,7 @@ async def _nodes(args: argparse.Namespace) -> None:
             tls=_tls(args.pki, site), source=spec.source_settings(),
             state_dir=args.work / "nodes" / site, backoff_initial_ms=50, backoff_max_ms=300,
             feed_scan_interval_ms=args.scan_ms)))
+    settle_heap()                                     # as `federation node serve` does
     _emit(event="nodes", ports={n.settings.site_id: n.port for n in running},
           heads={n.settings.site_id: n.feed.head() for n in running})
     await _wait_stdin().wait()
@@ -106,6 +108,7 @@ class _StandingReferrals:
 
 
 async def _gateway(args: argparse.Namespace) -> None:
+    from federation._runtime import settle_heap
     from federation.archive.care import register_care_source
     from federation.gateway.app import start_gateway
 
@@ -126,6 +129,10 @@ async def _gateway(args: argparse.Namespace) -> None:
         archive_care_window_days=20_000, heartbeat_interval_ms=1000,
         unreachable_after_ms=10_000, log_level="WARNING")
     running = await start_gateway(settings)
+    settle_heap()                                     # as `federation gateway serve` does
+    if os.environ.get("TMP_NOGC"):
+        import gc
+        gc.disable()
     _emit(event="gateway", http=running.http_port)
     await _wait_stdin().wait()
     await running.stop(0.5)

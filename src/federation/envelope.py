@@ -17,10 +17,12 @@ from pydantic import ValidationError
 
 from federation.errors import InvalidInput, PayloadTooLarge
 
-__all__ = ["Envelope", "validate_resource", "MAX_RESOURCE_BYTES"]
+__all__ = ["Envelope", "MAX_RESOURCE_BYTES", "patient_of", "validate_resource"]
 
 #: a single resource larger than this is refused (whole studies travel as chunked streams)
 MAX_RESOURCE_BYTES = 2 * 1024 * 1024
+#: the element naming the Patient a resource is about, where it is not ``subject``
+_SUBJECT = {"AllergyIntolerance": "patient"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +48,28 @@ class Envelope:
             last_updated=dt.datetime.fromisoformat(updated) if updated else None,
         )
 
+    @classmethod
+    def from_json(cls, site_id: str, resource_type: str, resource_id: str,
+                  body: bytes) -> Envelope:
+        """Wrap FHIR JSON stored earlier from :meth:`from_resource` (the same envelope)."""
+        meta = json.loads(body).get("meta") or {}
+        updated = meta.get("lastUpdated")
+        return cls(resource_type, resource_id, site_id, body,
+                   version_id=str(meta.get("versionId", "")),
+                   last_updated=dt.datetime.fromisoformat(updated) if updated else None)
+
     def resource(self) -> dict[str, Any]:
         return json.loads(self.json)
+
+
+def patient_of(resource_type: str, data: dict[str, Any]) -> str | None:
+    """The id of the Patient a resource is about (``subject``, or ``patient`` for an
+    AllergyIntolerance, when it references ``Patient/<id>``); None for a Patient."""
+    if resource_type == "Patient":
+        return None
+    ref = (data.get(_SUBJECT.get(resource_type, "subject")) or {}).get("reference", "")
+    return ref.removeprefix("Patient/") if isinstance(ref, str) and ref.startswith(
+        "Patient/") else None
 
 
 def validate_resource(env: Envelope) -> dict[str, Any]:

@@ -336,3 +336,26 @@ async def test_grpc_limits_one_certificate_not_the_others(pki, consortium, tmp_p
         assert await calls("city-1", 3) == [None, None, None]   # another site is not slowed
     finally:
         await gw.stop(0.1)
+
+
+def test_a_verified_token_is_remembered_but_still_expires_and_is_revoked(
+        private_pki: Pki) -> None:
+    revoked: set[str] = set()
+    trust = TrustAnchor(private_pki.tls("gateway").ca.read_bytes(),
+                        lambda s: s if s in revoked else None)
+    gkey, gcert = _files(private_pki, "gateway")
+    tokens = AccessTokens(gkey, gcert, trust)
+    token, _ = tokens.issue(verify_staff_assertion(_assert(private_pki), trust))
+    first = tokens.verify(token)
+    assert tokens.verify(token) is first                  # remembered, not verified again
+    # a changed token is another token: verified in full, and refused
+    with pytest.raises(AuthenticationError, match="signature does not verify"):
+        tokens.verify(_tamper(token, site="city-1"))
+    # the time still counts: past its expiry (and the leeway) it is refused
+    late = first.expires_at + dt.timedelta(seconds=61)
+    with pytest.raises(AuthenticationError, match="expired"):
+        tokens.verify(token, now=late)
+    # the gateway certificate revoked: every token it signed is refused at once
+    revoked.add(next(r.serial for r in private_pki.ca.list_issued() if r.kind == "gateway"))
+    with pytest.raises(AuthenticationError, match="revoked"):
+        tokens.verify(token)

@@ -128,3 +128,53 @@ def test_export_jobs_are_claimed_once_and_taken_over(sites: GatewayStore,
                           ([("cohort-site", "city-1"), ("_since", "2020")], "_since")]:
         with pytest.raises(InvalidInput, match=words):
             ExportRequest.parse(params, SITES, "u")
+
+
+def test_encounter_care_answers_for_one_site(archive: ArchiveStore, engine: Engine,
+                                             wei: str) -> None:
+    people = PersonDirectory(engine)
+    source = EncounterCare(CareContext(engine, archive, people.records_of, 30,
+                                       now=lambda: T0))
+    assert source.cares(wei, "county-a") and not source.cares(wei, "city-1")
+    assert not source.cares(wei, "county-b")                 # holds no record of the person
+    # the one recent visit arrived first, and 25 old ones after it: still found
+    _put(archive, "city-1", 10, encounter("city-1", "recent", "pc", T0 - dt.timedelta(days=3)),
+         *(encounter("city-1", f"old{i}", "pc", T0 - dt.timedelta(days=900 + i))
+           for i in range(25)))
+    assert source.cares(wei, "city-1")
+    assert source.sites_caring_for(wei) == {"city-1", "county-a"}
+
+
+def test_a_records_stamp_moves_with_every_change_and_the_index_cache_follows(
+        archive: ArchiveStore, engine: Engine, wei: str) -> None:
+    from federation.archive.index_cache import IndexCache
+
+    refs = list(PersonDirectory(engine).resolve(wei).records)
+    cache = IndexCache(max_rows=100)
+
+    def index() -> list[str]:
+        got = cache.get(refs, None, lambda: archive.person_stamp(refs),
+                        lambda: archive.person_index(refs))
+        return [got.rows[i][2] for i in got.kept]
+
+    first = index()
+    assert first == ["pc", "e1", "o1", "pa", "e2"] and (cache.hits, cache.misses) == (0, 1)
+    assert index() == first and cache.hits == 1               # unchanged: kept
+    stamp = archive.person_stamp(refs)
+    # a replayed batch changes nothing, so the stamp stays
+    _put(archive, "county-a", 1, patient("county-a", "pa", local="A1"))
+    assert archive.person_stamp(refs) == stamp and index() == first and cache.hits == 2
+    # a new resource, a new version, a tombstone: each moves the stamp and is seen
+    _put(archive, "county-a", 3, lab("county-a", "o2", "pa", "2823-3", 3.9, "mmol/L", T0))
+    assert index() == first + ["o2"]
+    _put(archive, "city-1", 4, lab("city-1", "o1", "pc", "2823-3", 4.4, "mmol/L", T0))
+    assert archive.person_stamp(refs) != stamp and index() == ["pc", "e1", "o1", "pa", "e2", "o2"]
+    archive.apply("county-a", "e1", [StoredChange("Observation", "o2", 9, True, "pa", None)],
+                  after=9, node_head=9, rejected=0, now=T0, caught_up=True)
+    assert index() == ["pc", "e1", "o1", "pa", "e2"] and cache.misses == 4
+    # bounded: a record larger than the cache is answered, and not kept
+    small = IndexCache(max_rows=3)
+    assert len(small.get(refs, None, lambda: archive.person_stamp(refs),
+                         lambda: archive.person_index(refs)).rows) == 5
+    small.get(refs, None, lambda: archive.person_stamp(refs), lambda: archive.person_index(refs))
+    assert small.hits == 0 and small.misses == 2

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from federation.archive.dedup import ALSO_REPORTED_BY
-from federation.archive.record import SourcedResource
+from federation.archive.record import RecordGatherer, SourcedResource
 from federation.fhir_systems import site_urn
 from federation.gateway.fanout import SiteIssue
 
@@ -44,6 +44,7 @@ def entry_resource(item: SourcedResource) -> dict[str, Any]:
     tags += [{"system": ALSO_REPORTED_BY, "code": site, "display": "also reported by"}
              for site in item.also_reported_by]
     meta["source"] = site_urn(item.site_id)
+    assert item.synced_at is not None, "a lazily gathered item is filled before it is shown"
     meta["lastUpdated"] = item.synced_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
     if tags:
         meta["tag"] = tags
@@ -88,6 +89,8 @@ def searchset(items: Sequence[SourcedResource], *, base: str, params: list[tuple
         entries.append({"fullUrl": f"urn:uuid:{problem['id']}", "resource": problem,
                         "search": {"mode": "outcome"}})
     for item in page:
+        if not RecordGatherer.shown(item):
+            continue
         entries.append({
             "fullUrl": f"{site_urn(item.site_id)}/{item.resource_type}/{item.resource_id}",
             "resource": entry_resource(item), "search": {"mode": "match"}})

@@ -50,6 +50,10 @@ log = logging.getLogger("federation.archive.care")
 
 @runtime_checkable
 class CareRelationships(Protocol):
+    """A source may also answer for one site alone, ``cares(person_id, site_id) -> bool``,
+    when that is cheaper (every archive read asks exactly that: does the reader's site
+    care for the person?); :class:`CareRegistry` asks ``sites_caring_for`` otherwise."""
+
     def sites_caring_for(self, person_id: str) -> set[str]:
         """The sites with a current care relationship with the person (EMPI person id)."""
         ...
@@ -100,6 +104,10 @@ def register_episode_source(factory: EpisodeFactory) -> EpisodeFactory:
     return factory
 
 
+#: Encounters a single-site care check reads before it reads them all
+_FIRST_LOOK = 20
+
+
 class EncounterCare:
     """A site that had an encounter with the person within the window (by the
     Encounter's period: started or ended inside it, or still in progress) cares for them.
@@ -110,7 +118,20 @@ class EncounterCare:
         self._ctx = ctx
 
     def sites_caring_for(self, person_id: str) -> set[str]:
-        refs = self._ctx.records_of(person_id)
+        return self._caring(self._ctx.records_of(person_id))
+
+    def cares(self, person_id: str, site_id: str) -> bool:
+        """Only the site's own records' Encounters are read: the last few to arrive
+        first (a recent visit is usually among them), then, only if none of them is
+        recent, all of them."""
+        refs = [r for r in self._ctx.records_of(person_id) if r[0] == site_id]
+        since = self._ctx.now() - dt.timedelta(days=self._ctx.window_days)
+        latest = self._ctx.archive.latest(refs, "Encounter", _FIRST_LOOK)
+        if any(_recent(json.loads(row.body), since) for row in latest):
+            return True
+        return len(latest) == _FIRST_LOOK and bool(self._caring(refs))
+
+    def _caring(self, refs: list[tuple[str, str]]) -> set[str]:
         since = self._ctx.now() - dt.timedelta(days=self._ctx.window_days)
         found: set[str] = set()
         for row in self._ctx.archive.person_resources(refs, ["Encounter"]):
@@ -151,6 +172,19 @@ class CareRegistry:
             except Exception:  # a broken plug-in must not open (or crash) every read
                 log.exception("care source %s failed", type(source).__name__)
         return out
+
+    def cares(self, person_id: str, site_id: str) -> bool:
+        """Does ``site_id`` have a care relationship with the person? Sources are asked
+        in turn until one says yes (each for that site alone where it can)."""
+        for source in self._care:
+            try:
+                ask = getattr(source, "cares", None)
+                if ask(person_id, site_id) if ask is not None else \
+                        site_id in source.sites_caring_for(person_id):
+                    return True
+            except Exception:  # a broken plug-in must not open (or crash) every read
+                log.exception("care source %s failed", type(source).__name__)
+        return False
 
     def open_episodes(self, person_id: str) -> list[CareEpisode]:
         out: list[CareEpisode] = []

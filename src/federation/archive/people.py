@@ -14,17 +14,25 @@ import json
 import uuid
 from dataclasses import dataclass
 
+from sqlalchemy import text
 from sqlmodel import col, select
 
 from federation.archive.access import ConsentRule
 from federation.archive.consent import ParsedConsent, rules_of
 from federation.errors import NotFound
 from federation.store.gateway_store import StoreSessions
-from federation.store.models import ArchiveConsent, IdentityPerson, IdentityRecord, Site
+from federation.store.models import ArchiveConsent, IdentityRecord, Site
 
 __all__ = ["Person", "PersonDirectory"]
 
 _MAX_MERGES = 20
+#: (person id, merged into): a person by id, and the person a site record is linked to
+_PERSON = text("SELECT person_id, merged_into FROM identity_person WHERE person_id = :id")
+_PERSON_OF_RECORD = text(
+    "SELECT p.person_id, p.merged_into FROM identity_record r JOIN identity_person p "
+    "ON p.person_id = r.person_id WHERE r.record_id = :id AND r.state != 'retired'")
+_RECORDS = text("SELECT site_id, record_id FROM identity_record "
+                "WHERE person_id = :person AND state = 'linked'")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,25 +50,21 @@ class Person:
 
 class PersonDirectory(StoreSessions):
     def resolve(self, some_id: str) -> Person:
-        """The person an EMPI person id or a site Patient id names; NotFound otherwise."""
+        """The person an EMPI person id or a site Patient id names; NotFound otherwise.
+        (Every archive read starts here: plain SQL, a few index lookups.)"""
         with self._read() as s:
-            person_id: str | None = None
-            if s.get(IdentityPerson, some_id) is not None:
-                person_id = some_id
-            else:
-                row = s.exec(select(IdentityRecord.person_id).where(
-                    col(IdentityRecord.record_id) == some_id,
-                    col(IdentityRecord.state) != "retired")).first()
-                person_id = row
+            db = s.connection()
+            person = db.execute(_PERSON, {"id": some_id}).first()
+            if person is None:
+                person = db.execute(_PERSON_OF_RECORD, {"id": some_id}).first()
             for _ in range(_MAX_MERGES):
-                person = s.get(IdentityPerson, person_id) if person_id else None
-                if person is None or person.merged_into is None:
+                if person is None or person[1] is None:
                     break
-                person_id = person.merged_into
-            if not person_id:
+                person = db.execute(_PERSON, {"id": person[1]}).first()
+            if person is None:
                 raise NotFound(f"no person and no patient record '{some_id}' is known to the "
                                "master patient index")
-            return Person(person_id, self._records(s, person_id))
+            return Person(person[0], self._records(s, person[0]))
 
     def records_of(self, person_id: str) -> list[tuple[str, str]]:
         with self._read() as s:
@@ -73,8 +77,7 @@ class PersonDirectory(StoreSessions):
 
     @staticmethod
     def _records(s, person_id: str) -> tuple[tuple[str, str], ...]:
-        rows = s.exec(select(IdentityRecord.site_id, IdentityRecord.record_id).where(
-            col(IdentityRecord.person_id) == person_id, col(IdentityRecord.state) == "linked"))
+        rows = s.connection().execute(_RECORDS, {"person": person_id})
         return tuple(sorted((site, rid) for site, rid in rows))
 
     def site_ids(self) -> set[str]:
@@ -106,7 +109,7 @@ class PersonDirectory(StoreSessions):
                 col(ArchiveConsent.status) == "active",
                 (col(ArchiveConsent.person_id) == person.person_id)
                 | col(ArchiveConsent.record_id).in_(records))).all()
-            sites = set(s.exec(select(Site.site_id)).all())
+            sites = set(s.exec(select(Site.site_id)).all()) if rows else set()
             bodies = [(r.consent_id, json.loads(r.body)) for r in rows]
         rules: list[ConsentRule] = []
         for consent_id, body in bodies:

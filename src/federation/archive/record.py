@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import orjson
 
 from federation.archive.dedup import deduplicate, identity_keys
+from federation.archive.index_cache import IndexCache, PersonIndex
 from federation.archive.people import Person
 from federation.archive.store import ArchiveStore
 from federation.errors import DeadlineExceeded, InvalidInput
@@ -45,7 +46,7 @@ class SourcedResource:
     resource_type: str
     resource_id: str
     body: bytes
-    synced_at: dt.datetime
+    synced_at: dt.datetime | None           # None until a lazily gathered item is filled
     stored_keys: frozenset[str] | None = None
     also_reported_by: list[str] = field(default_factory=list)
     _data: dict[str, Any] | None = None
@@ -68,10 +69,42 @@ class SourcedResource:
         return self.stored_keys
 
 
+class IndexedResources(Sequence[SourcedResource]):
+    """A deduplicated record index as resources, each made when first looked at (and
+    then kept): a page of a record of thousands makes only that page's."""
+
+    def __init__(self, index: PersonIndex) -> None:
+        self._index = index
+        self._made: dict[int, SourcedResource] = {}
+
+    def __len__(self) -> int:
+        return len(self._index.kept)
+
+    @overload
+    def __getitem__(self, i: int) -> SourcedResource: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[SourcedResource]: ...
+
+    def __getitem__(self, i: int | slice) -> SourcedResource | list[SourcedResource]:
+        if isinstance(i, slice):
+            return [self._item(j) for j in range(*i.indices(len(self)))]
+        return self._item(range(len(self))[i])
+
+    def _item(self, position: int) -> SourcedResource:
+        made = self._made.get(position)
+        if made is None:
+            row = self._index.kept[position]
+            site, rtype, rid, keys = self._index.rows[row]
+            made = self._made[position] = SourcedResource(
+                site, rtype, rid, b"", None, keys, list(self._index.also.get(row, ())))
+        return made
+
+
 @dataclass(slots=True)
 class PersonRecord:
     person: Person
-    resources: list[SourcedResource]
+    resources: Sequence[SourcedResource]
     issues: list[SiteIssue]
     withheld: int = 0                 # resources the patient's consent kept from the reader
     duplicates: int = 0
@@ -79,11 +112,13 @@ class PersonRecord:
 
 class RecordGatherer:
     def __init__(self, store: GatewayStore, archive: ArchiveStore, clients: NodeClients | None,
-                 modes: dict[str, str], *, deadline_ms: int, validate: bool = True) -> None:
+                 modes: dict[str, str], *, deadline_ms: int, validate: bool = True,
+                 index_cache_rows: int = 50_000) -> None:
         self._store, self._archive, self._clients = store, archive, clients
         self._modes = modes
         self._deadline = deadline_ms / 1000
         self._validate = validate
+        self._index = IndexCache(index_cache_rows)
 
     def mode(self, site_id: str) -> str:
         return self._modes.get(site_id, "replicate")
@@ -98,7 +133,16 @@ class RecordGatherer:
         federated = [r for r in person.records if self.mode(r[0]) == "federate"]
         local = asyncio.to_thread(self._replica, replicated, types, not lazy)
         remote = self._federated(federated, types, requester, purpose, correlation_id, started)
-        rows, (fetched, issues) = await asyncio.gather(local, remote)
+        index, (fetched, issues) = await asyncio.gather(local, remote)
+        if isinstance(index, PersonIndex):
+            if not fetched and all(permits(*pair) for pair in index.pairs):
+                # all shown, nothing fetched: the index's own deduplication stands
+                return PersonRecord(person, IndexedResources(index), issues, 0,
+                                    len(index.rows) - len(index.kept))
+            rows = [SourcedResource(site, rtype, rid, b"", None, keys)
+                    for site, rtype, rid, keys in index.rows]
+        else:
+            rows = index
         items: list[SourcedResource] = []
         withheld = 0
         for item in rows + fetched:
@@ -114,23 +158,36 @@ class RecordGatherer:
         return PersonRecord(person, out, issues, withheld, len(items) - len(kept))
 
     async def fill(self, items: list[SourcedResource]) -> None:
-        """Load the JSON of lazily gathered items, in one query."""
+        """Load the JSON and time synced of lazily gathered items, in one query."""
         missing = [(i.site_id, i.resource_type, i.resource_id) for i in items
-                   if not i.body and i._data is None]
+                   if i.synced_at is None]
         if not missing:
             return
-        found = await asyncio.to_thread(self._archive.bodies, missing)
+        found = await asyncio.to_thread(self._archive.page_of, missing)
         for item in items:
-            if not item.body and item._data is None:
-                item.body = found.get((item.site_id, item.resource_type, item.resource_id),
-                                      b"")
+            if item.synced_at is None:
+                # a row removed since the index was read stays empty (not shown)
+                item.body, item.synced_at = found.get(
+                    (item.site_id, item.resource_type, item.resource_id),
+                    (b"", dt.datetime.now(dt.UTC)))
+
+    @staticmethod
+    def shown(item: SourcedResource) -> bool:
+        """Has the item a resource to show (not one removed before its page was read)?"""
+        return bool(item.body) or item._data is not None
 
     def _replica(self, refs: list[tuple[str, str]], types: set[str] | None, bodies: bool
-                 ) -> list[SourcedResource]:
-        rows = self._archive.person_resources(refs, sorted(types) if types else None,
-                                              bodies=bodies)
+                 ) -> list[SourcedResource] | PersonIndex:
+        """With ``bodies``, the resources; without, the record's index (kept between
+        reads while unchanged: :mod:`federation.archive.index_cache`)."""
+        wanted = sorted(types) if types else None
+        if not bodies:
+            return self._index.get(refs, wanted,
+                                   lambda: self._archive.person_stamp(refs, wanted),
+                                   lambda: self._archive.person_index(refs, wanted))
         return [SourcedResource(r.site_id, r.resource_type, r.resource_id, r.body,
-                                r.received_at, r.keys) for r in rows]
+                                r.received_at, r.keys)
+                for r in self._archive.person_resources(refs, wanted)]
 
     async def _federated(self, refs: list[tuple[str, str]], types: set[str] | None,
                          requester: Requester, purpose: str, correlation_id: str,

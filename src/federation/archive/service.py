@@ -88,8 +88,13 @@ class ArchiveService:
                                 time.perf_counter())
 
     async def decide(self, reader: Reader, person: Person) -> Decision:
-        caring = await asyncio.to_thread(self.care.sites_caring_for, person.person_id)
-        rules = await asyncio.to_thread(self.people.consent_rules, person)
+        return await asyncio.to_thread(self._decide, reader, person)
+
+    def _decide(self, reader: Reader, person: Person) -> Decision:
+        # only the reader's own site's relationship counts (access rule 3)
+        caring = {reader.site_id} if self.care.cares(person.person_id, reader.site_id) \
+            else set()
+        rules = self.people.consent_rules(person)
         return decide(reader, person.sites, caring, rules, window_days=self._window)
 
     async def record_consent(self, reader: Reader, raw: bytes) -> tuple[str, dict]:

@@ -21,9 +21,10 @@ import datetime as dt
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
-from sqlalchemy import Engine, func, literal, or_, update
+from sqlalchemy import Engine, func, or_, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, delete, select
 
@@ -32,9 +33,8 @@ from federation.errors import ConfigError, UnknownSite
 from federation.identity.index import IdentityIndex
 from federation.identity.store import patient_fields
 from federation.security.privacy import BYTES_MAGIC
-from federation.store.database import keys_in
 from federation.store.gateway_store import StoreSessions
-from federation.store.models import FeedCursor, Site, SiteResource
+from federation.store.models import FeedCursor, Site, SiteResource, UtcDateTime
 
 __all__ = ["ArchiveStore", "CursorRow", "StoredChange", "StoredResource", "SEALED_TYPES",
            "resource_aad"]
@@ -256,52 +256,91 @@ class ArchiveStore(StoreSessions):
 
     def resources_of(self, site_id: str, patient_id: str) -> list[StoredResource]:
         """A site patient's live resources (the Patient itself included), oldest first."""
-        query = (select(SiteResource).where(
-            col(SiteResource.site_id) == site_id, col(SiteResource.deleted).is_(False),
-            or_(col(SiteResource.patient_id) == patient_id,
-                (col(SiteResource.resource_type) == "Patient")
-                & (col(SiteResource.resource_id) == patient_id)))
-            .order_by(col(SiteResource.seq)))
-        with self._read() as s:
-            return [self._open(m) for m in s.exec(query)]
+        return self.person_resources([(site_id, patient_id)])
 
     def person_resources(self, refs: Sequence[tuple[str, str]],
-                         types: Sequence[str] | None = None, *, bodies: bool = True
-                         ) -> list[StoredResource]:
+                         types: Sequence[str] | None = None) -> list[StoredResource]:
         """The live resources of several site patients (``(site, patient id)`` pairs, the
-        Patients themselves included) in one query, by site then feed order. Without
-        ``bodies`` the rows carry an empty body (:meth:`bodies` fetches a page's later)."""
+        Patients themselves included) in one query, by site then feed order."""
         if not refs:
             return []
-        about = or_(*((col(SiteResource.site_id) == site)
-                      & ((col(SiteResource.patient_id) == pid)
-                         | ((col(SiteResource.resource_type) == "Patient")
-                            & (col(SiteResource.resource_id) == pid)))
-                      for site, pid in refs))
-        query = select(SiteResource.site_id, SiteResource.resource_type,
-                       SiteResource.resource_id, SiteResource.seq, SiteResource.patient_id,
-                       SiteResource.body if bodies else literal(b""),
-                       SiteResource.received_at, SiteResource.dedup_keys).where(
-            about, col(SiteResource.deleted).is_(False))
-        if types is not None:
-            query = query.where(col(SiteResource.resource_type).in_(list(types)))
-        query = query.order_by(col(SiteResource.site_id), col(SiteResource.seq))
+        where, params = _about(refs, types)
+        query = text("SELECT site_id, resource_type, resource_id, seq, patient_id, body, "
+                     f"received_at, dedup_keys FROM site_resource WHERE {where} "
+                     "ORDER BY site_id, seq").columns(received_at=UtcDateTime)
         with self._read() as s:
             return [StoredResource(site, rtype, rid, seq, pid,
                                    self._plain(site, rtype, rid, body), at, _keys(keys))
-                    for site, rtype, rid, seq, pid, body, at, keys in s.exec(query)]
+                    for site, rtype, rid, seq, pid, body, at, keys
+                    in s.connection().execute(query, params)]
 
-    def bodies(self, keys: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str, str], bytes]:
-        """The stored JSON of (site, type, id) resources, in one query."""
+    def latest(self, refs: Sequence[tuple[str, str]], resource_type: str, limit: int
+               ) -> list[StoredResource]:
+        """The ``limit`` live resources of one type about these records that arrived last
+        (newest feed versions first)."""
+        if not refs:
+            return []
+        where, params = _about(refs, [resource_type])
+        query = text("SELECT site_id, resource_type, resource_id, seq, patient_id, body, "
+                     f"received_at FROM site_resource WHERE {where} "
+                     "ORDER BY seq DESC LIMIT :limit").columns(received_at=UtcDateTime)
+        with self._read() as s:
+            return [StoredResource(site, rtype, rid, seq, pid,
+                                   self._plain(site, rtype, rid, body), at)
+                    for site, rtype, rid, seq, pid, body, at
+                    in s.connection().execute(query, params | {"limit": limit})]
+
+    def person_index(self, refs: Sequence[tuple[str, str]], types: Sequence[str] | None = None
+                     ) -> list[tuple[str, str, str, frozenset[str] | None]]:
+        """What :meth:`person_resources` finds, without bodies or times: (site, type, id,
+        dedup keys) rows, for a caller that shows a page of a large record
+        (:meth:`page_of` then reads that page). The cheap query a paged read runs on the
+        whole record (a person may have thousands of resources)."""
+        if not refs:
+            return []
+        where, params = _about(refs, types)
+        query = text("SELECT site_id, resource_type, resource_id, dedup_keys FROM site_resource "
+                     f"WHERE {where} ORDER BY site_id, seq")
+        with self._read() as s:
+            return [(site, rtype, rid, _keys(keys))
+                    for site, rtype, rid, keys in s.connection().execute(query, params)]
+
+    def person_stamp(self, refs: Sequence[tuple[str, str]], types: Sequence[str] | None = None
+                     ) -> tuple[object, ...]:
+        """What moves whenever any of these site patients' resources (of ``types``)
+        changes: the count, the sum of feed sequence numbers and the latest arrival of
+        their rows, deleted ones included (:mod:`federation.archive.index_cache`)."""
+        if not refs:
+            return (0, 0, None)
+        where, params = _about(refs, types, live=False)
+        query = text("SELECT count(*), coalesce(sum(seq), 0), max(received_at) "
+                     f"FROM site_resource WHERE {where}")
+        with self._read() as s:
+            count, seqs, latest = s.connection().execute(query, params).one()
+        return (int(count), int(seqs), latest)
+
+    def page_of(self, keys: Sequence[tuple[str, str, str]]
+                ) -> dict[tuple[str, str, str], tuple[bytes, dt.datetime]]:
+        """The stored JSON and time received of (site, type, id) resources, in one query
+        (one index search per site and type, as :func:`~federation.store.database.keys_in`)."""
         if not keys:
             return {}
-        query = select(SiteResource.site_id, SiteResource.resource_type,
-                       SiteResource.resource_id, SiteResource.body).where(
-            keys_in((col(SiteResource.site_id), col(SiteResource.resource_type),
-                     col(SiteResource.resource_id)), keys))
+        groups: dict[tuple[str, str], list[str]] = {}
+        for site, rtype, rid in keys:
+            groups.setdefault((site, rtype), []).append(rid)
+        terms, params = [], {}
+        for g, ((site, rtype), ids) in enumerate(groups.items()):
+            params |= {f"s{g}": site, f"t{g}": rtype} | {f"i{g}_{n}": rid
+                                                         for n, rid in enumerate(ids)}
+            listed = ", ".join(f":i{g}_{n}" for n in range(len(ids)))
+            terms.append(f"(site_id = :s{g} AND resource_type = :t{g} "
+                         f"AND resource_id IN ({listed}))")
+        query = text("SELECT site_id, resource_type, resource_id, body, received_at "
+                     f"FROM site_resource WHERE {' OR '.join(terms)}"
+                     ).columns(received_at=UtcDateTime)
         with self._read() as s:
-            return {(site, rtype, rid): self._plain(site, rtype, rid, body)
-                    for site, rtype, rid, body in s.exec(query)}
+            return {(site, rtype, rid): (self._plain(site, rtype, rid, body), at)
+                    for site, rtype, rid, body, at in s.connection().execute(query, params)}
 
     def of_type(self, resource_type: str, site_id: str | None = None
                 ) -> list[StoredResource]:
@@ -319,6 +358,30 @@ class ArchiveStore(StoreSessions):
             if m is None or m.deleted:
                 return None
             return self._open(m)
+
+
+def _about(refs: Sequence[tuple[str, str]], types: Sequence[str] | None, *,
+           live: bool = True) -> tuple[str, dict[str, Any]]:
+    """SQL WHERE (and its parameters): the (``live``) resources about these (site,
+    Patient id) records, of ``types``. Written as SQL text: a read builds it for each
+    person, and SQLAlchemy's expression objects (and their cache keys) cost more than
+    the query itself. Each record is asked for twice, by (site, patient) and by the
+    Patient's own key: two index searches (``site = ? AND (patient = ? OR …)`` would
+    search by site alone: every row of it)."""
+    terms: list[str] = []
+    params: dict[str, Any] = {}
+    for n, (site, pid) in enumerate(refs):
+        params[f"s{n}"], params[f"p{n}"] = site, pid
+        terms.append(f"(site_id = :s{n} AND patient_id = :p{n})")
+        terms.append(f"(site_id = :s{n} AND resource_type = 'Patient' AND resource_id = :p{n})")
+    where = f"({' OR '.join(terms)})"
+    if live:
+        where += " AND deleted = :deleted"
+        params["deleted"] = False
+    if types is not None:
+        params |= {f"t{n}": t for n, t in enumerate(types)}
+        where += f" AND resource_type IN ({', '.join(f':t{n}' for n in range(len(types)))})"
+    return where, params
 
 
 def resource_aad(site_id: str, resource_type: str, resource_id: str) -> str:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from federation.archive.store import ArchiveStore, StoredChange
-from federation.envelope import Envelope, validate_resource
+from federation.envelope import Envelope, patient_of, validate_resource
 from federation.errors import FederationError, InvalidInput
 from federation.fhir_systems import site_urn
 from federation.gateway.node_clients import NodeClients
@@ -45,8 +45,6 @@ __all__ = ["FeedPuller", "PullResult", "check_change"]
 
 log = logging.getLogger("federation.archive.sync")
 OPERATION = "NodeAgent/StreamChanges"
-#: elements whose reference names the patient a resource is about, by resource type
-_SUBJECT = {"AllergyIntolerance": "patient"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +70,7 @@ def check_change(site_id: str, resource_type: str, resource_id: str, body: bytes
     if source != site_urn(site_id):
         raise InvalidInput(f"{resource_type}/{resource_id} from site {site_id} says it comes "
                            f"from {source!r}")
-    if resource_type == "Patient":
-        return None
-    ref = (data.get(_SUBJECT.get(resource_type, "subject")) or {}).get("reference", "")
-    return ref.removeprefix("Patient/") if ref.startswith("Patient/") else None
+    return patient_of(resource_type, data)
 
 
 def _parsed(env: Envelope) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from federation._proto.v1 import (
     gateway_pb2_grpc,
     referral_pb2_grpc,
 )
-from federation._runtime import wait_for_shutdown_signal
+from federation._runtime import settle_heap, wait_for_shutdown_signal
 from federation.archive.alerts import CriticalAlerts
 from federation.archive.care import CareContext, CareRegistry
 from federation.archive.deid import Deidentifier
@@ -308,7 +308,8 @@ def _archive_parts(settings: GatewaySettings, engine, store: GatewayStore,
                                     settings.archive_care_window_days))
     gatherer = RecordGatherer(store, archive, clients, modes,
                               deadline_ms=settings.archive_deadline_ms,
-                              validate=settings.sync_validate)
+                              validate=settings.sync_validate,
+                              index_cache_rows=settings.archive_index_cache_rows)
     service = ArchiveService(store, people, care, gatherer,
                              care_window_days=settings.archive_care_window_days)
     alerts = CriticalAlerts(inbox, care, person_of=people.person_of,
@@ -357,6 +358,7 @@ async def _assemble_forever(workflow: ReferralService | ConsultService, poll: fl
 async def serve(settings: GatewaySettings) -> None:
     """Run the gateway until SIGINT or SIGTERM."""
     running = await start_gateway(settings)
+    settle_heap()
     await wait_for_shutdown_signal()
     log.info("shutting down")
     await running.stop()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 import grpc
 from grpc_health.v1 import health
 
-from federation._runtime import wait_for_shutdown_signal
+from federation._runtime import settle_heap, wait_for_shutdown_signal
 from federation.consult.studies import StudyFolder
 from federation.envelope import Envelope
 from federation.errors import ConfigError, FederationError
@@ -118,6 +118,7 @@ async def _scan_loop(service: NodeService, feed: ChangeFeed, link: GatewayLink,
                     feed.apply_scan, _until(halt, service.scan()), service.quarantined_ids,
                     _progress_notices(asyncio.get_running_loop(), link, feed.epoch))
                 last_stamp = stamp
+                service.serve_from(feed, stamp)
                 if result.changed or result.deleted:
                     link.notify_changes(feed.epoch, result.head)
         except ScanInterrupted:
@@ -163,5 +164,6 @@ def _with_port(settings: NodeSettings, port: int) -> NodeSettings:
 
 async def serve_node(settings: NodeSettings) -> None:
     running = await start_node(settings)
+    settle_heap()
     await wait_for_shutdown_signal()
     await running.stop()

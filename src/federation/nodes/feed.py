@@ -12,6 +12,11 @@ The gateway asks for everything after its cursor (:meth:`changes`) and stores it
 * the feed lives in ``<state_dir>/feed.sqlite``: a restarted node rescans, finds nothing
   changed, and keeps its sequence numbers, so the gateway's cursor stays valid.
 
+Each version also records the Patient it is about (``patient_id``: the Patient's own id
+for a Patient, ``''`` for a resource about no patient), so a node whose source has not
+changed since its last complete scan serves a patient's record from the feed
+(:meth:`patient_resources`) instead of mapping it again (:meth:`NodeService.fetch`).
+
 The feed has an *epoch* (a random id made with the file). A node whose state was lost
 starts a new epoch; the gateway sees it and re-reads from zero instead of trusting a
 cursor from another history.
@@ -24,6 +29,7 @@ that stops mapping is a quality problem to fix at the site, not a deletion).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import sqlite3
 import threading
@@ -33,7 +39,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from federation.envelope import Envelope
+from federation.envelope import Envelope, patient_of
 
 __all__ = ["Change", "ChangeFeed", "ScanInterrupted", "ScanResult"]
 
@@ -48,16 +54,25 @@ CREATE TABLE IF NOT EXISTS feed (
     digest        BLOB NOT NULL,
     deleted       INTEGER NOT NULL DEFAULT 0,
     body          BLOB,
+    patient_id    TEXT,
     PRIMARY KEY (resource_type, resource_id)
 ) WITHOUT ROWID;
 """
+#: feeds written before versions recorded their patient gain the column (NULL: not yet
+#: known; the next complete scan fills it in without new sequence numbers)
+_PATIENT_COLUMN = "ALTER TABLE feed ADD COLUMN patient_id TEXT"
+_PATIENT_INDEX = "CREATE INDEX IF NOT EXISTS feed_patient ON feed (patient_id)"
 _UPSERT = """
-INSERT INTO feed (resource_type, resource_id, seq, digest, deleted, body)
-VALUES (?, ?, ?, ?, ?, ?)
+INSERT INTO feed (resource_type, resource_id, seq, digest, deleted, body, patient_id)
+VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (resource_type, resource_id) DO UPDATE SET
     seq = excluded.seq, digest = excluded.digest, deleted = excluded.deleted,
-    body = excluded.body
+    body = excluded.body, patient_id = excluded.patient_id
 """
+_INDEX_PATIENT = "UPDATE feed SET patient_id = ? WHERE resource_type = ? AND resource_id = ?"
+#: a patient's record in the order the node maps it: Patient, Encounters, Conditions, rest
+_RANK = ("CASE resource_type WHEN 'Patient' THEN 0 WHEN 'Encounter' THEN 1 "
+         "WHEN 'Condition' THEN 2 ELSE 3 END")
 _BATCH = 1000
 _TOMBSTONE = b"\0deleted"
 
@@ -87,6 +102,17 @@ def _digest(body: bytes) -> bytes:
     return hashlib.blake2b(body, digest_size=16).digest()
 
 
+def _patient(env: Envelope) -> str:
+    """The Patient the resource is about ('' for none): what the feed indexes it under."""
+    if env.resource_type == "Patient":
+        return env.id
+    try:
+        data = json.loads(env.json)
+    except ValueError:
+        return ""
+    return (patient_of(env.resource_type, data) or "") if isinstance(data, dict) else ""
+
+
 class ChangeFeed:
     """One node's feed file. Scans are serialised; readers run alongside (WAL)."""
 
@@ -96,6 +122,9 @@ class ChangeFeed:
         self._write_lock = threading.Lock()
         with closing(self._connect()) as conn, conn:
             conn.executescript(_SCHEMA)
+            if "patient_id" not in {row[1] for row in conn.execute("PRAGMA table_info(feed)")}:
+                conn.execute(_PATIENT_COLUMN)
+            conn.execute(_PATIENT_INDEX)
             conn.execute("INSERT OR IGNORE INTO feed_meta VALUES ('epoch', ?)",
                          (uuid.uuid4().hex,))
         self.epoch = self._meta("epoch")
@@ -135,6 +164,21 @@ class ChangeFeed:
                 out.append(Change(int(seq), rtype, rid, bool(deleted), body))
         return out
 
+    def patient_resources(self, patient_id: str, resource_types: Iterable[str] = ()
+                          ) -> list[Change]:
+        """The live versions about one Patient (the Patient itself first, then its
+        Encounters, Conditions and the rest, each in feed order), of ``resource_types``
+        (empty: all)."""
+        types = sorted(set(resource_types))
+        where = f" AND resource_type IN ({','.join('?' * len(types))})" if types else ""
+        with closing(self._connect()) as conn:
+            rows = conn.execute(
+                "SELECT seq, resource_type, resource_id, body FROM feed "
+                f"WHERE patient_id = ? AND deleted = 0{where} ORDER BY {_RANK}, seq",
+                (patient_id, *types)).fetchall()
+        return [Change(int(seq), rtype, rid, False, bytes(body or b""))
+                for seq, rtype, rid, body in rows]
+
     def count(self) -> dict[str, int]:
         """Live (not deleted) resources per type."""
         with closing(self._connect()) as conn:
@@ -155,11 +199,13 @@ class ChangeFeed:
         although the scan did not yield them (the records that failed to map this time).
         """
         with self._write_lock, closing(self._connect()) as conn:
-            known = {(t, i): (bytes(d), bool(x)) for t, i, d, x in conn.execute(
-                "SELECT resource_type, resource_id, digest, deleted FROM feed")}
+            known = {(t, i): (bytes(d), bool(x), p is not None) for t, i, d, x, p in
+                     conn.execute("SELECT resource_type, resource_id, digest, deleted, "
+                                  "patient_id FROM feed")}
             head = int(conn.execute("SELECT coalesce(max(seq), 0) FROM feed").fetchone()[0])
             seen: set[tuple[str, str]] = set()
-            pending: list[tuple[str, str, int, bytes, int, bytes | None]] = []
+            pending: list[tuple[str, str, int, bytes, int, bytes | None, str | None]] = []
+            unindexed: list[tuple[str, str, str]] = []
             scanned = changed = 0
             for env in resources:
                 scanned += 1
@@ -168,22 +214,28 @@ class ChangeFeed:
                     continue  # the same resource reached twice in one scan: first wins
                 seen.add(key)
                 digest = _digest(env.json)
-                if known.get(key) == (digest, False):
+                held = known.get(key)
+                if held is not None and held[:2] == (digest, False):
+                    if not held[2]:   # the same version, from before patients were indexed
+                        unindexed.append((_patient(env), *key))
                     continue
                 head += 1
                 changed += 1
-                pending.append((*key, head, digest, 0, env.json))
+                pending.append((*key, head, digest, 0, env.json, _patient(env)))
                 if len(pending) >= _BATCH:
                     self._write(conn, pending)
                     if on_progress is not None:
                         on_progress(head)
             kept = set(keep())
-            gone = [k for k, (_, deleted) in known.items()
+            gone = [k for k, (_, deleted, _) in known.items()
                     if not deleted and k not in seen and k not in kept]
             for key in gone:
                 head += 1
-                pending.append((*key, head, _TOMBSTONE, 1, None))
+                pending.append((*key, head, _TOMBSTONE, 1, None, ""))
             self._write(conn, pending)
+            if unindexed:
+                with conn:
+                    conn.executemany(_INDEX_PATIENT, unindexed)
         if changed or gone:
             log.info("change feed: %d resources scanned, %d new or changed, %d deleted; "
                      "head %d", scanned, changed, len(gone), head)
@@ -191,7 +243,8 @@ class ChangeFeed:
 
     @staticmethod
     def _write(conn: sqlite3.Connection,
-               pending: list[tuple[str, str, int, bytes, int, bytes | None]]) -> None:
+               pending: list[tuple[str, str, int, bytes, int, bytes | None, str | None]]
+               ) -> None:
         if pending:
             with conn:
                 conn.executemany(_UPSERT, pending)

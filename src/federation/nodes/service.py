@@ -20,6 +20,7 @@ from federation.envelope import Envelope
 from federation.errors import MappingError, NotFound
 from federation.nodes.adapters import SourceAdapter
 from federation.nodes.coding import SiteCoder, Unmapped
+from federation.nodes.feed import ChangeFeed
 from federation.nodes.fhir_clinical import (
     allergy_to_fhir,
     condition_to_fhir,
@@ -83,6 +84,8 @@ class NodeService:
         self._lock = threading.Lock()
         self._report: QualityReport | None = None
         self._report_lock = threading.Lock()
+        #: the change feed and the source stamp of its last complete scan (see fetch)
+        self._feed: tuple[ChangeFeed, object] | None = None
 
     # ------------------------------------------------------------------ facts
 
@@ -107,14 +110,37 @@ class NodeService:
                  if (env := self._map("Patient", record.local_id, patient_to_fhir, record))]
         return found, truncated
 
+    def serve_from(self, feed: ChangeFeed, stamp: object | None) -> None:
+        """The feed now holds a complete scan of the source as it was at ``stamp``."""
+        self._feed = (feed, stamp) if stamp is not None else None
+
     def fetch(self, patient_id: str, resource_types: list[str]) -> Iterator[Envelope]:
-        """The patient's resources, Patient first; NotFound for an id this site never issued."""
+        """The patient's resources, Patient first; NotFound for an id this site never issued.
+
+        While the source is unchanged since the change feed's last complete scan, the
+        feed already holds exactly what mapping the source would give again: the record
+        is read from there (one indexed query). Otherwise, or for a patient the feed does
+        not hold, the source is mapped now."""
         wanted = set(resource_types or RESOURCE_TYPES)
+        held = self._from_feed(patient_id, wanted)
+        if held is not None:
+            yield from held
+            return
         local_id = self._local_id(patient_id)
         record = self._adapter.get_patient(local_id) if local_id else None
         if record is None:
             raise NotFound(f"site {self.site_id} has no Patient/{patient_id}")
         yield from self._resources(record, wanted)
+
+    def _from_feed(self, patient_id: str, wanted: set[str]) -> list[Envelope] | None:
+        view = self._feed
+        if view is None or self._adapter.source_stamp() != view[1]:
+            return None
+        rows = view[0].patient_resources(patient_id, wanted | {"Patient"})
+        if not rows or rows[0].resource_type != "Patient":
+            return None  # not in the feed (new since the scan, or quarantined): map it
+        return [Envelope.from_json(self.site_id, c.resource_type, c.resource_id, c.body)
+                for c in rows if c.resource_type in wanted]
 
     def quality_report(self, *, refresh: bool = False) -> QualityReport:
         """Map the whole source once, through the same path the node serves from, and

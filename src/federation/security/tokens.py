@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import re
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ MAX_ASSERTION_SECONDS = 300
 ACCESS_SECONDS = 900
 #: clocks at township sites drift; tolerated either way
 LEEWAY_SECONDS = 60
+#: access tokens remembered as verified (a few per signed-in person and quarter hour)
+VERIFIED_TOKENS = 10_000
 
 #: the site id of consortium accounts (not a member site: no node, no patients)
 CONSORTIUM = "consortium"
@@ -133,6 +136,9 @@ class TrustAnchor:
         self._ca = x509.load_pem_x509_certificate(ca_pem)
         self._is_revoked = is_revoked or (lambda _serial: None)
 
+    def revoked(self, serial: str) -> bool:
+        return bool(self._is_revoked(serial))
+
     def check(self, cert: x509.Certificate, now: dt.datetime, what: str) -> PeerIdentity:
         try:
             cert.verify_directly_issued_by(self._ca)
@@ -145,7 +151,7 @@ class TrustAnchor:
                 f"the {what}'s certificate is not valid now (valid "
                 f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})")
         identity = identity_from_certificate(cert)
-        if self._is_revoked(identity.serial):
+        if self.revoked(identity.serial):
             raise AuthenticationError(
                 f"the {what}'s certificate (serial {identity.serial}) has been revoked")
         return identity
@@ -315,6 +321,9 @@ class AccessTokens:
             raise InvalidInput("access tokens are signed with the gateway's certificate")
         self._trust = trust
         self.lifetime = lifetime
+        #: tokens already verified: token → (claims, signing certificate's serial and end)
+        self._verified: dict[str, tuple[StaffClaims, str, dt.datetime]] = {}
+        self._verified_lock = threading.Lock()
 
     def issue(self, claims: StaffClaims, *, now: dt.datetime | None = None) -> tuple[str, int]:
         issued = _now(now)
@@ -332,7 +341,17 @@ class AccessTokens:
         return token, lifetime
 
     def verify(self, token: str, *, now: dt.datetime | None = None) -> StaffClaims:
+        """The token's claims, or AuthenticationError. Every request carries its token, so
+        a token verified once is remembered: a later call re-checks only what can change
+        (the time against its expiry and its certificate's, the certificate's revocation);
+        the signatures cannot, and are not verified again."""
         at = _now(now)
+        known = self._verified.get(token)
+        if known is not None:
+            claims, serial, cert_end = known
+            if at <= min(claims.expires_at, cert_end) + _leeway() \
+                    and not self._trust.revoked(serial):
+                return claims
         cert = _header_cert(token, "access token")
         identity = self._trust.check(cert, at, "access token")
         if identity.role != "gateway":
@@ -342,4 +361,11 @@ class AccessTokens:
         site = body.get("site")
         if not isinstance(site, str):
             raise AuthenticationError("the access token names no site")
-        return _claims(body, site, "access token")
+        claims = _claims(body, site, "access token")
+        if at > claims.expires_at + _leeway():      # ``now`` given: that instant decides
+            raise AuthenticationError("the access token has expired; get a new one")
+        with self._verified_lock:
+            if len(self._verified) >= VERIFIED_TOKENS:
+                self._verified.pop(next(iter(self._verified)), None)    # the oldest
+            self._verified[token] = (claims, identity.serial, cert.not_valid_after_utc)
+        return claims

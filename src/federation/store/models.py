@@ -225,8 +225,10 @@ class SiteResource(StoreModel, table=True):
     """The newest version of one site's resource that the gateway has pulled."""
 
     __tablename__ = "site_resource"
-    # the archive reads one person's resources at a site: WHERE site_id = ? AND patient_id = ?
-    __table_args__ = (Index("ix_site_resource_site_id_patient_id", "site_id", "patient_id"),)
+    # the archive reads one person's resources at a site: WHERE site_id = ? AND patient_id = ?,
+    # and checks whether they changed from the index alone (ArchiveStore.person_stamp)
+    __table_args__ = (Index("ix_site_resource_patient_stamp", "site_id", "patient_id", "seq",
+                            "received_at", "deleted"),)
 
     site_id: str = Field(sa_type=String(64), primary_key=True, foreign_key="site.site_id")
     resource_type: str = Field(sa_type=String(64), primary_key=True)

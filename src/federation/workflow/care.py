@@ -31,8 +31,9 @@ _LIMIT = 200
 
 
 def _tasks(store: WorkflowStore, workflow: str, person_id: str,
-           statuses: tuple[str, ...] = ()) -> list[TaskRow]:
-    return store.find(workflow, TaskFilter(person_ids=(person_id,), statuses=statuses),
+           statuses: tuple[str, ...] = (), site_id: str | None = None) -> list[TaskRow]:
+    return store.find(workflow, TaskFilter(person_ids=(person_id,), statuses=statuses,
+                                           involving_site=site_id),
                       limit=_LIMIT, sort="-updated")
 
 
@@ -45,9 +46,15 @@ class WorkflowCare:
         self._store = WorkflowStore(ctx.engine)
 
     def sites_caring_for(self, person_id: str) -> set[str]:
+        return self._caring(person_id)
+
+    def cares(self, person_id: str, site_id: str) -> bool:
+        return site_id in self._caring(person_id, site_id)
+
+    def _caring(self, person_id: str, site_id: str | None = None) -> set[str]:
         since = self._ctx.now() - dt.timedelta(days=self._ctx.window_days)
         sites: set[str] = set()
-        for t in _tasks(self._store, self._workflow, person_id):
+        for t in _tasks(self._store, self._workflow, person_id, site_id=site_id):
             ended = t.closed_at or t.completed_at
             if t.status in OPEN_STATUSES or (
                     t.status == "completed" and ended is not None and ended >= since):
