@@ -107,8 +107,8 @@ class GatewaySettings:
     archive_deadline_ms: int = 2000
     #: an encounter at a site within this many days makes a care relationship
     archive_care_window_days: int = 365
-    #: index rows of persons' records kept between paged reads (0: none; ~350 bytes each)
-    archive_index_cache_rows: int = 50_000
+    #: index rows of persons' records kept between paged reads (0: none; ~600 bytes each)
+    archive_index_cache_rows: int = 30_000
     #: a lab result older than this (effective time) raises no critical-result alert
     archive_alert_max_age_hours: int = 72
     #: key for research-export pseudonyms and date shifts (default: derived from the
@@ -390,7 +390,7 @@ def load_gateway_settings(
         grpc_rate_per_node=r.float("grpc_rate_per_node", 200.0, minimum=1.0),
         archive_deadline_ms=r.int("archive_deadline_ms", 2000, minimum=10),
         archive_care_window_days=r.int("archive_care_window_days", 365),
-        archive_index_cache_rows=r.int("archive_index_cache_rows", 50_000, minimum=0),
+        archive_index_cache_rows=r.int("archive_index_cache_rows", 30_000, minimum=0),
         archive_alert_max_age_hours=r.int("archive_alert_max_age_hours", 72),
         archive_deid_key=r.opt_str("archive_deid_key") or "",
         referral_rules=r.opt_path("referral_rules"),

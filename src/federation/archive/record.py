@@ -113,7 +113,7 @@ class PersonRecord:
 class RecordGatherer:
     def __init__(self, store: GatewayStore, archive: ArchiveStore, clients: NodeClients | None,
                  modes: dict[str, str], *, deadline_ms: int, validate: bool = True,
-                 index_cache_rows: int = 50_000) -> None:
+                 index_cache_rows: int = 30_000) -> None:
         self._store, self._archive, self._clients = store, archive, clients
         self._modes = modes
         self._deadline = deadline_ms / 1000
