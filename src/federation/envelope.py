@@ -8,7 +8,9 @@ receives, because a node is another institution's software. Validation uses the
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,13 @@ __all__ = ["Envelope", "MAX_RESOURCE_BYTES", "patient_of", "validate_resource"]
 
 #: a single resource larger than this is refused (whole studies travel as chunked streams)
 MAX_RESOURCE_BYTES = 2 * 1024 * 1024
+#: digests of resource JSON that passed the FHIR models, most recent last: the same bytes
+#: reach the gateway again and again (a patient's record synced, then fetched for each
+#: referral packet, consult and federated read), and validating them with the models is
+#: the costly part of every check; the checks of the envelope's claims are always made
+VALIDATED_KEPT = 100_000
+_VALIDATED: dict[bytes, None] = {}
+_VALIDATED_LOCK = threading.Lock()
 #: the element naming the Patient a resource is about, where it is not ``subject``
 _SUBJECT = {"AllergyIntolerance": "patient"}
 
@@ -92,6 +101,9 @@ def validate_resource(env: Envelope) -> dict[str, Any]:
         raise InvalidInput(f"{where} says resourceType {data.get('resourceType')!r}")
     if data.get("id") != env.id:
         raise InvalidInput(f"{where} carries a different id in its JSON")
+    digest = hashlib.blake2b(env.json, digest_size=16).digest()
+    if digest in _VALIDATED:
+        return data                # these very bytes passed the models before
     try:
         model = get_fhir_model_class(env.resource_type)
     except KeyError:
@@ -101,6 +113,10 @@ def validate_resource(env: Envelope) -> dict[str, Any]:
     except ValidationError as exc:
         fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})[:5]
         raise InvalidInput(f"{where} is not valid FHIR R4 (problem at: {', '.join(fields)})") from None
+    with _VALIDATED_LOCK:
+        if len(_VALIDATED) >= VALIDATED_KEPT:
+            _VALIDATED.pop(next(iter(_VALIDATED)), None)     # the oldest
+        _VALIDATED[digest] = None
     return data
 
 

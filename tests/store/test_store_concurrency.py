@@ -129,3 +129,22 @@ def test_a_delivery_cursor_misses_nothing_under_concurrent_enqueues(
         done.set()
         consumer.join(timeout=30)
     assert len(seen) == len(set(seen)) == producers * per_producer
+
+
+def test_every_store_on_one_sqlite_engine_queues_its_writers_on_one_lock(engine) -> None:
+    """The workflow's, the archive's and the exchange log's writers in one process wait
+    for each other on one lock, not in SQLite's busy handler (which sleeps between
+    tries); a write opened inside another on the same thread fails in SQLite as before
+    instead of hanging on the lock."""
+    from federation.archive.store import ArchiveStore
+    from federation.workflow.store import WorkflowStore
+
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL writers take row locks: there is no process-wide writer lock")
+    stores = [GatewayStore(engine), WorkflowStore(engine), ArchiveStore(engine)]
+    assert len({id(s._write_lock) for s in stores}) == 1
+    lock = stores[0]._write_lock
+    with lock, lock:                # re-entrant
+        pass
+    other = GatewayStore(make_engine("sqlite://"))      # another database: its own lock
+    assert other._write_lock is not lock

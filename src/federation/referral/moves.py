@@ -11,10 +11,11 @@ as ``referral``; the result and each follow-up visit go back to the requester as
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from federation.referral import fhir
 from federation.security.principal import Principal
@@ -48,7 +49,7 @@ class Details:
 
 
 def payload(resource: dict[str, Any]) -> bytes:
-    return json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode()
+    return orjson.dumps(resource)                 # compact UTF-8 JSON, as json.dumps gave
 
 
 def recipients(actor: Principal, row: TaskRow) -> list[str]:

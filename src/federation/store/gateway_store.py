@@ -27,6 +27,7 @@ import functools
 import json
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -124,10 +125,13 @@ class StoreSessions:
         self._reader = read_only(engine)
         # SQLite allows one writer at a time; threads of this process queue on a lock
         # instead of hitting SQLITE_BUSY and sleeping in SQLite's busy handler (which
-        # cut heartbeat throughput ~10x under 32 concurrent callers). Other processes
-        # on the same file still rely on busy_timeout.
+        # cut heartbeat throughput ~10x under 32 concurrent callers). One lock per
+        # engine, shared by every store on it (the workflow's, the archive's, the
+        # exchange log's …): with a lock each, their writers met in SQLite's busy handler,
+        # which sleeps 1, 2, 5 … 100 ms between tries. Other processes on the same file
+        # still rely on busy_timeout.
         self._write_lock: AbstractContextManager[object] = (
-            threading.Lock() if engine.dialect.name == "sqlite" else nullcontext())
+            _writer_lock(engine) if engine.dialect.name == "sqlite" else nullcontext())
         # group commit of the exchange log (log_exchanges): callers queue here, and one
         # of them at a time writes everything queued in one transaction
         self._log_queue: list[_LogRequest] = []
@@ -147,6 +151,21 @@ class StoreSessions:
     def _read(self) -> Iterator[Session]:
         with _translated(self._engine), Session(self._reader) as s, s.begin():
             yield s
+
+
+_WRITER_LOCKS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+_WRITER_LOCKS_GUARD = threading.Lock()
+
+
+def _writer_lock(engine: Engine) -> threading.RLock:
+    """The one lock this process's SQLite writers on ``engine`` queue on (re-entrant: a
+    write that opened another store's write inside it fails in SQLite as it always did,
+    it does not hang here)."""
+    with _WRITER_LOCKS_GUARD:
+        lock = _WRITER_LOCKS.get(engine)
+        if lock is None:
+            lock = _WRITER_LOCKS[engine] = threading.RLock()
+        return lock
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
@@ -433,7 +434,7 @@ def _emit(s: Session, task: WorkflowTask, messages: Iterable[Message],
 def _keep(s: Session, task_id: str, resources: Mapping[str, dict[str, Any]],
           now: dt.datetime) -> None:
     for name, body in resources.items():
-        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        text = orjson.dumps(body).decode()        # a packet Bundle is tens of kilobytes
         row = s.get(WorkflowResource, (task_id, name))
         if row is None:
             s.add(WorkflowResource(task_id=task_id, name=name, body=text, updated_at=now))
