@@ -128,6 +128,9 @@ def test_split_keeps_history_and_manual_link_needs_no_shared_data(empi: Identity
     assert empi.person_of(RecordRef("county-b", "s2")) == new != person
     history = [e["action"] for e in empi.person(new).history]
     assert "split" in history
+    # the person the record left keeps the event too (found by previous_person_id)
+    left = [e for e in empi.person(person).history if e["action"] == "split"]
+    assert [(e["previous"], e["person_id"]) for e in left] == [(person, new)]
     # an unrelated record, linked by hand to the first person
     empi.link("city-1", "s3", {"name": "王芳", "sex": "female", "birth_date": "1990-01-01"})
     assert empi.link_records(RecordRef("county-a", "s1"), RecordRef("city-1", "s3"),

@@ -309,7 +309,8 @@ class IdentityEvent(StoreModel, table=True):
 
     __tablename__ = "identity_event"
     __table_args__ = (Index("ix_identity_event_site_id_record_id", "site_id", "record_id"),
-                      Index("ix_identity_event_person_id", "person_id"))
+                      Index("ix_identity_event_person_id", "person_id"),
+                      Index("ix_identity_event_previous_person_id", "previous_person_id"))
 
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
     at: dt.datetime = Field(sa_type=UtcDateTime)
@@ -594,7 +595,8 @@ class ArchiveConsent(StoreModel, table=True):
     consent_id: str = Field(sa_type=String(64), primary_key=True)
     person_id: str = Field(sa_type=String(64), index=True)  # the EMPI person at recording
     site_id: str = Field(sa_type=String(64))                 # the Patient record it names
-    record_id: str = Field(sa_type=String(64))
+    # every archive read looks the patient's Consents up by person and by record
+    record_id: str = Field(sa_type=String(64), index=True)
     status: str = Field(sa_type=String(16))
     body: bytes = Field(sa_type=LargeBinary)                 # the FHIR Consent JSON
     recorded_at: dt.datetime = Field(sa_type=UtcDateTime)
