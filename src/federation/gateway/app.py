@@ -168,8 +168,10 @@ def _bind(listen: str) -> socket.socket:
 
 #: worker threads for the store calls every request makes (asyncio's default is cores + 4:
 #: 6 on two cores). On SQLite, writers wait for one another on the writer lock, each
-#: holding a worker thread meanwhile; with few threads, reads queued behind them
-WORKER_THREADS = 32
+#: holding a worker thread meanwhile, and with 6 the referral packets starved behind them
+#: (bench/README.md, referral delivery: 32 kept them current but cost the console 15 %
+#: of its pages/s; 12 is between). Within the store's connection pool (5 + 10 overflow)
+WORKER_THREADS = 12
 
 
 def use_worker_threads(n: int = WORKER_THREADS) -> None:
