@@ -52,13 +52,12 @@ def gateway_process(url: str, root: str, ready: mp.Queue) -> None:
 
     logging.basicConfig(level=logging.WARNING)
     from federation._runtime import settle_heap
-    from federation.gateway.app import start_gateway, use_worker_threads
+    from federation.gateway.app import start_gateway
     from federation.settings import GatewaySettings, TlsSettings
 
     r = Path(root)
 
     async def serve() -> None:
-        use_worker_threads()                          # as `federation gateway serve` does
         gw = await start_gateway(GatewaySettings(
             grpc_rate_per_node=1e6, http_rate_per_user=1e6, signin_rate_per_minute=1e6,
             database_url=url, grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0",

@@ -110,7 +110,7 @@ class _StandingReferrals:
 async def _gateway(args: argparse.Namespace) -> None:
     from federation._runtime import settle_heap
     from federation.archive.care import register_care_source
-    from federation.gateway.app import start_gateway, use_worker_threads
+    from federation.gateway.app import start_gateway
 
     if args.mode == "federate":
         register_care_source(_StandingReferrals)
@@ -129,9 +129,8 @@ async def _gateway(args: argparse.Namespace) -> None:
         archive_index_cache_rows=args.index_cache_rows,
         archive_care_window_days=20_000, heartbeat_interval_ms=1000,
         unreachable_after_ms=10_000, log_level="WARNING")
-    use_worker_threads()                              # as `federation gateway serve` does
     running = await start_gateway(settings)
-    settle_heap()
+    settle_heap()                                     # as `federation gateway serve` does
     _emit(event="gateway", http=running.http_port)
     await _wait_stdin().wait()
     await running.stop(0.5)

@@ -14,7 +14,6 @@ import datetime as dt
 import hashlib
 import logging
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,20 +163,6 @@ def _bind(listen: str) -> socket.socket:
     sock.listen(128)
     sock.setblocking(False)
     return sock
-
-
-#: worker threads for the store calls every request makes (asyncio's default is cores + 4:
-#: 6 on two cores). On SQLite, writers wait for one another on the writer lock, each
-#: holding a worker thread meanwhile, and with 6 the referral packets starved behind them
-#: (bench/README.md, referral delivery: 32 kept them current but cost the console 15 %
-#: of its pages/s; 12 is between). Within the store's connection pool (5 + 10 overflow)
-WORKER_THREADS = 12
-
-
-def use_worker_threads(n: int = WORKER_THREADS) -> None:
-    """Give the running loop ``n`` worker threads (``gateway serve`` does, at start)."""
-    asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(n, thread_name_prefix="gateway-worker"))
 
 
 async def start_gateway(settings: GatewaySettings) -> RunningGateway:
@@ -375,7 +360,6 @@ async def _assemble_forever(workflow: ReferralService | ConsultService, poll: fl
 
 async def serve(settings: GatewaySettings) -> None:
     """Run the gateway until SIGINT or SIGTERM."""
-    use_worker_threads()
     running = await start_gateway(settings)
     settle_heap()
     await wait_for_shutdown_signal()

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import uuid
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from federation.envelope import Envelope, validate_resource
 from federation.errors import FederationError, NotFound, Unavailable
@@ -49,6 +51,13 @@ RECENT = {"Encounter": 10, "Observation": 50, "MedicationRequest": 20, "ImagingS
           "DiagnosticReport": 20, "DocumentReference": 10}
 
 
+#: worker threads of a workflow's packet jobs (store calls, FHIR validation)
+PACKET_THREADS = 4
+T = TypeVar("T")
+#: runs a blocking call in a worker thread: ``asyncio.to_thread`` or a pool's
+Run = Callable[..., Awaitable[Any]]
+
+
 def _when(resource: dict[str, Any]) -> str:
     for path in (("period", "start"), ("effectiveDateTime",), ("issued",), ("authoredOn",),
                  ("started",), ("date",), ("recordedDate",)):
@@ -75,11 +84,12 @@ def select_recent(resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 async def fetch_packet(store: GatewayStore, clients: NodeClients, site_id: str,
                        patient_id: str, *, deadline_s: float,
-                       purpose: str = "TREAT") -> list[dict[str, Any]]:
+                       purpose: str = "TREAT", run: Run = asyncio.to_thread
+                       ) -> list[dict[str, Any]]:
     """The packet's clinical resources from ``site_id``'s node, each validated as FHIR
-    R4 in a worker thread (not on the event loop). Unavailable when the node is not online
-    or misses the deadline; NotFound when it has no such patient."""
-    node = await asyncio.to_thread(store.get_node, site_id)
+    R4 in a worker thread (not on the event loop; ``run`` chooses whose). Unavailable when
+    the node is not online or misses the deadline; NotFound when it has no such patient."""
+    node = await run(store.get_node, site_id)
     if node is None or node.state != "online":
         state = "has never registered" if node is None else f"is {node.state}"
         raise Unavailable(f"site {site_id}'s node {state}: the referral packet is read from "
@@ -87,7 +97,7 @@ async def fetch_packet(store: GatewayStore, clients: NodeClients, site_id: str,
     envelopes = [env async for env in clients.fetch(
         site_id, node.endpoint, patient_id, resource_types=list(PACKET_TYPES),
         correlation_id=uuid.uuid4().hex, purpose=purpose, timeout=deadline_s, validate=False)]
-    found = await asyncio.to_thread(_validated, envelopes)
+    found = await run(_validated, envelopes)
     if not any(r.get("resourceType") == "Patient" and r.get("id") == patient_id for r in found):
         raise NotFound(f"site {site_id} has no Patient/{patient_id}")
     return select_recent(found)
@@ -115,14 +125,21 @@ class PacketJobs:
         self.due = asyncio.Event()
         #: held while a packet is fetched: a preview waits its turn like a job
         self.assembling = asyncio.Semaphore(PACKET_CONCURRENCY)
+        # threads of their own: in the loop's shared pool the jobs queued behind request
+        # handlers waiting for SQLite's writer lock, and packets fell behind their
+        # referrals under load (bench/README.md, referral delivery)
+        self._pool = ThreadPoolExecutor(PACKET_THREADS, thread_name_prefix=f"{workflow}-packets")
+
+    async def _run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, functools.partial(fn, *args, **kwargs))
 
     async def assemble(self, limit: int = 20) -> int:
         """Fetch the packet of every task that still needs one from its origin node and
         queue it; a failure is retried with backoff. Replicas lease jobs, so each packet
         is assembled by one of them."""
-        leased = await asyncio.to_thread(self._workflows.lease_jobs, self._workflow,
-                                         PACKET_JOB, self._now(), lease=PACKET_LEASE,
-                                         limit=limit)
+        leased = await self._run(self._workflows.lease_jobs, self._workflow, PACKET_JOB,
+                                 self._now(), lease=PACKET_LEASE, limit=limit)
         if not leased:
             return 0
         done = await asyncio.gather(*(self._one(task_id, attempt)
@@ -130,23 +147,24 @@ class PacketJobs:
         return sum(done)
 
     async def _one(self, task_id: str, attempt: int) -> bool:
-        task = await asyncio.to_thread(self._workflows.get, task_id, self._workflow)
+        task = await self._run(self._workflows.get, task_id, self._workflow)
         try:
             async with self.assembling:
                 clinical = await fetch_packet(self._store, self._clients, task.requester_site,
-                                              task.patient_id, deadline_s=self._deadline)
+                                              task.patient_id, deadline_s=self._deadline,
+                                              run=self._run)
         except FederationError as exc:
             delay = min(PACKET_RETRY_MAX_S, 2 ** attempt)
             level = logging.WARNING if attempt == 1 or attempt % 10 == 0 else logging.DEBUG
             log.log(level, "packet of %s %s from %s not assembled (attempt %d), retry in "
                     "%d s: %s", self._workflow, task_id, task.requester_site, attempt, delay,
                     exc.message)
-            await asyncio.to_thread(self._workflows.fail_job, task_id, PACKET_JOB, exc.message,
-                                    self._now() + dt.timedelta(seconds=delay))
+            await self._run(self._workflows.fail_job, task_id, PACKET_JOB, exc.message,
+                            self._now() + dt.timedelta(seconds=delay))
             return False
         now = self._now()
         packet = self._bundle(f"{task_id}-packet", clinical, now)
-        row = await asyncio.to_thread(
+        row = await self._run(
             self._workflows.finish_job, task_id, PACKET_JOB, action="attach-packet", now=now,
             resources={"Packet": packet},
             messages=lambda after: self._deliver(after, packet, now),
