@@ -15,10 +15,11 @@ import os
 import shutil
 import time
 import urllib.error
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from federation.demo.accounts import CONSOLE_ACCOUNTS, ConsoleAccount, seed_console_accounts
@@ -153,6 +154,14 @@ def browser() -> Iterator[object]:
         launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
+
+
+@pytest.fixture
+async def http(gateway) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the in-process test gateway's HTTP port (pages over plain HTTP)."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}",
+                                 timeout=30) as client:
+        yield client
 
 
 @pytest.fixture

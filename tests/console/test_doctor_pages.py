@@ -293,13 +293,6 @@ async def _doctor(gateway, http: httpx.AsyncClient, user: str = "dr-zhou",
     return _csrf(signin.text)       # the session's CSRF token (its cookie) stays
 
 
-@pytest.fixture
-async def http(gateway):
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}",
-                                 timeout=30) as client:
-        yield client
-
-
 async def test_the_search_page_shows_each_error_at_its_field(gateway, http) -> None:
     csrf = await _doctor(gateway, http)
     page = await http.get("/console/patients")

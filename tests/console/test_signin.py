@@ -33,13 +33,6 @@ async def _sign_in(http: httpx.AsyncClient, site: str, user: str,
         "csrf": _csrf(form_page.text), "site": site, "username": user, "password": password})
 
 
-@pytest.fixture
-async def http(gateway):
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}",
-                                 timeout=30) as client:
-        yield client
-
-
 async def test_a_site_doctor_signs_in_at_their_site_and_acts_there(gateway, http) -> None:
     _account(gateway, "dr-zhou", ("doctor",), "county-a")
     answer = await _sign_in(http, "county-a", "dr-zhou")
