@@ -8,7 +8,7 @@ import datetime as dt
 from sqlalchemy import Engine, insert, select, text
 from sqlmodel import col
 
-from federation.store.database import keys_in
+from federation.store.database import keys_in, keys_in_sql
 from federation.store.models import IdentityPerson, IdentityRecord
 
 NOW = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
@@ -35,6 +35,13 @@ def test_composite_keys_find_exactly_those_rows(engine: Engine) -> None:
         assert conn.execute(select(*columns).where(keys_in(columns, []))).all() == []
         one = conn.execute(select(columns[1]).where(keys_in(columns[1:], [("r2",)]))).all()
         assert sorted(r[0] for r in one) == ["r2", "r2", "r2"]
+        # the same condition as SQL text finds the same rows
+        for keys in (wanted, []):
+            where, params = keys_in_sql(("site_id", "record_id"), keys)
+            as_text = conn.execute(text("SELECT site_id, record_id FROM identity_record "
+                                        f"WHERE {where}"), params).all()
+            as_expr = conn.execute(select(*columns).where(keys_in(columns, keys))).all()
+            assert sorted(map(tuple, as_text)) == sorted(map(tuple, as_expr))
 
 
 def test_sqlite_searches_the_primary_key_instead_of_scanning(tmp_path) -> None:

@@ -33,6 +33,7 @@ from federation.errors import ConfigError, UnknownSite
 from federation.identity.index import IdentityIndex
 from federation.identity.store import patient_fields
 from federation.security.privacy import BYTES_MAGIC
+from federation.store.database import keys_in_sql
 from federation.store.gateway_store import StoreSessions
 from federation.store.models import FeedCursor, Site, SiteResource, UtcDateTime
 
@@ -322,22 +323,12 @@ class ArchiveStore(StoreSessions):
     def page_of(self, keys: Sequence[tuple[str, str, str]]
                 ) -> dict[tuple[str, str, str], tuple[bytes, dt.datetime]]:
         """The stored JSON and time received of (site, type, id) resources, in one query
-        (one index search per site and type, as :func:`~federation.store.database.keys_in`)."""
+        (one index search per site and type: :func:`~federation.store.database.keys_in_sql`)."""
         if not keys:
             return {}
-        groups: dict[tuple[str, str], list[str]] = {}
-        for site, rtype, rid in keys:
-            groups.setdefault((site, rtype), []).append(rid)
-        terms, params = [], {}
-        for g, ((site, rtype), ids) in enumerate(groups.items()):
-            params |= {f"s{g}": site, f"t{g}": rtype} | {f"i{g}_{n}": rid
-                                                         for n, rid in enumerate(ids)}
-            listed = ", ".join(f":i{g}_{n}" for n in range(len(ids)))
-            terms.append(f"(site_id = :s{g} AND resource_type = :t{g} "
-                         f"AND resource_id IN ({listed}))")
+        where, params = keys_in_sql(("site_id", "resource_type", "resource_id"), keys)
         query = text("SELECT site_id, resource_type, resource_id, body, received_at "
-                     f"FROM site_resource WHERE {' OR '.join(terms)}"
-                     ).columns(received_at=UtcDateTime)
+                     f"FROM site_resource WHERE {where}").columns(received_at=UtcDateTime)
         with self._read() as s:
             return {(site, rtype, rid): (self._plain(site, rtype, rid, body), at)
                     for site, rtype, rid, body, at in s.connection().execute(query, params)}

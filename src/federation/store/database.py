@@ -51,6 +51,7 @@ __all__ = [
     "describe",
     "failure_reason",
     "keys_in",
+    "keys_in_sql",
 ]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -226,11 +227,37 @@ def keys_in(columns: Sequence[Any], keys: Iterable[Sequence[object]]) -> ColumnE
     ``c1 = ? AND … AND cn IN (…)``. SQLite plans a row-value ``IN`` list as a scan of the
     whole table (a second per million rows); this form is one index search per prefix on
     SQLite and PostgreSQL alike. No keys: a condition that is never true."""
-    groups: dict[tuple[object, ...], list[object]] = {}
-    for key in keys:
-        groups.setdefault(tuple(key[:-1]), []).append(key[-1])
+    groups = _by_prefix(keys)
     if not groups:
         return false()
     *head, last = columns
     return or_(*(and_(*(c == v for c, v in zip(head, prefix, strict=True)), last.in_(values))
                  for prefix, values in groups.items()))
+
+
+def keys_in_sql(columns: Sequence[str], keys: Iterable[Sequence[object]]
+                ) -> tuple[str, dict[str, object]]:
+    """:func:`keys_in` as SQL text and its parameters, for a hot path that builds its
+    query per call (SQLAlchemy's expression objects and their cache keys cost more than
+    the query). ``columns`` are column names. No keys: a condition that is never true."""
+    groups = _by_prefix(keys)
+    if not groups:
+        return "1 = 0", {}
+    *head, last = columns
+    terms: list[str] = []
+    params: dict[str, object] = {}
+    for g, (prefix, values) in enumerate(groups.items()):
+        params |= {f"k{g}_{c}": v for c, v in enumerate(prefix)}
+        params |= {f"k{g}_in{n}": v for n, v in enumerate(values)}
+        equal = [f"{name} = :k{g}_{c}" for c, name in enumerate(head)]
+        listed = ", ".join(f":k{g}_in{n}" for n in range(len(values)))
+        terms.append(f"({' AND '.join([*equal, f'{last} IN ({listed})'])})")
+    return " OR ".join(terms), params
+
+
+def _by_prefix(keys: Iterable[Sequence[object]]) -> dict[tuple[object, ...], list[object]]:
+    """Keys grouped by all but their last column: {prefix: [last values]}."""
+    groups: dict[tuple[object, ...], list[object]] = {}
+    for key in keys:
+        groups.setdefault(tuple(key[:-1]), []).append(key[-1])
+    return groups
