@@ -28,8 +28,8 @@ def archive(sites: GatewayStore, engine: Engine) -> ArchiveStore:
 
 
 def test_a_batch_and_its_cursor_are_stored_together(archive: ArchiveStore) -> None:
-    archive.apply("county-a", "e1", [change(1), change(2, "o1", "Observation", patient="p1")],
-                  after=2, node_head=5, rejected=0, now=T0, caught_up=False)
+    assert archive.apply("county-a", "e1", [change(1), change(2, "o1", "Observation", patient="p1")],
+                  after=2, node_head=5, rejected=0, now=T0, caught_up=False) == 2
     cursor = archive.cursor("county-a")
     assert cursor is not None and (cursor.epoch, cursor.after, cursor.node_head) == ("e1", 2, 5)
     assert cursor.caught_up_at is None

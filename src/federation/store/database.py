@@ -67,6 +67,11 @@ _READ_ONLY = "federation_read_only"
 _ALEMBIC = threading.Lock()
 
 
+#: an INSERT's rowcount read after SQLAlchemy has closed its cursor is -1 with psycopg 3.3:
+#: keep every statement's count (``ON CONFLICT DO NOTHING`` tells a replay by it)
+_ROWCOUNT = {"preserve_rowcount": True}
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``sqlite:///path`` or ``postgresql+psycopg://user@host/db``.
 
@@ -77,6 +82,7 @@ def make_engine(url: str) -> Engine:
         return _sqlite_engine(parsed)
     return create_engine(
         parsed,
+        execution_options=_ROWCOUNT,
         pool_pre_ping=True,
         pool_size=10,
         max_overflow=20,
@@ -177,7 +183,8 @@ def _sqlite_engine(url: URL) -> Engine:
     memory = url.database in (None, "", ":memory:")
     if not memory:
         Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 5}}
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 5},
+                              "execution_options": _ROWCOUNT}
     if memory:  # one shared connection, or every session would see its own empty database
         kwargs["poolclass"] = StaticPool
     engine = create_engine(url, **kwargs)
