@@ -119,11 +119,15 @@ async def run(args: argparse.Namespace) -> int:
     lost = duplicated = 0
     try:
         patients: list[str] = []
-        for _ in range(3000):
+        for _ in range(600):            # two minutes
             if all(_node_state(layout, s) == "online" for s in (ORIGIN, TARGET)) and \
                     await asyncio.to_thread(caught_up, url, (ORIGIN, TARGET)):
                 break
             await asyncio.sleep(0.2)
+        else:
+            raise SystemExit(f"the gateway's archive did not catch up with {ORIGIN} and "
+                             f"{TARGET}, or the nodes are not online (the gateway's "
+                             f"/api/consortium): see {workdir / 'logs'}")
         await asyncio.sleep(args.settle)
         patients = await asyncio.to_thread(linked_patients, url, ORIGIN)
         print(f"gateway {layout.grpc_address} ({url.split(':')[0]}), {len(patients)} linked "

@@ -240,6 +240,55 @@ async def test_summary_json_and_document(gateway, seeded, http, pki):
     assert summary["sites"] == ["city-1", "county-a", "township-a1"]
 
 
+async def test_record_view_is_the_three_reads_in_one(gateway, seeded, http, pki):
+    """The console's record page: summary, a timeline page and the lab series from one
+    read — the same content as the three separate calls, one exchange-log row."""
+    auth = bearer(await token(http, pki, "county-a"))
+    kinds = "Encounter,Condition,Observation"
+    before = len(_archive_rows(gateway))
+    reply = await http.get(f"/api/archive/persons/{seeded}/record", headers=auth,
+                           params={"_type": kinds, "_count": "3", "_offset": "2",
+                                   "labs": "4"})
+    assert reply.status_code == 200, reply.text
+    views = reply.json()
+    rows = _archive_rows(gateway)
+    assert len(rows) == before + 1
+    assert (rows[0].operation, rows[0].outcome, rows[0].patient_ref) == (
+        "Archive/record", "ok", person_ref(seeded))
+    assert rows[0].records == 11 + (6 - 2) + 2      # the whole record, deduplicated
+    summary = (await http.get(f"/api/archive/persons/{seeded}/summary", headers=auth)).json()
+    assert views["summary"].pop("generated_at") <= summary.pop("generated_at")
+    assert views["summary"] == summary
+    everything = (await http.get(f"/fhir/Patient/{seeded}/$everything", headers=auth,
+                                 params={"_type": kinds, "_count": "3", "_offset": "2"})).json()
+    timeline = views["timeline"]
+    assert [r["id"] for r in entries(timeline)] == [r["id"] for r in entries(everything)]
+    assert timeline["total"] == everything["total"] and len(entries(timeline)) == 3
+    assert {k: v for k, v in _links(timeline).items() if k != "self"} == {
+        k: v for k, v in _links(everything).items() if k != "self"}
+    labs = (await http.get("/fhir/Observation", headers=auth, params={
+        "patient": seeded, "category": "laboratory", "_sort": "date", "_count": "4"})).json()
+    assert [r["id"] for r in entries(views["labs"])] == [r["id"] for r in entries(labs)]
+    assert views["labs"]["total"] == labs["total"] > 4
+    # refused like any read, logged once; bad parameters are named
+    refused = await http.get(f"/api/archive/persons/{seeded}/record",
+                             headers=bearer(await token(http, pki, "county-b")))
+    assert refused.status_code == 403
+    assert "no care relationship" in refused.json()["issue"][0]["diagnostics"]
+    assert _archive_rows(gateway)[0].outcome == "refused"
+    for params, named in [({"_sort": "date"}, "_sort"), ({"_type": "Task"}, "_type"),
+                          ({"labs": "many"}, "labs")]:
+        bad = await http.get(f"/api/archive/persons/{seeded}/record", headers=auth,
+                             params=params)
+        assert bad.status_code == 400 and named in bad.json()["issue"][0]["diagnostics"]
+
+
+def _links(bundle: dict) -> dict[str, dict]:
+    """A Bundle's links by relation, each URL's query as a dict (order aside)."""
+    return {link["relation"]: dict(parse_qsl(urlsplit(link["url"]).query))
+            | {"path": urlsplit(link["url"]).path} for link in bundle["link"]}
+
+
 async def test_refusals_and_break_glass_all_logged(gateway, seeded, http, pki):
     url = f"/fhir/Patient/{seeded}/$everything"
     # county-b: no record, no referral, no visit

@@ -11,6 +11,9 @@
                                                             AllergyIntolerance)
 ``GET /fhir/Patient/{id}/$summary``                         IPS-style document Bundle
 ``GET /api/archive/persons/{id}/summary``                   the same summary as JSON
+``GET /api/archive/persons/{id}/record``                    summary, a timeline page and the
+                                                            lab series from one read (the
+                                                            console's record page)
 ``POST /fhir/Consent`` · ``GET /fhir/Consent/{id}``          the patient's Consent
 ``GET /fhir/Patient/$export`` (``Prefer: respond-async``)   research export kick-off
 ``GET|DELETE /fhir/$export-status/{job}``                   job status / cancel
@@ -29,6 +32,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -38,6 +43,7 @@ from fastapi.responses import JSONResponse, Response
 from federation.archive.access import Reader
 from federation.archive.bundle import searchset
 from federation.archive.export import ExportRequest, ExportRunner, ExportStore
+from federation.archive.record import PersonRecord, SourcedResource
 from federation.archive.search import run_search
 from federation.archive.search_params import (
     DEFAULT_COUNT,
@@ -78,6 +84,36 @@ class FhirResponse(JSONResponse):
 def _fhir(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
           ) -> JSONResponse:
     return FhirResponse(body, status_code=status, headers=headers)
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """A page of a person's record: ``_type``, ``_count``, ``_offset`` as ``$everything``
+    takes them."""
+    types: set[str] | None
+    count: int
+    offset: int
+    keep: list[tuple[str, str]]
+
+    @classmethod
+    def of(cls, request: Request, operation: str, allowed: set[str]) -> _Page:
+        params = dict(request.query_params)
+        bad = sorted(set(request.query_params) - allowed)
+        if bad:
+            raise InvalidInput(f"unsupported {operation} parameters: {', '.join(bad)}; "
+                               f"supported: {', '.join(sorted(allowed))}")
+        count = _int(params, "_count", DEFAULT_COUNT * 2, MAX_COUNT * 10)
+        offset = _int(params, "_offset", 0, 10_000_000)
+        wanted = set(params["_type"].split(",")) if params.get("_type") else None
+        if wanted and not wanted <= set(ARCHIVE_TYPES):
+            raise InvalidInput(f"_type may name {', '.join(ARCHIVE_TYPES)}")
+        keep = [("_count", str(count))] + ([("_type", params["_type"])] if wanted else [])
+        return cls(wanted, count, offset, keep)
+
+    def bundle(self, items: Sequence[SourcedResource], record: PersonRecord, base: str
+               ) -> dict[str, Any]:
+        return searchset(items, base=base, params=self.keep, count=self.count,
+                         offset=self.offset, issues=record.issues, withheld=record.withheld)
 
 
 def _base(request: Request) -> str:
@@ -173,22 +209,11 @@ def create_archive_router(service: ArchiveService, tokens: AccessTokens, *,
                          claims: StaffClaims = Depends(auth)) -> JSONResponse:
         """FHIR R4 Patient/$everything (§5.x operation-patient-everything) across sites."""
         await _scope(service, claims, "Patient", "read", "Archive/$everything")
-        params = dict(request.query_params)
-        bad = sorted(set(request.query_params) - _EVERYTHING_PARAMS)
-        if bad:
-            raise InvalidInput(f"unsupported $everything parameters: {', '.join(bad)}; "
-                               f"supported: {', '.join(sorted(_EVERYTHING_PARAMS))}")
-        count = _int(params, "_count", DEFAULT_COUNT * 2, MAX_COUNT * 10)
-        offset = _int(params, "_offset", 0, 10_000_000)
-        wanted = set(params["_type"].split(",")) if params.get("_type") else None
-        if wanted and not wanted <= set(ARCHIVE_TYPES):
-            raise InvalidInput(f"_type may name {', '.join(ARCHIVE_TYPES)}")
+        page = _Page.of(request, "$everything", _EVERYTHING_PARAMS)
         record = await service.read(reader_of(claims), some_id, operation="Archive/$everything",
-                                    types=_readable(claims, wanted), lazy=True)
-        await service.gatherer.fill(record.resources[offset:offset + count])
-        keep = [("_count", str(count))] + ([("_type", params["_type"])] if wanted else [])
-        return _fhir(searchset(record.resources, base=_base(request), params=keep, count=count,
-                               offset=offset, issues=record.issues, withheld=record.withheld))
+                                    types=_readable(claims, page.types), lazy=True)
+        await service.gatherer.fill(record.resources[page.offset:page.offset + page.count])
+        return _fhir(page.bundle(record.resources, record, _base(request)))
 
     @router.get("/fhir/Patient/{some_id}/$summary")
     async def summary_document(some_id: str, claims: StaffClaims = Depends(auth)
@@ -204,6 +229,34 @@ def create_archive_router(service: ArchiveService, tokens: AccessTokens, *,
         record = await service.read(reader_of(claims), some_id, operation="Archive/summary",
                                     types=_readable(claims))
         return summary_json(record)
+
+    @router.get("/api/archive/persons/{some_id}/record")
+    async def record_view(some_id: str, request: Request,
+                          claims: StaffClaims = Depends(auth)) -> Response:
+        """What a record page shows, from one read — one access decision, one exchange-log
+        row: ``summary`` (as ``…/summary``), ``timeline`` (the ``$everything`` searchset of
+        ``_type``, ``_count``, ``_offset``) and ``labs`` (the Observation searchset of
+        category laboratory, oldest first, ``labs`` of them at most)."""
+        await _scope(service, claims, "Patient", "read", "Archive/record")
+        page = _Page.of(request, "record", _EVERYTHING_PARAMS | {"labs"})
+        labs = _int(dict(request.query_params), "labs", DEFAULT_COUNT, MAX_COUNT)
+        readable = _readable(claims)
+        record = await service.read(reader_of(claims), some_id, operation="Archive/record",
+                                    types=readable)
+        shown = [r for r in record.resources if r.resource_type in page.types] \
+            if page.types else record.resources
+        root = str(request.base_url).rstrip("/")
+        found: list[Any] = []
+        query = parse_search("Observation", [("patient", some_id), ("category", "laboratory"),
+                                             ("_sort", "date"), ("_count", str(labs))])
+        if readable is None or "Observation" in readable:
+            found = run_search(query, record.resources)
+        return Response(orjson.dumps({
+            "summary": summary_json(record),
+            "timeline": page.bundle(shown, record, f"{root}/fhir/Patient/{some_id}/$everything"),
+            "labs": searchset(found, base=f"{root}/fhir/Observation", params=query.canonical(),
+                              count=query.count, offset=0, issues=record.issues,
+                              withheld=record.withheld)}), media_type="application/json")
 
     @router.post("/fhir/Consent")
     async def post_consent(request: Request, claims: StaffClaims = Depends(auth)

@@ -136,6 +136,8 @@ HTTP_AUTHZ: dict[tuple[str, str], Rule] = {
     ("GET", "/fhir/Patient/{some_id}/$summary"): Rule(CLINICIANS, CARE, ("Patient", "read")),
     ("GET", "/api/archive/persons/{some_id}/summary"):
         Rule(CLINICIANS, CARE, ("Patient", "read")),
+    ("GET", "/api/archive/persons/{some_id}/record"):
+        Rule(CLINICIANS, CARE, ("Patient", "read")),
     **{("GET", f"/fhir/{t}"): Rule(CLINICIANS, CARE, (t, "read")) for t in (
         "AllergyIntolerance", "Condition", "DiagnosticReport", "DocumentReference",
         "Encounter", "MedicationRequest", "Observation")},
