@@ -23,11 +23,12 @@ must keep their state in the store: any replica asks them.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+import orjson
 
 from federation.archive.search_params import date_range
 from federation.archive.store import ArchiveStore
@@ -127,7 +128,7 @@ class EncounterCare:
         refs = [r for r in self._ctx.records_of(person_id) if r[0] == site_id]
         since = self._ctx.now() - dt.timedelta(days=self._ctx.window_days)
         latest = self._ctx.archive.latest(refs, "Encounter", _FIRST_LOOK)
-        if any(_recent(json.loads(row.body), since) for row in latest):
+        if any(_recent(orjson.loads(row.body), since) for row in latest):
             return True
         return len(latest) == _FIRST_LOOK and bool(self._caring(refs))
 
@@ -135,7 +136,7 @@ class EncounterCare:
         since = self._ctx.now() - dt.timedelta(days=self._ctx.window_days)
         found: set[str] = set()
         for row in self._ctx.archive.person_resources(refs, ["Encounter"]):
-            if row.site_id not in found and _recent(json.loads(row.body), since):
+            if row.site_id not in found and _recent(orjson.loads(row.body), since):
                 found.add(row.site_id)
         return found
 
