@@ -116,7 +116,9 @@ async def test_patient_search_maps_the_person_to_the_logs_hashes(gateway, http) 
 
 
 async def test_anomalies_flag_bulk_unrelated_reads(gateway, http) -> None:
-    noon = dt.datetime.combine(NOW.astimezone(CST).date(), dt.time(12), CST)
+    # today's noon (UTC+8) unless that is still to come: the event search ends at now
+    noon = min(dt.datetime.combine(NOW.astimezone(CST).date(), dt.time(12), CST),
+               NOW - dt.timedelta(minutes=1))
     await asyncio.to_thread(gateway.store.log_exchanges, [
         exchange(i, at=noon, requester_kind="user", requester_id="curious.zhao",
                  requester_site="county-b", target_site="city-1",
