@@ -8,7 +8,9 @@
    own transaction, as the archive does: half are another site's noisy record of a loaded
    person (``synth.noise``), half are new people;
 3. prints p50 / p90 / p99 / max latency per backend and whether each probe was linked to
-   the right person.
+   the right person (``correct``; of the others, ``not_linked``: a copy of a loaded
+   person sent to review or made a new person, ``linked_wrongly``: linked to someone
+   it is not).
 
 Loading a million people takes minutes, and latency should be measured on a quiet
 machine: ``--sqlite-path FILE`` and ``--postgres-url URL`` keep the loaded index (a
@@ -142,7 +144,7 @@ def probe(url: str, people, probes: int, seed: int) -> dict[str, object]:  # typ
     run = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
     rng, log = random.Random(f"{seed}:probe:{run}"), NoiseLog()
     fresh = make_population(random.Random(f"{seed}:fresh:{run}"), probes)
-    latencies, right = [], 0
+    latencies, right, missed, wrong = [], 0, 0, 0
     for n in range(probes):
         if n % 2 == 0:
             p = people[rng.randrange(len(people))]
@@ -153,12 +155,17 @@ def probe(url: str, people, probes: int, seed: int) -> dict[str, object]:  # typ
         t = time.perf_counter()
         out = store.link("city-1", f"probe-{run}-{n}", _fields(app))
         latencies.append((time.perf_counter() - t) * 1000)
-        right += (out.person_id == expect) if expect else (out.outcome in ("new", "review"))
+        ok = (out.person_id == expect) if expect else (out.outcome in ("new", "review"))
+        right += ok
+        if not ok and expect and out.outcome in ("new", "review"):
+            missed += 1                  # a copy of a loaded person, not linked to them
+        elif not ok:
+            wrong += 1                   # linked to someone it is not
     engine.dispose()
     q = statistics.quantiles(latencies, n=100)
     return {"probes": probes, "p50_ms": round(q[49], 2), "p90_ms": round(q[89], 2),
             "p99_ms": round(q[98], 2), "max_ms": round(max(latencies), 2),
-            "correct": right}
+            "correct": right, "not_linked": missed, "linked_wrongly": wrong}
 
 
 def main() -> None:
