@@ -145,6 +145,7 @@ def probe(url: str, people, probes: int, seed: int) -> dict[str, object]:  # typ
     rng, log = random.Random(f"{seed}:probe:{run}"), NoiseLog()
     fresh = make_population(random.Random(f"{seed}:fresh:{run}"), probes)
     latencies, right, missed, wrong = [], 0, 0, 0
+    examples: list[dict[str, object]] = []       # synthetic people: shown to explain errors
     for n in range(probes):
         if n % 2 == 0:
             p = people[rng.randrange(len(people))]
@@ -161,11 +162,15 @@ def probe(url: str, people, probes: int, seed: int) -> dict[str, object]:  # typ
             missed += 1                  # a copy of a loaded person, not linked to them
         elif not ok:
             wrong += 1                   # linked to someone it is not
+            linked = store.person(out.person_id) if out.person_id else None
+            examples.append({"probe": _fields(app), "truth": _fields(p) if expect else "new",
+                             "weight": out.weight, "linked_to": linked and linked.golden})
     engine.dispose()
     q = statistics.quantiles(latencies, n=100)
     return {"probes": probes, "p50_ms": round(q[49], 2), "p90_ms": round(q[89], 2),
             "p99_ms": round(q[98], 2), "max_ms": round(max(latencies), 2),
-            "correct": right, "not_linked": missed, "linked_wrongly": wrong}
+            "correct": right, "not_linked": missed, "linked_wrongly": wrong,
+            "wrong_examples": examples[:3]}
 
 
 def main() -> None:
