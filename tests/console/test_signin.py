@@ -3,13 +3,17 @@ when a page is not theirs, not there, or their session ended."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 
 import httpx
 import pytest
 
+from federation.gateway.app import start_gateway
 from federation.security.accounts import hash_password
+from tests.archive.conftest import patient, put
+from tests.conftest import gateway_settings
 
 PASSWORD = "county doctor password"
 
@@ -104,3 +108,32 @@ async def test_english_on_request_and_kept(gateway, http) -> None:
     assert "Sign in" in en.text and 'lang="en"' in en.text
     again = await http.get("/console/signin")
     assert 'lang="en"' in again.text
+
+
+async def test_break_glass_past_the_sign_in_limit_says_so_not_wrong_password(
+        pki, consortium, tmp_path) -> None:
+    """Break-glass asks for the password again, through the same token endpoint and its
+    limit on sign-ins per address: past that limit the doctor is told to wait, not that
+    their (right) password is wrong."""
+    gateway = await start_gateway(gateway_settings(   # 2 sign-ins at once, then 1 in 10 s
+        pki, f"sqlite:///{tmp_path}/gateway.db", consortium, signin_rate_per_minute=6.0))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}",
+                                     timeout=30) as http:
+            await put(gateway, "city-1", patient("city-1", "pc"))   # county-a never saw them
+            person = await asyncio.to_thread(gateway.archive_service.people.resolve, "pc")
+            _account(gateway, "dr-zhou", ("doctor",), "county-a")
+            assert (await _sign_in(http, "county-a", "dr-zhou")).status_code == 303
+            csrf = _csrf((await http.get("/console/patients")).text)
+            url = f"/console/patients/{person.person_id}/break-glass"
+            wrong = await http.post(url, data={"csrf": csrf, "reason": "昏迷送入急诊",
+                                               "password": "not the password"})
+            assert wrong.status_code == 400 and 'data-field="password"' in wrong.text
+            assert "密码不对" in wrong.text
+            limited = await http.post(url, data={"csrf": csrf, "reason": "昏迷送入急诊",
+                                                 "password": PASSWORD})
+            assert limited.status_code == 429
+            assert "操作太频繁" in limited.text
+            assert "密码不对" not in limited.text and 'data-field="password"' not in limited.text
+    finally:
+        await gateway.stop(0.2)

@@ -180,8 +180,10 @@ def create_doctor_router() -> APIRouter:
                 scope="user/*.read", purpose_of_use="ETREAT", reason=reason)
             if answer.status_code == 200:
                 token = answer.json()["access_token"]
-            else:
+            elif answer.status_code == 400:     # invalid_grant: a wrong password
                 fields["password"] = ("密码不对", "That password is wrong")
+            else:   # too many sign-ins from this address (429), or the gateway failed
+                raise ApiError.of(answer)
         if token is None:
             response = await _record(request, person_id,
                                      glass={"reason": reason, "fields": fields, "open": True})
