@@ -186,6 +186,102 @@ async def test_fetch_streams_a_patients_resources(gateway, start_nodes, pki, con
             pass
 
 
+async def test_a_record_streams_in_batches_with_the_same_resources(gateway, start_nodes,
+                                                                   consortium):
+    """A record comes several resources to a message (FetchPatientResourceBatches): the
+    same resources, in the same order, as the one-per-message call older gateways use."""
+    from federation.nodes.fhir_mapping import stable_id
+
+    (node,) = await start_nodes(gateway, "county-a")
+    _, locals_ = _people_at(consortium, {"county-a"})[0]
+    patient_id = stable_id("county-a", "Patient", locals_["county-a"])
+    endpoint = f"127.0.0.1:{node.port}"
+    stub = node_agent_pb2_grpc.NodeAgentStub(gateway.clients.channel("county-a", endpoint))
+    request = node_agent_pb2.FetchPatientResourcesRequest(patient_id=patient_id)
+    batches = [b async for b in stub.FetchPatientResourceBatches(request, timeout=5)]
+    singles = [m async for m in stub.FetchPatientResources(request, timeout=5)]
+    assert len(singles) > 1 and len(batches) < len(singles)
+    assert [r for b in batches for r in b.resources] == singles
+    assert all(b.resources for b in batches)
+    via_gateway = [e async for e in gateway.clients.fetch(
+        "county-a", endpoint, patient_id, resource_types=[], correlation_id="c3",
+        purpose="TREAT", timeout=5)]
+    assert [(e.resource_type, e.id, e.json) for e in via_gateway] == [
+        (m.resource_type, m.id, m.json) for m in singles]
+
+
+def test_a_batch_is_cut_where_it_would_pass_the_byte_budget() -> None:
+    from federation.envelope import Envelope
+    from federation.nodes.server import _FRAMING, _within
+
+    def env(n: int, size: int) -> Envelope:
+        return Envelope("Observation", f"o{n}", "county-a", b"x" * size)
+
+    small = [env(n, 1000) for n in range(10)]
+    parts = list(_within(small, 3 * (1000 + _FRAMING)))
+    assert [len(p) for p in parts] == [3, 3, 3, 1]
+    assert [e.id for p in parts for e in p] == [e.id for e in small]     # order kept
+    huge = [env(0, 10), env(1, 50_000), env(2, 10)]      # one larger than the budget: alone
+    assert [[e.id for e in p] for p in _within(huge, 4096)] == [["o0"], ["o1"], ["o2"]]
+    assert list(_within([], 4096)) == []
+
+
+class _OldNode:
+    """A node agent from before FetchPatientResourceBatches: its server registers only
+    the one-resource-a-message call (so gRPC answers the batched one UNIMPLEMENTED)."""
+
+    def __init__(self, patient: common_pb2.FhirResource, n: int) -> None:
+        self.resources = [patient] + [common_pb2.FhirResource(
+            resource_type="Observation", id=f"o{i}", site_id="county-b",
+            json=json.dumps({"resourceType": "Observation", "id": f"o{i}", "status": "final",
+                             "code": {"text": "potassium"},
+                             "subject": {"reference": "Patient/p1"}}).encode())
+            for i in range(n)]
+        self.asked: list[str] = []
+
+    async def fetch(self, request, context):
+        for msg in self.resources:
+            yield msg
+
+    def handlers(self) -> list[object]:
+        asked = self.asked
+
+        class Record(grpc.aio.ServerInterceptor):
+            async def intercept_service(self, continuation, details):
+                asked.append(details.method.rsplit("/", 1)[-1])
+                return await continuation(details)
+
+        generic = grpc.method_handlers_generic_handler("federation.v1.NodeAgent", {
+            "FetchPatientResources": grpc.unary_stream_rpc_method_handler(
+                self.fetch,
+                request_deserializer=node_agent_pb2.FetchPatientResourcesRequest.FromString,
+                response_serializer=common_pb2.FhirResource.SerializeToString)})
+        return [Record(), generic]
+
+
+async def test_an_older_node_is_read_one_resource_a_message(gateway, pki):
+    patient = common_pb2.FhirResource(
+        resource_type="Patient", id="p1", site_id="county-b",
+        json=json.dumps({"resourceType": "Patient", "id": "p1", "gender": "male"}).encode())
+    old = _OldNode(patient, 5)
+    interceptor, generic = old.handlers()
+    server = grpc.aio.server(interceptors=[interceptor], options=server_options(1 << 20))
+    server.add_generic_rpc_handlers((generic,))
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(pki.material("county-b")))
+    await server.start()
+    try:
+        for correlation in ("c1", "c2"):
+            got = [e async for e in gateway.clients.fetch(
+                "county-b", f"127.0.0.1:{port}", "p1", resource_types=[],
+                correlation_id=correlation, purpose="TREAT", timeout=5)]
+            assert [e.id for e in got] == ["p1"] + [f"o{i}" for i in range(5)]
+    finally:
+        await server.stop(0)
+    # the batched call was tried once; the second read went straight to the old call
+    assert old.asked == ["FetchPatientResourceBatches", "FetchPatientResources",
+                         "FetchPatientResources"]
+
+
 async def test_gateway_reads_a_nodes_capabilities(gateway, start_nodes, consortium):
     (node,) = await start_nodes(gateway, "township-a2")
     caps = await gateway.clients.capabilities("township-a2", f"127.0.0.1:{node.port}", timeout=5)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +35,11 @@ from federation.security.rotation import TlsFiles
 from federation.security.tls import TlsMaterial
 
 __all__ = ["NodeClients", "NodeSearchResult", "NodeCapabilities"]
+
+log = logging.getLogger("federation.gateway.nodes")
+
+#: how long a node that lacks the batched record stream is read one resource a message
+_ASK_AGAIN_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +63,8 @@ class NodeSearchResult:
 class NodeClients:
     def __init__(self, tls: TlsFiles | TlsMaterial, max_message_bytes: int) -> None:
         self._tls = tls
+        #: (site, endpoint) of nodes without FetchPatientResourceBatches → when to ask again
+        self._unbatched: dict[tuple[str, str], float] = {}
         self._max = max_message_bytes
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
 
@@ -149,8 +158,26 @@ class NodeClients:
             patient_id=patient_id, resource_types=resource_types,
             correlation_id=correlation_id, purpose_of_use=purpose,
         )
+        stub = self._stub(site_id, endpoint)
+        deadline = time.monotonic() + timeout
+        key = (site_id, endpoint)
         try:
-            async for msg in self._stub(site_id, endpoint).FetchPatientResources(request, timeout=timeout):
+            if time.monotonic() >= self._unbatched.get(key, 0.0):
+                try:
+                    async for batch in stub.FetchPatientResourceBatches(request, timeout=timeout):
+                        for msg in batch.resources:
+                            yield _checked(site_id, msg, None, validate=validate)
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                        raise
+                # a node older than the batched call: one resource a message, asking
+                # again after a while (the node may have been upgraded)
+                self._unbatched[key] = time.monotonic() + _ASK_AGAIN_S
+                log.info("node %s streams records one resource a message (an older node)",
+                         site_id)
+            async for msg in stub.FetchPatientResources(
+                    request, timeout=max(0.0, deadline - time.monotonic())):
                 yield _checked(site_id, msg, None, validate=validate)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, site_id) from None

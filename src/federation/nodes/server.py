@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +18,7 @@ from federation import __version__
 from federation._proto.v1 import node_agent_pb2, node_agent_pb2_grpc
 from federation.consult.node import STUDY_SOURCE_POLICY, StudySourceServicer, add_study_source
 from federation.consult.studies import StudyFolder
+from federation.envelope import Envelope
 from federation.errors import Unavailable
 from federation.nodes.feed import ChangeFeed
 from federation.nodes.service import RESOURCE_TYPES, NodeService
@@ -34,6 +36,7 @@ NODE_POLICY: dict[str, frozenset[str]] = {
     _PREFIX + "GetCapabilities": _GATEWAY,
     _PREFIX + "SearchPatients": _GATEWAY,
     _PREFIX + "FetchPatientResources": _GATEWAY,
+    _PREFIX + "FetchPatientResourceBatches": _GATEWAY,
     _PREFIX + "GetQualityReport": _GATEWAY,
     _PREFIX + "StreamChanges": _GATEWAY,
 }
@@ -42,6 +45,7 @@ DEFAULT_BATCH, MAX_BATCH = 500, 5000
 SERVICE = node_agent_pb2.DESCRIPTOR.services_by_name["NodeAgent"].full_name
 #: resources read from the source per worker-thread hop while streaming a record
 _FETCH_BATCH = 64
+T = TypeVar("T")
 
 
 class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
@@ -75,10 +79,24 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
     ) -> AsyncIterator[object]:
         # the source is read lazily in a thread, a few dozen resources at a time, so a
         # large record is never held whole in memory (nor one thread hop paid per resource)
-        iterator = self._service.fetch(request.patient_id, list(request.resource_types))
-        while batch := await asyncio.to_thread(_take, iterator, _FETCH_BATCH):
+        async for batch in self._record(request):
             for env in batch:
                 yield envelope_to_proto(env)
+
+    async def FetchPatientResourceBatches(
+        self, request, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[object]:
+        """The same record, each worker-thread hop's resources in one message (split
+        where a message would pass half the gateway's limit)."""
+        async for batch in self._record(request):
+            for part in _within(batch, self._batch_bytes):
+                yield node_agent_pb2.FhirResourceBatch(
+                    resources=[envelope_to_proto(env) for env in part])
+
+    async def _record(self, request) -> AsyncIterator[list[Envelope]]:
+        iterator = self._service.fetch(request.patient_id, list(request.resource_types))
+        while batch := await asyncio.to_thread(_take, iterator, _FETCH_BATCH):
+            yield batch
 
     async def GetQualityReport(self, request, context: grpc.aio.ServicerContext):
         report = await asyncio.to_thread(self._service.quality_report, refresh=request.refresh)
@@ -159,5 +177,25 @@ async def mark_serving(health_servicer: health.aio.HealthServicer) -> None:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
-def _take(iterator: Iterator[object], n: int) -> list[object]:
+def _take(iterator: Iterator[T], n: int) -> list[T]:
     return list(itertools.islice(iterator, n))
+
+
+#: what a resource adds to a message besides its JSON (ids, type, site, timestamp, tags)
+_FRAMING = 256
+
+
+def _within(envelopes: list[Envelope], budget: int) -> Iterator[list[Envelope]]:
+    """``envelopes`` in order, cut into runs whose JSON stays within ``budget`` bytes (a
+    resource larger than the budget alone)."""
+    part: list[Envelope] = []
+    size = 0
+    for env in envelopes:
+        cost = len(env.json) + _FRAMING
+        if part and size + cost > budget:
+            yield part
+            part, size = [], 0
+        part.append(env)
+        size += cost
+    if part:
+        yield part

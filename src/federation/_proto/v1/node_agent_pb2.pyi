@@ -99,6 +99,12 @@ class FetchPatientResourcesRequest(_message.Message):
     purpose_of_use: str
     def __init__(self, patient_id: _Optional[str] = ..., resource_types: _Optional[_Iterable[str]] = ..., correlation_id: _Optional[str] = ..., purpose_of_use: _Optional[str] = ...) -> None: ...
 
+class FhirResourceBatch(_message.Message):
+    __slots__ = ("resources",)
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    resources: _containers.RepeatedCompositeFieldContainer[_common_pb2.FhirResource]
+    def __init__(self, resources: _Optional[_Iterable[_Union[_common_pb2.FhirResource, _Mapping]]] = ...) -> None: ...
+
 class GetQualityReportRequest(_message.Message):
     __slots__ = ("refresh",)
     REFRESH_FIELD_NUMBER: _ClassVar[int]

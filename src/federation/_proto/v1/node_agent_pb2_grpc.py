@@ -51,6 +51,11 @@ class NodeAgentStub:
                 request_serializer=federation_dot_v1_dot_node__agent__pb2.FetchPatientResourcesRequest.SerializeToString,
                 response_deserializer=federation_dot_v1_dot_common__pb2.FhirResource.FromString,
                 _registered_method=True)
+        self.FetchPatientResourceBatches = channel.unary_stream(
+                '/federation.v1.NodeAgent/FetchPatientResourceBatches',
+                request_serializer=federation_dot_v1_dot_node__agent__pb2.FetchPatientResourcesRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_node__agent__pb2.FhirResourceBatch.FromString,
+                _registered_method=True)
         self.GetQualityReport = channel.unary_unary(
                 '/federation.v1.NodeAgent/GetQualityReport',
                 request_serializer=federation_dot_v1_dot_node__agent__pb2.GetQualityReportRequest.SerializeToString,
@@ -82,6 +87,16 @@ class NodeAgentServicer:
 
     def FetchPatientResources(self, request, context):
         """Every resource the site holds for one of its patients, streamed one at a time.
+        Kept for gateways older than FetchPatientResourceBatches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchPatientResourceBatches(self, request, context):
+        """The same resources, several to a message (as the node reads them): a record of
+        thousands is tens of messages, not thousands. The gateway falls back to
+        FetchPatientResources when a node answers UNIMPLEMENTED (an older node).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,6 +135,11 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.FetchPatientResources,
                     request_deserializer=federation_dot_v1_dot_node__agent__pb2.FetchPatientResourcesRequest.FromString,
                     response_serializer=federation_dot_v1_dot_common__pb2.FhirResource.SerializeToString,
+            ),
+            'FetchPatientResourceBatches': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchPatientResourceBatches,
+                    request_deserializer=federation_dot_v1_dot_node__agent__pb2.FetchPatientResourcesRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_node__agent__pb2.FhirResourceBatch.SerializeToString,
             ),
             'GetQualityReport': grpc.unary_unary_rpc_method_handler(
                     servicer.GetQualityReport,
@@ -213,6 +233,33 @@ class NodeAgent:
             '/federation.v1.NodeAgent/FetchPatientResources',
             federation_dot_v1_dot_node__agent__pb2.FetchPatientResourcesRequest.SerializeToString,
             federation_dot_v1_dot_common__pb2.FhirResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchPatientResourceBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/federation.v1.NodeAgent/FetchPatientResourceBatches',
+            federation_dot_v1_dot_node__agent__pb2.FetchPatientResourcesRequest.SerializeToString,
+            federation_dot_v1_dot_node__agent__pb2.FhirResourceBatch.FromString,
             options,
             channel_credentials,
             insecure,
