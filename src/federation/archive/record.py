@@ -2,7 +2,7 @@
 
 * ``replicate`` sites: the archive's replica, one query for all of them; each resource's
   "last synced" is when the gateway stored that version (``received_at``);
-* ``federate`` sites: ``NodeAgent.FetchPatientResources`` at each site, all in parallel
+* ``federate`` sites: ``NodeAgent.FetchPatientResourceBatches`` at each site, in parallel
   through :func:`federation.gateway.fanout.fan_out` (one exchange-log row per site), with
   one deadline; "last synced" is the moment it was fetched. A site that fails or does not
   answer in time becomes a named :class:`SiteIssue` — the caller turns it into an

@@ -1,6 +1,6 @@
 """The clinical packet of a workflow task (a referral, a consult's case material): what
 the receiving site needs to know about the patient, fetched from the origin node over
-gRPC with a deadline (``NodeAgent.FetchPatientResources``).
+gRPC with a deadline (``NodeAgent.FetchPatientResourceBatches``).
 
 The packet keeps the patient, every problem (Condition) and allergy, and the most recent
 encounters, labs and vital signs, medications, imaging studies, reports and documents —
