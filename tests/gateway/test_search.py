@@ -134,8 +134,10 @@ async def test_misbehaving_node_becomes_an_issue_not_a_failure(gateway, start_no
             await gateway_pb2_grpc.GatewayStub(channel).Register(
                 gateway_pb2.RegisterRequest(endpoint=f"127.0.0.1:{port}"), timeout=5)
         async with GatewayClient(f"127.0.0.1:{gateway.grpc_port}", pki.material("tester")) as c:
+            # the slow node sleeps 5 s; the good one answers well within 2 s even when
+            # the machine is busy (800 ms was missed under a second test run's load)
             answer = await c.search(PatientQuery(gender="male"), site_ids=["county-a", "county-b"],
-                                    deadline_ms=800)
+                                    deadline_ms=2000)
     finally:
         await server.stop(0)
     assert [s.site_id for s in answer.results] == ["county-a"]      # the good site still answers
