@@ -270,6 +270,12 @@ async def test_record_view_is_the_three_reads_in_one(gateway, seeded, http, pki)
         "patient": seeded, "category": "laboratory", "_sort": "date", "_count": "4"})).json()
     assert [r["id"] for r in entries(views["labs"])] == [r["id"] for r in entries(labs)]
     assert views["labs"]["total"] == labs["total"] > 4
+    # a token whose scopes leave Observation out gets no lab series (and no labs anywhere)
+    narrow = (await http.get(f"/api/archive/persons/{seeded}/record", headers=bearer(
+        await token(http, pki, "county-a", scopes=("user/Patient.read",
+                                                    "user/Condition.read"))))).json()
+    assert narrow["labs"]["total"] == 0 and not entries(narrow["labs"])
+    assert {r["resourceType"] for r in entries(narrow["timeline"])} <= {"Patient", "Condition"}
     # refused like any read, logged once; bad parameters are named
     refused = await http.get(f"/api/archive/persons/{seeded}/record",
                              headers=bearer(await token(http, pki, "county-b")))
